@@ -1,0 +1,50 @@
+"""Per-instance layer files: binary mask PNG and RGBA character crop (the segmentation contract)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(row_id: str) -> str:
+    """File-system-safe name for a manifest row id (``inst:ab12:000042:0`` → ``inst_ab12_000042_0``)."""
+    return _UNSAFE.sub("_", row_id)
+
+
+def mask_bbox(mask: np.ndarray) -> list[int]:
+    """Tight ``[x, y, w, h]`` box of a boolean mask (zeros for an empty mask)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return [0, 0, 0, 0]
+    x0, y0 = int(xs.min()), int(ys.min())
+    return [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
+
+
+def write_instance_layers(
+    image: np.ndarray, mask: np.ndarray, run_dir: Path, row_id: str, subdir: str = "", alpha: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Write ``masks/[subdir/]<id>.png`` (0/255) and ``character/[subdir/]<id>.png`` (RGBA bbox crop).
+
+    `alpha` (float 0..1, same size as the image) gives soft edges; by default the binary mask is used.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape[:2]} for {row_id}")
+    name = safe_name(row_id) + ".png"
+    mask_dir = Path(run_dir, "masks", subdir)
+    crop_dir = Path(run_dir, "character", subdir)
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    crop_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_dir / name)
+    x, y, w, h = bbox = mask_bbox(mask)
+    alpha_u8 = (np.clip(alpha, 0, 1) * 255).astype(np.uint8) if alpha is not None else mask.astype(np.uint8) * 255
+    rgba = np.dstack([image[..., :3], alpha_u8])
+    crop = rgba[y : y + max(h, 1), x : x + max(w, 1)]
+    Image.fromarray(crop, mode="RGBA").save(crop_dir / name)
+    return {"mask_path": str(mask_dir / name), "crop_path": str(crop_dir / name), "bbox": bbox, "area": int(mask.sum())}

@@ -1,0 +1,104 @@
+"""The run manifest: one row per frame and per instance, extended by every stage, never shrunk.
+
+Stored as Parquet (pyarrow) with a stable ``row_id`` key. Stages add columns with :meth:`update`;
+rejected rows stay, with ``status="rejected"`` and a ``reject_reason``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from castlab.errors import InputError
+from castlab.workspace import atomic_path
+
+MANIFEST_NAME = "manifest.parquet"
+BASE_COLUMNS = ["row_id", "kind", "parent_id", "status", "reject_reason"]
+
+
+class Manifest:
+    def __init__(self, path: Path, frame: pd.DataFrame | None = None) -> None:
+        self.path = Path(path)
+        self.df = frame if frame is not None else pd.DataFrame(columns=BASE_COLUMNS)
+
+    @classmethod
+    def for_run(cls, run_dir: Path) -> Manifest:
+        path = Path(run_dir) / MANIFEST_NAME
+        return cls.load(path) if path.exists() else cls(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "manifest does not exist")
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise InputError(path, f"manifest is not readable Parquet ({exc})") from exc
+        return cls(path, frame.reset_index(drop=True))
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def add_rows(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Append rows; a row whose ``row_id`` already exists is updated instead (idempotent)."""
+        rows = [dict(r) for r in rows]
+        if not rows:
+            return 0
+        for row in rows:
+            if not row.get("row_id"):
+                raise ValueError(f"manifest row without row_id: {row}")
+            row.setdefault("status", "kept")
+            row.setdefault("reject_reason", None)
+        new = pd.DataFrame(rows)
+        existing = set(self.df["row_id"]) if len(self.df) else set()
+        fresh = new[~new["row_id"].isin(existing)]
+        for row in new[new["row_id"].isin(existing)].to_dict("records"):
+            self.update(row["row_id"], **{k: v for k, v in row.items() if k != "row_id"})
+        if len(fresh):
+            self.df = pd.concat([self.df, fresh], ignore_index=True) if len(self.df) else fresh.reset_index(drop=True)
+        return len(fresh)
+
+    def update(self, row_id: str, **values: Any) -> None:
+        idx = self.df.index[self.df["row_id"] == row_id]
+        if len(idx) != 1:
+            raise KeyError(f"manifest {self.path}: no unique row {row_id!r}")
+        for key, value in values.items():
+            if key not in self.df.columns:
+                self.df[key] = None
+            self.df[key] = self.df[key].astype(object)
+            self.df.at[idx[0], key] = value
+
+    def rows(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        df = self.df
+        if kind is not None:
+            df = df[df["kind"] == kind]
+        if status is not None:
+            df = df[df["status"] == status]
+        return [{k: _plain(v) for k, v in r.items()} for r in df.to_dict("records")]
+
+    def get(self, row_id: str) -> dict[str, Any]:
+        found = self.df[self.df["row_id"] == row_id]
+        if len(found) != 1:
+            raise KeyError(row_id)
+        return {k: _plain(v) for k, v in found.iloc[0].to_dict().items()}
+
+    def save(self) -> Path:
+        with atomic_path(self.path) as tmp:
+            self.df.to_parquet(tmp, index=False)
+        return self.path
+
+
+def _plain(value: Any) -> Any:
+    """Parquet round trips lists as numpy arrays and missing values as NaN/None: normalise."""
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        return value.tolist()
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return value

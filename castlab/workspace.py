@@ -1,0 +1,125 @@
+"""Workspace layout and run folders.
+
+The workspace root (``CASTLAB_WORKSPACE``, default ``./workspace``) holds ``runs/`` (one folder per
+flow run), ``stack/`` (Label Studio and Prefect data, tokens, logs) and is Label Studio's local-files
+document root, so every image a task shows lives under it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from castlab.config import Config
+from castlab.errors import InputError
+
+
+def workspace_root() -> Path:
+    root = Path(os.environ.get("CASTLAB_WORKSPACE", "workspace")).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def stack_dir() -> Path:
+    path = workspace_root() / "stack"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; it replaces `target` only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text_atomic(target: Path, text: str, force: bool = True) -> Path:
+    if target.exists() and not force:
+        raise InputError(target, "already exists (pass --force to overwrite)")
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return target
+
+
+def write_json_atomic(target: Path, data: Any, force: bool = True) -> Path:
+    return write_text_atomic(target, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", force)
+
+
+def relative_to_workspace(path: Path) -> str:
+    """POSIX path of `path` relative to the workspace root (what Label Studio's local files serve)."""
+    root = workspace_root()
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(root).as_posix()
+    except ValueError as exc:
+        raise InputError(path, f"is outside the workspace root {root}") from exc
+
+
+def resolve_in_workspace(rel: str) -> Path:
+    """Inverse of :func:`relative_to_workspace`; refuses anything that escapes the root."""
+    root = workspace_root()
+    candidate = (root / rel).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise InputError(rel, "points outside the media root")
+    return candidate
+
+
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class Run:
+    """One flow run's folder: files, ``run.log``, ``config.yaml`` and (for curate) the manifest."""
+
+    path: Path
+    name: str
+    config: Config
+
+    @classmethod
+    def create(cls, name: str, config: Config, root: Path | None = None) -> Run:
+        runs = root or workspace_root() / config.get("workspace.runs_dir")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+        path = Path(runs) / f"{stamp}-{_SLUG.sub('_', name)}"
+        path.mkdir(parents=True, exist_ok=False)
+        run = cls(path=path, name=name, config=config)
+        write_text_atomic(path / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path, config: Config) -> Run:
+        p = Path(path)
+        if not p.is_dir():
+            raise InputError(p, "run folder does not exist")
+        return cls(path=p.resolve(), name=p.name, config=config)
+
+    def sub(self, *parts: str) -> Path:
+        path = self.path.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def logger(self) -> logging.Logger:
+        logger = logging.getLogger(f"castlab.run.{self.path.name}")
+        if not logger.handlers:
+            handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+        return logger

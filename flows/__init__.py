@@ -1,0 +1,1 @@
+"""Prefect flows: thin compositions of castlab functions (see README, "Flows")."""

@@ -1,0 +1,159 @@
+"""The `castlab` command: manage the local stack and run each flow with its parameters.
+
+Heavy imports (Prefect, torch) happen inside commands so `castlab --help` and `castlab status`
+stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from castlab.config import Config, load_config
+from castlab.errors import CastlabError
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(overrides=args.config or [], preset=args.preset, profile=args.profile)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", help="per-title override YAML (repeatable)")
+    parser.add_argument("--preset", help="preset from configs/presets (e.g. 2d)")
+    parser.add_argument("--profile", choices=["tiny", "full"], help="model profile (default from config)")
+
+
+def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"config_files": args.config, "preset": args.preset, "profile": args.profile}
+
+
+def _prefect(cfg: Config) -> None:
+    from flows.runtime import configure_prefect
+
+    print(f"prefect: {configure_prefect(cfg)}", file=sys.stderr)
+
+
+def cmd_up(args: argparse.Namespace) -> Any:
+    from castlab import stack
+
+    services = ["labelstudio", "prefect"] + (["ml_backend"] if args.backend else [])
+    return stack.up(_config(args), services=tuple(services))
+
+
+def cmd_down(args: argparse.Namespace) -> Any:
+    from castlab import stack
+
+    return stack.down(_config(args))
+
+
+def cmd_status(args: argparse.Namespace) -> Any:
+    from castlab import stack
+
+    return stack.status(_config(args))
+
+
+def cmd_curate(args: argparse.Namespace) -> Any:
+    _prefect(_config(args))
+    from flows.curate import curate
+
+    return curate(video=args.video, mode=args.mode, project_title=args.project, push=not args.no_push,
+                  **_flow_kwargs(args))
+
+
+def cmd_review_sync(args: argparse.Namespace) -> Any:
+    _prefect(_config(args))
+    from flows.review_sync import review_sync
+
+    return review_sync(run_dir=args.run, **_flow_kwargs(args))
+
+
+def cmd_dataset(args: argparse.Namespace) -> Any:
+    _prefect(_config(args))
+    from flows.dataset import dataset
+
+    return dataset(run_dir=args.run, out_dir=args.out, force=args.force, **_flow_kwargs(args))
+
+
+def cmd_train(args: argparse.Namespace) -> Any:
+    _prefect(_config(args))
+    from flows.train import train
+
+    return train(training_toml=args.toml, **_flow_kwargs(args))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> Any:
+    _prefect(_config(args))
+    from flows.evaluate import evaluate
+
+    return evaluate(checkpoints=args.checkpoints, out_dir=args.out, **_flow_kwargs(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> Any:
+    _prefect(_config(args))
+    from flows.demo import demo
+
+    return demo(video=args.video, **_flow_kwargs(args))
+
+
+def cmd_backend(args: argparse.Namespace) -> Any:
+    from ml_backend.__main__ import main as backend_main
+
+    backend_main(["--host", args.host, "--port", str(args.port)] if args.port else ["--host", args.host])
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="castlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], Any], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        p.set_defaults(func=func)
+        return p
+
+    add("up", cmd_up, "start Label Studio and the Prefect server on 127.0.0.1").add_argument(
+        "--backend", action="store_true", help="also start the castlab ML backend")
+    add("down", cmd_down, "stop the local stack")
+    add("status", cmd_status, "show the local stack's services and URLs")
+    p = add("curate", cmd_curate, "video(s) → frames by shot → SAM2 instances → Label Studio masks project")
+    p.add_argument("video", help="a video file or a folder of videos")
+    p.add_argument("--mode", choices=["scene", "interval"], help="frame extraction mode (default from config)")
+    p.add_argument("--project", help="Label Studio project title (default from config)")
+    p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
+    p = add("review-sync", cmd_review_sync, "pull reviewed annotations back into a curate run's manifest")
+    p.add_argument("run", help="curate run folder")
+    p = add("dataset", cmd_dataset, "reviewed instances → images/ captions/ metadata.json + kohya TOMLs")
+    p.add_argument("run", help="curate run folder")
+    p.add_argument("--out", help="output folder (default: a new dataset run folder)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    p = add("train", cmd_train, "train a LoRA from a kohya-compatible training TOML")
+    p.add_argument("toml", help="training.toml written by `castlab dataset`")
+    p = add("evaluate", cmd_evaluate, "render fixed prompts/seeds per checkpoint, CLIP-T, grid")
+    p.add_argument("checkpoints", nargs="+", help="kohya-format LoRA .safetensors files")
+    p.add_argument("--out", help="output folder (default: a new evaluate run folder)")
+    p = add("demo", cmd_demo, "the whole path on Big Buck Bunny (or --video): curate → … → evaluate")
+    p.add_argument("--video", help="video to use instead of the Big Buck Bunny sample")
+    p = add("backend", cmd_backend, "run the Label Studio ML backend in the foreground")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except CastlabError as exc:
+        print(f"castlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""Shared plumbing for flows: config resolution and the Label Studio connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from castlab.config import Config, load_config
+
+
+def resolve_config(
+    config_files: list[str] | None = None,
+    preset: str | None = None,
+    profile: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    return load_config(overrides=list(config_files or []), preset=preset, profile=profile, extra=overrides)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config inside a task (tasks receive plain, picklable dicts)."""
+    return Config(data, ["flow parameters"])
+
+
+def labelstudio(cfg: Config) -> Any:
+    from castlab.labelstudio import client
+    from castlab.stack import labelstudio_connection
+
+    url, token = labelstudio_connection(cfg)
+    return client.connect(url, token)

@@ -1,0 +1,99 @@
+"""curate: video → frames by shot → SAM2 instance masks → Label Studio masks project."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from castlab.manifest import Manifest
+from castlab.workspace import Run
+from flows.common import config_from_dict, labelstudio, resolve_config
+
+
+@task(name="find-videos")
+def find_videos_task(video: str) -> list[str]:
+    from castlab.video import find_videos
+
+    return [str(p) for p in find_videos(Path(video))]
+
+
+@task(name="extract-frames")
+def extract_frames_task(video: str, run_dir: str, cfg_data: dict[str, Any], mode: str | None) -> dict[str, int]:
+    from castlab.frames import extract_frames
+
+    cfg = config_from_dict(cfg_data)
+    rows = extract_frames(Path(video), Path(run_dir), cfg, mode=mode)
+    manifest = Manifest.for_run(Path(run_dir))
+    manifest.add_rows(rows)
+    manifest.save()
+    kept = sum(1 for r in rows if r["status"] == "kept")
+    return {"frames": len(rows), "kept": kept, "rejected": len(rows) - kept}
+
+
+@task(name="segment-instances")
+def segment_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, Any]:
+    from castlab.models.segmenter import load_segmenter
+    from castlab.segment import segment_frames
+
+    cfg = config_from_dict(cfg_data)
+    manifest = Manifest.for_run(Path(run_dir))
+    segmenter = load_segmenter(cfg)
+    rows = segment_frames(segmenter, manifest.rows(kind="frame", status="kept"), Path(run_dir), cfg)
+    manifest.add_rows(rows)
+    manifest.save()
+    return {"instances": len(rows), "model_version": segmenter.model_version}
+
+
+@task(name="push-masks-to-label-studio")
+def push_masks_task(run_dir: str, cfg_data: dict[str, Any], title: str | None) -> dict[str, Any]:
+    from castlab.labelstudio.masks_project import push_masks
+
+    cfg = config_from_dict(cfg_data)
+    manifest = Manifest.for_run(Path(run_dir))
+    return push_masks(labelstudio(cfg), manifest, Path(run_dir), cfg, title=title)
+
+
+@flow(name="curate")
+def curate(
+    video: str,
+    mode: str | None = None,
+    config_files: list[str] | None = None,
+    preset: str | None = None,
+    profile: str | None = None,
+    project_title: str | None = None,
+    push: bool = True,
+) -> dict[str, Any]:
+    """Extract frames by shot, segment character instances and push them for mask review."""
+    logger = get_run_logger()
+    cfg = resolve_config(config_files, preset, profile)
+    run = Run.create("curate", cfg)
+    logger.info("run folder %s (profile %s)", run.path, cfg.profile)
+    summary: dict[str, Any] = {"run_dir": str(run.path), "profile": cfg.profile, "videos": []}
+    for video in find_videos_task(video):
+        counts = extract_frames_task(video, str(run.path), cfg.data, mode)
+        summary["videos"].append({"video": video, **counts})
+    summary["segmentation"] = segment_task(str(run.path), cfg.data)
+    if push:
+        summary["labelstudio"] = push_masks_task(str(run.path), cfg.data, project_title)
+    create_markdown_artifact(
+        key="curate-summary",
+        markdown=_markdown(summary),
+        description="castlab curate run summary",
+    )
+    logger.info("curate summary: %s", summary)
+    return summary
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    lines = [f"# curate run `{Path(summary['run_dir']).name}` (profile **{summary['profile']}**)", ""]
+    lines += ["| video | frames | kept | rejected |", "|---|---|---|---|"]
+    lines += [f"| {Path(v['video']).name} | {v['frames']} | {v['kept']} | {v['rejected']} |" for v in summary["videos"]]
+    seg = summary.get("segmentation", {})
+    lines += ["", f"Instances: {seg.get('instances')} ({seg.get('model_version')})"]
+    if "labelstudio" in summary:
+        ls = summary["labelstudio"]
+        lines.append(f"Label Studio project {ls['project_id']}: {ls['tasks']} tasks, {ls['new_tasks']} new")
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""dataset: reviewed instances → images/ captions/ metadata.json + kohya layout and TOMLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from castlab.errors import CastlabError
+from castlab.manifest import Manifest
+from castlab.workspace import Run
+from flows.common import resolve_config
+
+@flow(name="dataset")
+def dataset(
+    run_dir: str,
+    out_dir: str | None = None,
+    force: bool = False,
+    config_files: list[str] | None = None,
+    preset: str | None = None,
+    profile: str | None = None,
+) -> dict[str, Any]:
+    """Assemble a training dataset from the reviewed instances of a curate run."""
+    from castlab.dataset import assemble_dataset
+    from castlab.labelstudio.masks_project import reviewed_instances
+
+    cfg = resolve_config(config_files, preset, profile)
+    manifest = Manifest.load(Path(run_dir) / "manifest.parquet")
+    rows = reviewed_instances(manifest)
+    if not rows:
+        raise CastlabError(f"{run_dir}: no reviewed instances yet (review masks in Label Studio, then review-sync)")
+    target = Path(out_dir) if out_dir else Run.create("dataset", cfg).path / "dataset"
+    summary = assemble_dataset(rows, target, cfg, force=force)
+    get_run_logger().info("dataset at %s: %s", target, summary)
+    return summary

@@ -1,0 +1,34 @@
+"""review-sync: pull reviewed Label Studio annotations back into a curate run's manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from castlab.manifest import Manifest
+from castlab.workspace import Run
+from flows.common import labelstudio, resolve_config
+
+
+@task(name="sync-mask-reviews")
+def sync_masks_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, int]:
+    from castlab.labelstudio.masks_project import sync_mask_reviews
+    from flows.common import config_from_dict
+
+    cfg = config_from_dict(cfg_data)
+    manifest = Manifest.load(Path(run_dir) / "manifest.parquet")
+    return sync_mask_reviews(labelstudio(cfg), manifest, Path(run_dir))
+
+
+@flow(name="review-sync")
+def review_sync(
+    run_dir: str, config_files: list[str] | None = None, preset: str | None = None, profile: str | None = None
+) -> dict[str, Any]:
+    """Bring masks reviewed in Label Studio back into the run (accepted, corrected, added, removed)."""
+    cfg = resolve_config(config_files, preset, profile)
+    run = Run.open(run_dir, cfg)
+    counts = sync_masks_task(str(run.path), cfg.data)
+    get_run_logger().info("review-sync %s: %s", run.path.name, counts)
+    return counts

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Create/refresh the project virtualenv (.venv) and Label Studio's own virtualenv (.venv-labelstudio).
+# Idempotent: a stamp file records what was installed; nothing is reinstalled when inputs are unchanged.
+# Usage: scripts/setup_venv.sh project|labelstudio
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+LS_VERSION="1.23.2"
+
+stamp_of() { cat "$@" 2>/dev/null | sha1sum | cut -c1-16; }
+
+case "${1:-project}" in
+  project)
+    venv=.venv
+    stamp="$(stamp_of pyproject.toml scripts/setup_venv.sh)"
+    if [ -f "$venv/.castlab-stamp" ] && [ "$(cat "$venv/.castlab-stamp")" = "$stamp" ]; then
+      echo "project venv up to date ($venv)"; exit 0
+    fi
+    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
+    # torch first, pinned: the CUDA build runs on CPU too, and torchvision needs it (see README).
+    case "$(uname -m)" in
+      aarch64|arm64) torch_pins="torch==2.9.1 torchvision==0.24.1" ;;
+      *) torch_pins="torch==2.14.1 torchvision==0.29.1" ;;
+    esac
+    "$venv/bin/python" -m pip install -q $torch_pins
+    # sam2 builds against the installed torch, without its CUDA extension (optional post-processing).
+    SAM2_BUILD_CUDA=0 "$venv/bin/python" -m pip install -q --no-build-isolation sam2==1.1.0
+    "$venv/bin/python" -m pip install -q -e '.[dev]'
+    echo "$stamp" > "$venv/.castlab-stamp"
+    echo "project venv ready ($venv)"
+    ;;
+  labelstudio)
+    venv=.venv-labelstudio
+    stamp="label-studio==$LS_VERSION"
+    if [ -f "$venv/.castlab-stamp" ] && [ "$(cat "$venv/.castlab-stamp")" = "$stamp" ]; then
+      echo "Label Studio venv up to date ($venv)"; exit 0
+    fi
+    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    # Its own venv: label-studio pins python-json-logger==2.0.4, which conflicts with prefect.
+    "$venv/bin/python" -m pip install -q "label-studio==$LS_VERSION"
+    echo "$stamp" > "$venv/.castlab-stamp"
+    echo "Label Studio venv ready ($venv)"
+    ;;
+  *) echo "usage: $0 project|labelstudio" >&2; exit 2 ;;
+esac
