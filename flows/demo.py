@@ -1,0 +1,97 @@
+"""demo: the whole thin path on real animated footage, unattended.
+
+curate (frames → SAM2 → Label Studio) → ML backend connected and asked once interactively →
+demo reviewer accepts the predictions → review-sync → dataset → train → evaluate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from castlab.manifest import Manifest
+from castlab.workspace import workspace_root
+from flows.common import config_from_dict, labelstudio, resolve_config
+from flows.curate import curate
+from flows.dataset import dataset
+from flows.evaluate import evaluate
+from flows.review_sync import review_sync
+from flows.train import train
+
+
+@task(name="connect-ml-backend")
+def connect_backend_task(cfg_data: dict[str, Any], project_id: int, run_dir: str) -> dict[str, Any]:
+    """Connect the running castlab ML backend and make one interactive keypoint request."""
+    from castlab import stack
+    from castlab.labelstudio import backends
+
+    cfg = config_from_dict(cfg_data)
+    backend = stack.status(cfg).get("ml_backend") or {}
+    if not backend.get("healthy"):
+        get_run_logger().warning("ML backend is not running (castlab up --backend); skipping")
+        return {"connected": False}
+    url, token = stack.labelstudio_connection(cfg)
+    backend_id = backends.ensure_ml_backend(labelstudio(cfg), project_id, backend["url"])
+    frame = next(r for r in Manifest.for_run(Path(run_dir)).rows(kind="frame", status="kept") if r.get("ls_task_id"))
+    context = {"result": [{
+        "type": "keypointlabels", "from_name": "kp", "to_name": "image", "is_positive": True,
+        "original_width": frame["width"], "original_height": frame["height"],
+        "value": {"x": 50.0, "y": 50.0, "width": 1.0, "keypointlabels": ["character"]},
+    }]}
+    answer = backends.interactive_annotate(url, token, backend_id, int(frame["ls_task_id"]), context)
+    regions = len(((answer.get("data") or answer).get("result")) or [])
+    return {"connected": True, "backend_id": backend_id, "url": backend["url"], "interactive_regions": regions}
+
+
+@task(name="demo-reviewer")
+def demo_review_task(cfg_data: dict[str, Any], run_dir: str) -> int:
+    from castlab.labelstudio.masks_project import accept_predictions
+
+    cfg = config_from_dict(cfg_data)
+    return accept_predictions(labelstudio(cfg), Manifest.for_run(Path(run_dir)))
+
+
+@flow(name="demo")
+def demo(
+    video: str | None = None,
+    config_files: list[str] | None = None,
+    preset: str | None = None,
+    profile: str | None = None,
+) -> dict[str, Any]:
+    from castlab.sample_media import big_buck_bunny
+
+    logger = get_run_logger()
+    kwargs = {"config_files": config_files, "preset": preset, "profile": profile}
+    cfg = resolve_config(**kwargs)
+    if video is None:
+        video = str(big_buck_bunny(workspace_root() / "media" / "samples"))
+        logger.info("sample video: %s (Big Buck Bunny, (c) Blender Foundation, CC-BY 3.0)", video)
+    cur = curate(video=video, **kwargs)
+    run_dir = cur["run_dir"]
+    project_id = cur["labelstudio"]["project_id"]
+    backend = connect_backend_task(cfg.data, project_id, run_dir)
+    accepted = demo_review_task(cfg.data, run_dir)
+    synced = review_sync(run_dir=run_dir, **kwargs)
+    data = dataset(run_dir=run_dir, **kwargs)
+    checkpoints = train(training_toml=data["training_toml"], **kwargs)
+    report = evaluate(checkpoints=checkpoints, **kwargs)
+    from castlab import stack
+
+    ls_url, _ = stack.labelstudio_connection(cfg)
+    return {
+        "profile": cfg.profile,
+        "curate_run": run_dir,
+        "label_studio_project": f"{ls_url}/projects/{project_id}",
+        "label_studio_tasks": cur["labelstudio"]["tasks"],
+        "new_tasks_this_run": cur["labelstudio"]["new_tasks"],
+        "ml_backend": backend,
+        "demo_annotations_created": accepted,
+        "review_sync": synced,
+        "dataset": data["out_dir"],
+        "training_toml": data["training_toml"],
+        "checkpoints": checkpoints,
+        "evaluation": report.get("out_dir"),
+        "comparison_grid": report.get("comparison_grid"),
+    }

@@ -1,0 +1,21 @@
+"""Test-wide settings: keep every cache and Prefect home inside pytest's tmp dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("CASTLAB_PROFILE", "tiny")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh workspace root for one test (CASTLAB_WORKSPACE)."""
+    root = tmp_path / "workspace"
+    root.mkdir()
+    monkeypatch.setenv("CASTLAB_WORKSPACE", str(root))
+    return root
