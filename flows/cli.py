@@ -10,10 +10,11 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from castlab.config import Config, load_config
-from castlab.errors import CastlabError
+from castlab.errors import CastlabError, InputError
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -28,6 +29,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"config_files": args.config, "preset": args.preset, "profile": args.profile}
+
+
+def _must_exist(*paths: str) -> None:
+    """Fail fast, before Prefect starts, on an input path that does not exist."""
+    for path in paths:
+        if not Path(path).exists():
+            raise InputError(path, "does not exist")
 
 
 def _prefect(cfg: Config) -> None:
@@ -56,6 +64,7 @@ def cmd_status(args: argparse.Namespace) -> Any:
 
 
 def cmd_curate(args: argparse.Namespace) -> Any:
+    _must_exist(args.video)
     _prefect(_config(args))
     from flows.curate import curate
 
@@ -64,6 +73,7 @@ def cmd_curate(args: argparse.Namespace) -> Any:
 
 
 def cmd_review_sync(args: argparse.Namespace) -> Any:
+    _must_exist(args.run)
     _prefect(_config(args))
     from flows.review_sync import review_sync
 
@@ -71,6 +81,7 @@ def cmd_review_sync(args: argparse.Namespace) -> Any:
 
 
 def cmd_dataset(args: argparse.Namespace) -> Any:
+    _must_exist(args.run)
     _prefect(_config(args))
     from flows.dataset import dataset
 
@@ -78,6 +89,7 @@ def cmd_dataset(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
+    _must_exist(args.toml)
     _prefect(_config(args))
     from flows.train import train
 
@@ -85,6 +97,7 @@ def cmd_train(args: argparse.Namespace) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
+    _must_exist(*args.checkpoints)
     _prefect(_config(args))
     from flows.evaluate import evaluate
 

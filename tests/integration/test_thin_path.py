@@ -1,0 +1,142 @@
+"""The thin path end to end under a real Prefect runtime against a real Label Studio server:
+curate → (reviewer edits over the LS API) → review-sync → dataset → train → evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from castlab.errors import InputError
+from castlab.labelstudio import client
+from castlab.manifest import Manifest
+
+pytestmark = pytest.mark.integration
+
+
+def make_video(path: Path, shots: int = 2, frames_per_shot: int = 30, size: tuple[int, int] = (320, 256)) -> Path:
+    """A small h264 video with `shots` visually distinct shots (a moving figure on a plain set)."""
+    import av
+
+    width, height = size
+    rng = np.random.default_rng(7)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for shot in range(shots):
+            background = rng.integers(0, 255, 3)
+            figure = 255 - background
+            for i in range(frames_per_shot):
+                img = np.empty((height, width, 3), np.uint8)
+                img[:] = background
+                yy, xx = np.mgrid[:height, :width]
+                cx, cy = 80 + 3 * i + 40 * shot, height // 2
+                img[((xx - cx) ** 2 / 40**2 + (yy - cy) ** 2 / 70**2) < 1] = figure
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ls_env(ls_server, prefect_runtime):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LABEL_STUDIO_URL", ls_server.url)
+    mp.setenv("LABEL_STUDIO_API_KEY", ls_server.token)
+    mp.setenv("CASTLAB_PROFILE", "tiny")
+    yield ls_server
+    mp.undo()
+
+
+def test_curate_bad_input_names_the_path(ls_env, tmp_path: Path):
+    from flows.curate import curate
+
+    with pytest.raises(InputError, match="does not exist"):
+        curate(video=str(tmp_path / "nope.mp4"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match=str(empty)):
+        curate(video=str(empty))
+
+
+def test_thin_path_end_to_end(ls_env, tmp_path: Path):
+    from flows.curate import curate
+    from flows.dataset import dataset
+    from flows.evaluate import evaluate
+    from flows.review_sync import review_sync
+    from flows.train import train
+
+    video = _media(ls_env, "two shots.mp4")
+    title = "thin path test"
+    first = curate(video=str(video), mode="scene", project_title=title)
+    ls = client.connect(ls_env.url, ls_env.token)
+    project_id = first["labelstudio"]["project_id"]
+    tasks = client.list_tasks(ls, project_id)
+    assert len(tasks) == first["labelstudio"]["tasks"] > 0
+    assert first["labelstudio"]["new_tasks"] == len(tasks)
+    predicted = [t for t in tasks if t.get("predictions")]
+    assert predicted, "curate pushed no mask predictions"
+    for task in predicted:
+        prediction = task["predictions"][0]
+        assert str(prediction["model_version"]).startswith("tiny-")
+        assert prediction["result"][0]["type"] == "brushlabels"
+        assert task["data"]["image"].startswith("/data/local-files/?d=")
+
+    # Re-running the flow on the same video creates no duplicate task.
+    second = curate(video=str(video), mode="scene", project_title=title)
+    assert second["labelstudio"]["new_tasks"] == 0
+    assert len(client.list_tasks(ls, project_id)) == len(tasks)
+
+    # A reviewer, over the API: corrects the first task's first mask, deletes the rest of its regions,
+    # accepts every other task's prediction as is.
+    run_dir = Path(second["run_dir"])
+    corrected_mask = None
+    for n, task in enumerate(predicted):
+        result = [dict(r) for r in task["predictions"][0]["result"]]
+        if n == 0:
+            h, w = result[0]["original_height"], result[0]["original_width"]
+            corrected_mask = np.zeros((h, w), np.uint8)
+            corrected_mask[h // 4 : h // 2, w // 3 : w // 2] = 1
+            corrected_mask[h // 4, w // 3] = 0  # an odd pixel, so the round trip is really exact
+            edited = client.brush_result(corrected_mask, "character", w, h, region_id=result[0]["id"])
+            result = [edited]
+        client.create_annotation(ls, task["id"], result)
+
+    counts = review_sync(run_dir=str(run_dir))
+    assert counts["reviewed"] == len(predicted)
+    assert counts["corrected"] == 1
+    assert counts["accepted"] >= 0 and counts["removed"] == len(predicted[0]["predictions"][0]["result"]) - 1
+    manifest = Manifest.load(run_dir / "manifest.parquet")
+    corrected = [r for r in manifest.rows(kind="instance") if r.get("review_state") == "corrected"]
+    assert len(corrected) == 1
+    decoded = np.asarray(Image.open(corrected[0]["reviewed_mask_path"])) > 127
+    assert np.array_equal(decoded, corrected_mask.astype(bool))
+    removed = [r for r in manifest.rows(kind="instance", status="rejected") if r["reject_reason"] == "removed in review"]
+    assert len(removed) == counts["removed"]
+
+    data = dataset(run_dir=str(run_dir), out_dir=str(tmp_path / "dataset"))
+    out = Path(data["out_dir"])
+    assert (out / "metadata.json").is_file() and (out / "dataset_config.toml").is_file()
+    images = sorted((out / "images").glob("*.png"))
+    assert len(images) == counts["accepted"] + counts["corrected"] + counts["added"]
+    assert len(list((out / "captions").glob("*.txt"))) == len(images)
+
+    checkpoints = train(training_toml=data["training_toml"])
+    assert checkpoints and all(Path(c).suffix == ".safetensors" for c in checkpoints)
+
+    report = evaluate(checkpoints=checkpoints, out_dir=str(tmp_path / "eval"))
+    quality = json.loads((tmp_path / "eval" / "quality_evaluation.json").read_text())
+    assert quality["profile"] == "tiny"
+    assert (tmp_path / "eval" / "comparison_grid.png").is_file()
+    assert report
+
+
+def _media(ls_server, name: str) -> Path:
+    folder = Path(ls_server.workspace) / "media"
+    folder.mkdir(parents=True, exist_ok=True)
+    return make_video(folder / name)
