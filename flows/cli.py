@@ -48,6 +48,8 @@ def cmd_up(args: argparse.Namespace) -> Any:
     from castlab import stack
 
     services = ["labelstudio", "prefect"] + (["ml_backend"] if args.backend else [])
+    if args.only:
+        services = [args.only]
     return stack.up(_config(args), services=tuple(services))
 
 
@@ -128,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("up", cmd_up, "start Label Studio and the Prefect server on 127.0.0.1").add_argument(
-        "--backend", action="store_true", help="also start the castlab ML backend")
+    p = add("up", cmd_up, "start Label Studio and the Prefect server on 127.0.0.1")
+    p.add_argument("--backend", action="store_true", help="also start the castlab ML backend")
+    p.add_argument("--only", choices=["labelstudio", "prefect", "ml_backend"], help="start just this service")
     add("down", cmd_down, "stop the local stack")
     add("status", cmd_status, "show the local stack's services and URLs")
     p = add("curate", cmd_curate, "video(s) → frames by shot → SAM2 instances → Label Studio masks project")
