@@ -41,10 +41,10 @@ def write_instance_layers(
     crop_dir = Path(run_dir, "character", subdir)
     mask_dir.mkdir(parents=True, exist_ok=True)
     crop_dir.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_dir / name)
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_dir / name, compress_level=1)
     x, y, w, h = bbox = mask_bbox(mask)
     alpha_u8 = (np.clip(alpha, 0, 1) * 255).astype(np.uint8) if alpha is not None else mask.astype(np.uint8) * 255
     rgba = np.dstack([image[..., :3], alpha_u8])
     crop = rgba[y : y + max(h, 1), x : x + max(w, 1)]
-    Image.fromarray(crop, mode="RGBA").save(crop_dir / name)
+    Image.fromarray(crop, mode="RGBA").save(crop_dir / name, compress_level=1)
     return {"mask_path": str(mask_dir / name), "crop_path": str(crop_dir / name), "bbox": bbox, "area": int(mask.sum())}

@@ -22,8 +22,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def labelstudio(cfg: Config) -> Any:
-    from castlab.labelstudio import client
     from castlab.stack import labelstudio_connection
+
+    from castlab.labelstudio import client
 
     url, token = labelstudio_connection(cfg)
     return client.connect(url, token)

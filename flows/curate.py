@@ -72,9 +72,9 @@ def curate(
     run = Run.create("curate", cfg)
     logger.info("run folder %s (profile %s)", run.path, cfg.profile)
     summary: dict[str, Any] = {"run_dir": str(run.path), "profile": cfg.profile, "videos": []}
-    for video in find_videos_task(video):
-        counts = extract_frames_task(video, str(run.path), cfg.data, mode)
-        summary["videos"].append({"video": video, **counts})
+    for path in find_videos_task(video):
+        counts = extract_frames_task(path, str(run.path), cfg.data, mode)
+        summary["videos"].append({"video": path, **counts})
     summary["segmentation"] = segment_task(str(run.path), cfg.data)
     if push:
         summary["labelstudio"] = push_masks_task(str(run.path), cfg.data, project_title)

@@ -12,6 +12,7 @@ from castlab.manifest import Manifest
 from castlab.workspace import Run
 from flows.common import resolve_config
 
+
 @flow(name="dataset")
 def dataset(
     run_dir: str,
@@ -23,6 +24,7 @@ def dataset(
 ) -> dict[str, Any]:
     """Assemble a training dataset from the reviewed instances of a curate run."""
     from castlab.dataset import assemble_dataset
+
     from castlab.labelstudio.masks_project import reviewed_instances
 
     cfg = resolve_config(config_files, preset, profile)

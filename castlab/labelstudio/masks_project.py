@@ -15,8 +15,8 @@ from PIL import Image
 
 from castlab.config import PROJECT_ROOT, Config
 from castlab.labelstudio import client
-from castlab.manifest import Manifest
 from castlab.layers import write_instance_layers
+from castlab.manifest import Manifest
 from castlab.workspace import relative_to_workspace, write_json_atomic
 
 LABEL_CONFIG = PROJECT_ROOT / "label_configs" / "masks.xml"

@@ -22,12 +22,12 @@ def make_video(path: Path, shots: int = 2, frames_per_shot: int = 30, size: tupl
     import av
 
     width, height = size
-    rng = np.random.default_rng(7)
+    palette = [(30, 60, 200), (230, 200, 40), (40, 170, 60), (200, 40, 160)]  # far apart in hue: hard cuts
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=24)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for shot in range(shots):
-            background = rng.integers(0, 255, 3)
+            background = np.array(palette[shot % len(palette)])
             figure = 255 - background
             for i in range(frames_per_shot):
                 img = np.empty((height, width, 3), np.uint8)
