@@ -1,0 +1,1 @@
+"""Label Studio: SDK helpers (:mod:`client`), review projects and ML backend connections."""

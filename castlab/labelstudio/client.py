@@ -1,0 +1,206 @@
+"""Thin helpers over label-studio-sdk 2.x: projects, local-file storage, idempotent task pushes, masks.
+
+Tasks carry a stable key in their data (``castlab_key`` by default): pushing the same items again
+creates nothing new. Media is served by Label Studio's local-files storage from the workspace root.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+
+from castlab import rle
+from castlab.errors import InputError, StackError
+from castlab.workspace import relative_to_workspace
+
+LOCAL_FILES_PREFIX = "/data/local-files/?d="
+_PAGE_SIZE = 1000
+
+
+def connect(url: str, token: str) -> LabelStudio:
+    """SDK client for the server at `url` (a legacy token is sent as ``Authorization: Token ...``)."""
+    return LabelStudio(base_url=url.rstrip("/"), api_key=token)
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return obj
+    return obj.model_dump(mode="json", by_alias=True)
+
+
+def _api_problem(exc: ApiError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {"detail": exc.body}
+    details = body.get("validation_errors") or body.get("detail") or body
+    return f"HTTP {exc.status_code}: {details}"
+
+
+def ensure_project(ls: LabelStudio, title: str, label_config: str) -> int:
+    """Id of the project titled exactly `title`; created if missing, its label config updated if changed."""
+    matches = [p for p in ls.projects.list(title=title, page_size=_PAGE_SIZE) if p.title == title]
+    if len(matches) > 1:
+        ids = ", ".join(str(p.id) for p in matches)
+        raise StackError(f"Label Studio has {len(matches)} projects titled {title!r} (ids {ids}); keep one")
+    try:
+        if not matches:
+            return int(ls.projects.create(title=title, label_config=label_config).id)
+        project_id = int(matches[0].id)
+        current = ls.projects.get(id=project_id).label_config
+        if (current or "").strip() != label_config.strip():
+            ls.projects.update(id=project_id, label_config=label_config)
+    except ApiError as exc:
+        raise StackError(f"Label Studio refused project {title!r}: {_api_problem(exc)}") from exc
+    return project_id
+
+
+def ensure_local_storage(ls: LabelStudio, project_id: int, directory: Path) -> int:
+    """Id of the project's local-files storage for `directory` (under the workspace root), made once.
+
+    Its only job is to let Label Studio serve ``/data/local-files/?d=...`` URLs below `directory`;
+    its regex matches nothing, so a "Sync" in the UI cannot import the files as extra tasks.
+    """
+    directory = Path(directory).resolve()
+    relative_to_workspace(directory)  # raises InputError outside the document root
+    if not directory.is_dir():
+        raise InputError(directory, "is not a folder (Label Studio local storage needs an existing folder)")
+    for storage in ls.import_storage.local.list(project=project_id):
+        if storage.path and Path(storage.path).resolve() == directory:
+            return int(storage.id)
+    try:
+        storage = ls.import_storage.local.create(
+            project=project_id,
+            path=str(directory),
+            use_blob_urls=True,
+            regex_filter="^$",
+            title=f"castlab media: {directory.name}"[:256],
+            description="Serves castlab's media; tasks are pushed by castlab (do not sync).",
+        )
+    except ApiError as exc:
+        raise StackError(f"Label Studio refused local storage {directory}: {_api_problem(exc)}") from exc
+    return int(storage.id)
+
+
+def local_file_url(path: Path) -> str:
+    """``/data/local-files/?d=<path relative to the workspace root>`` (InputError outside the root)."""
+    return LOCAL_FILES_PREFIX + relative_to_workspace(Path(path))
+
+
+def _existing_keys(ls: LabelStudio, project_id: int, key_field: str) -> dict[str, int]:
+    keys: dict[str, int] = {}
+    for task in ls.tasks.list(project=project_id, fields="task_only", page_size=_PAGE_SIZE):
+        key = (task.data or {}).get(key_field)
+        if key is not None:
+            keys.setdefault(str(key), int(task.id))
+    return keys
+
+
+class PushResult(dict[str, int]):
+    """key -> task id for every pushed item; ``created`` lists the keys this push created."""
+
+    def __init__(self, mapping: dict[str, int], created: list[str]) -> None:
+        super().__init__(mapping)
+        self.created = created
+
+
+def push_tasks(
+    ls: LabelStudio,
+    project_id: int,
+    items: list[dict[str, Any]],
+    key_field: str = "castlab_key",
+    chunk_size: int = 100,
+    on_chunk: Callable[[dict[str, int]], None] | None = None,
+) -> PushResult:
+    """Import items ``{"data": {..., key_field: key}, "predictions": [...]}`` whose key is new.
+
+    Returns key -> task id for every item (existing and new) as a dict whose ``created`` attribute
+    lists the keys created now. `on_chunk(mapping_so_far)` runs after each imported chunk, so a
+    caller can record what reached Label Studio before the next one.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    seen: set[str] = set()
+    for n, item in enumerate(items):
+        key = (item.get("data") or {}).get(key_field)
+        if key is None:
+            raise ValueError(f"item {n} has no data[{key_field!r}] (the stable key that prevents duplicates)")
+        if str(key) in seen:
+            raise ValueError(f"item {n}: key {key!r} appears twice in one push")
+        seen.add(str(key))
+    existing = _existing_keys(ls, project_id, key_field)
+    mapping = {
+        str(item["data"][key_field]): existing[str(item["data"][key_field])]
+        for item in items
+        if str(item["data"][key_field]) in existing
+    }
+    new = [item for item in items if str(item["data"][key_field]) not in existing]
+    for start in range(0, len(new), chunk_size):
+        chunk = new[start : start + chunk_size]
+        try:
+            response = ls.projects.import_tasks(id=project_id, request=chunk, return_task_ids=True)
+        except ApiError as exc:
+            raise StackError(f"Label Studio project {project_id} refused tasks: {_api_problem(exc)}") from exc
+        task_ids = list(response.task_ids or [])
+        if len(task_ids) != len(chunk):
+            raise StackError(
+                f"Label Studio project {project_id} created {len(task_ids)} tasks for a chunk of {len(chunk)}"
+            )
+        for item, task_id in zip(chunk, task_ids, strict=True):
+            mapping[str(item["data"][key_field])] = int(task_id)
+        if on_chunk is not None:
+            on_chunk(dict(mapping))
+    keys = [str(item["data"][key_field]) for item in items]
+    return PushResult({key: mapping[key] for key in keys}, [str(item["data"][key_field]) for item in new])
+
+
+def list_tasks(ls: LabelStudio, project_id: int) -> list[dict[str, Any]]:
+    """Every task of the project as a plain dict, with its annotations and predictions."""
+    return [_dump(t) for t in ls.tasks.list(project=project_id, fields="all", page_size=_PAGE_SIZE)]
+
+
+def brush_result(
+    mask: np.ndarray,
+    label: str,
+    width: int,
+    height: int,
+    from_name: str = "mask",
+    to_name: str = "image",
+    region_id: str | None = None,
+) -> dict[str, Any]:
+    """A BrushLabels result (RLE) for a height x width mask (nonzero = inside)."""
+    mask = np.asarray(mask)
+    if mask.shape != (int(height), int(width)):
+        raise ValueError(f"mask shape {mask.shape} does not match the image size {width}x{height} (W x H)")
+    return {
+        "id": region_id or uuid.uuid4().hex[:10],
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": "brushlabels",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": [label]},
+    }
+
+
+def mask_from_result(result: dict[str, Any]) -> np.ndarray:
+    """uint8 0/1 mask (original_height x original_width) of a BrushLabels result."""
+    value = result.get("value") or {}
+    data = value.get("rle", result.get("rle"))
+    if data is None:
+        raise ValueError(f"result {result.get('id')!r} ({result.get('type')}) holds no RLE brush mask")
+    try:
+        height, width = int(result["original_height"]), int(result["original_width"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"result {result.get('id')!r} has no original_width/original_height") from exc
+    return rle.decode(data, height, width)
+
+
+def create_annotation(ls: LabelStudio, task_id: int, result: list[dict[str, Any]]) -> int:
+    """Submit an annotation with `result` on a task (as the token's user); return its id."""
+    annotation = ls.annotations.create(id=int(task_id), result=result, was_cancelled=False)
+    return int(annotation.id)

@@ -1,0 +1,194 @@
+"""The ML backend, started for real (``python -m ml_backend``), driven by a real Label Studio server:
+connect it to a masks project, batch predictions through the Data Manager action, then one interactive
+smart-keypoint request through Label Studio's ``interactive-annotating`` endpoint."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from castlab.config import PROJECT_ROOT
+from castlab.labelstudio import client
+
+pytestmark = pytest.mark.integration
+
+LABEL_CONFIG = PROJECT_ROOT / "label_configs" / "masks.xml"
+BACKEND_START_TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _figure(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = rng.integers(20, 90, 3)
+    yy, xx = np.mgrid[:height, :width]
+    img[((xx - width / 2) / (width / 6)) ** 2 + ((yy - height / 2) / (height / 3)) ** 2 < 1] = 230
+    return img
+
+
+@pytest.fixture(scope="module")
+def backend_url(ls_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m ml_backend`` on a free loopback port, sharing Label Studio's media root."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("ml_backend") / "backend.log"
+    env = dict(
+        os.environ,
+        CASTLAB_WORKSPACE=str(ls_server.workspace),
+        CASTLAB_PROFILE="tiny",
+        LABEL_STUDIO_URL=ls_server.url,
+        LABEL_STUDIO_API_KEY=ls_server.token,
+        TORCHDYNAMO_DISABLE="1",
+    )
+    cmd = [sys.executable, "-m", "ml_backend", "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + BACKEND_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ML backend exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                tail = log_path.read_text()[-3000:]
+                pytest.fail(f"ML backend not healthy after {BACKEND_START_TIMEOUT_S} s:\n{tail}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_text = log_path.read_text(errors="replace")
+        assert ls_server.token not in log_text, "the backend logged the Label Studio token"
+
+
+@pytest.fixture(scope="module")
+def masks_project(ls_server) -> dict:
+    """A masks project with three frames served from local storage (no predictions pushed)."""
+    ls = client.connect(ls_server.url, ls_server.token)
+    frames = Path(ls_server.workspace) / "media" / "ml_backend_test"
+    frames.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for n, (h, w) in enumerate([(144, 192), (160, 120), (180, 240)]):
+        path = frames / f"frame_{n}.png"
+        Image.fromarray(_figure(h, w, n)).save(path)
+        paths[f"mlb:{n}"] = path
+    project_id = client.ensure_project(ls, "ml backend test", LABEL_CONFIG.read_text(encoding="utf-8"))
+    client.ensure_local_storage(ls, project_id, frames)
+    tasks = [{"data": {"image": client.local_file_url(p), "castlab_key": key}} for key, p in paths.items()]
+    mapping = client.push_tasks(ls, project_id, tasks)
+    return {"ls": ls, "id": int(project_id), "tasks": {int(mapping[k]): p for k, p in paths.items()}}
+
+
+def _api(ls_server, method: str, path: str, **kwargs) -> requests.Response:
+    headers = {"Authorization": f"Token {ls_server.token}"}
+    return requests.request(method, f"{ls_server.url}{path}", headers=headers, timeout=300, **kwargs)
+
+
+def test_backend_predicts_through_label_studio(ls_server, backend_url, masks_project):
+    ls, project_id = masks_project["ls"], masks_project["id"]
+    version = requests.post(f"{backend_url}/setup", json={"project": f"{project_id}.0"}, timeout=10).json()
+    model_version = version["model_version"]
+    assert model_version.startswith("tiny-")
+
+    backend = ls.ml.create(url=backend_url, project=project_id, title="castlab", is_interactive=True)
+    assert _api(ls_server, "GET", f"/api/ml/{backend.id}").json()["state"] == "CO"
+
+    task_ids = sorted(masks_project["tasks"])[:2]  # the third image stays unseen until the interactive call
+    started = time.perf_counter()
+    action = _api(
+        ls_server, "POST", "/api/dm/actions",
+        params={"id": "retrieve_tasks_predictions", "project": project_id},
+        json={"selectedItems": {"all": False, "included": task_ids}},
+    )  # fmt: skip
+    batch_s = time.perf_counter() - started
+    assert action.status_code == 200, action.text
+
+    for task_id, path in masks_project["tasks"].items():
+        task = _api(ls_server, "GET", f"/api/tasks/{task_id}").json()
+        predictions = [p for p in task.get("predictions") or [] if p["model_version"] == model_version]
+        assert predictions, f"task {task_id}: no prediction by {model_version}: {task.get('predictions')}"
+        regions = predictions[0]["result"]
+        assert regions and all(r["type"] == "brushlabels" for r in regions)
+        width, height = Image.open(path).size
+        for region in regions:
+            assert client.mask_from_result(region).shape == (height, width)
+
+    # interactive: one smart keypoint on the unseen third task → one brush mask for that task
+    task_id = sorted(masks_project["tasks"])[2]
+    width, height = Image.open(masks_project["tasks"][task_id]).size
+    keypoint = {
+        "id": "kp1", "type": "keypointlabels", "from_name": "kp", "to_name": "image", "is_positive": True,
+        "original_width": width, "original_height": height, "image_rotation": 0,
+        "value": {"x": 50.0, "y": 50.0, "width": 1.0, "keypointlabels": ["character"]},
+    }  # fmt: skip
+    context = {"result": [keypoint]}
+    timings, answers, misses = [], [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        response = _api(
+            ls_server, "POST", f"/api/ml/{backend.id}/interactive-annotating",
+            json={"task": task_id, "context": context},
+        )  # fmt: skip
+        timings.append(time.perf_counter() - started)
+        misses.append(requests.get(f"{backend_url}/health", timeout=2).json()["embedding_cache"]["misses"])
+        assert response.status_code == 200, response.text
+        answers.append(response.json())
+    data = answers[0].get("data")
+    assert data is not None, answers[0]
+    assert data["model_version"] == model_version
+    assert len(data["result"]) == 1
+    region = data["result"][0]
+    assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["character"]
+    mask = client.mask_from_result(region).astype(bool)
+    assert mask.shape == (height, width) and mask.any()
+    assert all(a["data"]["result"][0]["value"]["rle"] == region["value"]["rle"] for a in answers[1:])
+    assert misses[1] == misses[2] == misses[0], "repeated prompts on one task must reuse its image embedding"
+    # Label Studio passed the prompt through unchanged: the backend asked directly answers the same mask
+    task = _api(ls_server, "GET", f"/api/tasks/{task_id}").json()
+    direct = requests.post(
+        f"{backend_url}/predict",
+        json={"tasks": [task], "label_config": LABEL_CONFIG.read_text(), "params": {"context": context}},
+        timeout=60,
+    ).json()
+    assert direct["results"][0]["result"][0]["value"]["rle"] == region["value"]["rle"]
+
+    # a task whose image lies outside the media root: Label Studio reports the backend's refusal
+    bad = client.push_tasks(ls, project_id, [{"data": {"image": "/data/local-files/?d=../../etc/passwd",
+                                                       "castlab_key": "mlb:outside"}}])
+    refused = _api(
+        ls_server, "POST", f"/api/ml/{backend.id}/interactive-annotating",
+        json={"task": int(bad["mlb:outside"]), "context": {"result": [keypoint]}},
+    )  # fmt: skip
+    assert "data" not in refused.json() and refused.json().get("errors"), refused.text
+    assert requests.get(f"{backend_url}/health", timeout=2).json()["status"] == "UP"
+
+    health = requests.get(f"{backend_url}/health", timeout=2).json()
+    print(
+        f"\nML backend latency: retrieve_tasks_predictions for {len(task_ids)} tasks {batch_s:.2f} s; "
+        f"interactive keypoint on an unseen image: first {timings[0]:.3f} s, "
+        f"repeated {', '.join(f'{t:.3f}' for t in timings[1:])} s; "
+        f"embedding cache {health['embedding_cache']}"
+    )
