@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -95,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> Any:
     _prefect(_config(args))
     from flows.train import train
 
-    return train(training_toml=args.toml, **_flow_kwargs(args))
+    return train(training_toml=args.toml, force=args.force, **_flow_kwargs(args))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
@@ -103,20 +104,52 @@ def cmd_evaluate(args: argparse.Namespace) -> Any:
     _prefect(_config(args))
     from flows.evaluate import evaluate
 
-    return evaluate(checkpoints=args.checkpoints, out_dir=args.out, **_flow_kwargs(args))
+    return evaluate(checkpoints=args.checkpoints, out_dir=args.out, force=args.force, **_flow_kwargs(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> Any:
     _prefect(_config(args))
     from flows.demo import demo
 
-    return demo(video=args.video, **_flow_kwargs(args))
+    result = demo(video=args.video, **_flow_kwargs(args))
+    print(demo_summary(result), file=sys.stderr)
+    return result
+
+
+def demo_summary(result: dict[str, Any]) -> str:
+    """Where every output of a demo run is, for people (the JSON goes to stdout for scripts)."""
+    backend = result.get("ml_backend") or {}
+    sync = result.get("review_sync") or {}
+    lines = [
+        "",
+        f"castlab demo finished (profile: {result.get('profile')})",
+        f"  Label Studio project : {result.get('label_studio_project')}"
+        f"  ({result.get('label_studio_tasks')} tasks, {result.get('new_tasks_this_run')} new this run)",
+        f"  curate run           : {result.get('curate_run')}",
+        f"  ML backend           : {backend.get('url', 'not running')}"
+        + (f" ({backend.get('interactive_regions')} regions from one keypoint)" if backend.get("connected") else ""),
+        f"  review-sync          : {sync.get('reviewed', 0)} reviewed tasks, {sync.get('accepted', 0)} accepted /"
+        f" {sync.get('corrected', 0)} corrected / {sync.get('added', 0)} added instances",
+        f"  dataset              : {result.get('dataset')}",
+        f"  training TOML        : {result.get('training_toml')}",
+        f"  LoRA checkpoints     : {', '.join(result.get('checkpoints') or [])}",
+        f"  evaluation           : {result.get('evaluation')}",
+        f"  comparison grid      : {result.get('comparison_grid')}",
+    ]
+    if result.get("profile") == "tiny":
+        lines.append("  (tiny profile: random-weight models; the pictures show plumbing, not quality)")
+    return "\n".join(lines)
 
 
 def cmd_backend(args: argparse.Namespace) -> Any:
     from ml_backend.__main__ import main as backend_main
 
-    backend_main(["--host", args.host, "--port", str(args.port)] if args.port else ["--host", args.host])
+    argv = ["--host", args.host] if args.host else []
+    argv += ["--port", str(args.port)] if args.port else []
+    argv += [item for path in args.config or [] for item in ("--config", path)]
+    argv += ["--preset", args.preset] if args.preset else []
+    argv += ["--profile", args.profile] if args.profile else []
+    backend_main(argv)
     return None
 
 
@@ -148,19 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     p = add("train", cmd_train, "train a LoRA from a kohya-compatible training TOML")
     p.add_argument("toml", help="training.toml written by `castlab dataset`")
+    p.add_argument("--force", action="store_true", help="replace existing checkpoints of the same output_name")
     p = add("evaluate", cmd_evaluate, "render fixed prompts/seeds per checkpoint, CLIP-T, grid")
     p.add_argument("checkpoints", nargs="+", help="kohya-format LoRA .safetensors files")
     p.add_argument("--out", help="output folder (default: a new evaluate run folder)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing quality_evaluation.json")
     p = add("demo", cmd_demo, "the whole path on Big Buck Bunny (or --video): curate → … → evaluate")
     p.add_argument("--video", help="video to use instead of the Big Buck Bunny sample")
     p = add("backend", cmd_backend, "run the Label Studio ML backend in the foreground")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", help="bind address (default: setting ml_backend.host, 127.0.0.1)")
     p.add_argument("--port", type=int)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = args.func(args)
     except CastlabError as exc:

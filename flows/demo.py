@@ -93,5 +93,5 @@ def demo(
         "training_toml": data["training_toml"],
         "checkpoints": checkpoints,
         "evaluation": report.get("out_dir"),
-        "comparison_grid": report.get("comparison_grid"),
+        "comparison_grid": report.get("grid_path"),
     }

@@ -15,6 +15,7 @@ from flows.common import resolve_config
 def evaluate(
     checkpoints: list[str],
     out_dir: str | None = None,
+    force: bool = False,
     config_files: list[str] | None = None,
     preset: str | None = None,
     profile: str | None = None,
@@ -24,6 +25,6 @@ def evaluate(
 
     cfg = resolve_config(config_files, preset, profile)
     target = Path(out_dir) if out_dir else Run.create("evaluate", cfg).path
-    report = evaluate_checkpoints([Path(c) for c in checkpoints], target, cfg)
+    report = evaluate_checkpoints([Path(c) for c in checkpoints], target, cfg, force=force)
     get_run_logger().info("evaluation written to %s", target)
     return report

@@ -86,14 +86,13 @@ def push_masks(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config, title: s
                 manifest.update(key, ls_project_id=int(project_id), ls_task_id=int(task_id))
         manifest.save()
 
-    before = {r["row_id"] for r in manifest.rows(kind="frame") if r.get("ls_task_id") is not None}
     mapping = client.push_tasks(ls, project_id, tasks, on_chunk=record)
     record(mapping)
     summary = {
         "project_id": int(project_id),
         "title": title,
         "tasks": len(mapping),
-        "new_tasks": len(set(mapping) - before),
+        "new_tasks": len(mapping.created),
         "predicted_regions": sum(len(t["predictions"][0]["result"]) for t in tasks if t["predictions"]),
     }
     write_json_atomic(run_dir / "labelstudio_push.json", summary)

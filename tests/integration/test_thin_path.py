@@ -116,7 +116,8 @@ def test_thin_path_end_to_end(ls_env, tmp_path: Path):
     assert len(corrected) == 1
     decoded = np.asarray(Image.open(corrected[0]["reviewed_mask_path"])) > 127
     assert np.array_equal(decoded, corrected_mask.astype(bool))
-    removed = [r for r in manifest.rows(kind="instance", status="rejected") if r["reject_reason"] == "removed in review"]
+    rejected = manifest.rows(kind="instance", status="rejected")
+    removed = [r for r in rejected if r["reject_reason"] == "removed in review"]
     assert len(removed) == counts["removed"]
 
     data = dataset(run_dir=str(run_dir), out_dir=str(tmp_path / "dataset"))
