@@ -153,10 +153,11 @@ def evaluate_checkpoints(
     for rank, row in enumerate(ranked, 1):
         row["rank"] = rank
     grid_path = out_dir / GRID_NAME
-    _save_png(comparison_grid(out_dir, rows, columns), grid_path)
+    note = "tiny profile: random-weight models, scores mean nothing" if cfg.profile == "tiny" else None
+    _save_png(comparison_grid(out_dir, rows, columns, note), grid_path)
     report = {
         "profile": cfg.profile,
-        "note": "tiny profile: random-weight models, scores mean nothing" if cfg.profile == "tiny" else None,
+        "note": note,
         "model_versions": {"base_model": base_version, "embedder": embedder.model_version},
         "metric": "clip_t",
         "prompts": prompts,
@@ -181,15 +182,23 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def comparison_grid(out_dir: Path, rows: list[dict[str, Any]], columns: list[dict[str, Any]]) -> Image.Image:
-    """Rows = base + checkpoints (label: name, mean CLIP-T), columns = prompt × seed (label: p#/seed)."""
+def comparison_grid(
+    out_dir: Path, rows: list[dict[str, Any]], columns: list[dict[str, Any]], note: str | None = None
+) -> Image.Image:
+    """Rows = base + checkpoints (label: name, mean CLIP-T), columns = prompt × seed (label: p#/seed).
+
+    `note` (e.g. the tiny-profile stamp) is printed in red under the grid.
+    """
     tile = 128
     label_w, header_h, pad = 220, 28, 4
+    footer_h = 24 if note else 0
     font = _font(12)
     width = label_w + len(columns) * (tile + pad) + pad
-    height = header_h + len(rows) * (tile + pad) + pad
+    height = header_h + len(rows) * (tile + pad) + pad + footer_h
     grid = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
+    if note:
+        draw.text((6, height - footer_h + 4), note.upper(), fill=(200, 0, 0), font=font)
     for j, col in enumerate(columns):
         x = label_w + pad + j * (tile + pad)
         draw.text((x + 2, 8), f"prompt {col['prompt_index']} / seed {col['seed']}", fill=(0, 0, 0), font=font)

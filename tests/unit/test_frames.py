@@ -67,6 +67,10 @@ def test_blurry_and_small_frames_stay_as_rejected_rows(two_shots: Path, tmp_path
         assert r["reject_reason"] == f"blur {r['blur']:.1f} < {threshold:g}"
         assert Path(r["path"]).is_file()  # rejected frames are still written for review
 
+    # The threshold really comes from the config: raise it above the sharpest frame and every frame fails.
+    strict = load_config(extra={"quality": {"blur_threshold": max(r["blur"] for r in sharp) + 1.0}})
+    assert all(r["status"] == "rejected" for r in extract_frames(two_shots, tmp_path / "strict", strict, mode="scene"))
+
     small = make_video(tmp_path / "small.mp4", shots=("sharp",), frames_per_shot=12, size=(160, 128))
     rows = extract_frames(small, tmp_path / "b", cfg, mode="interval")
     assert rows and all(r["status"] == "rejected" for r in rows)
