@@ -19,3 +19,13 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root.mkdir()
     monkeypatch.setenv("CASTLAB_WORKSPACE", str(root))
     return root
+
+
+@pytest.fixture(scope="module")
+def models_workspace(tmp_path_factory: pytest.TempPathFactory):
+    """A workspace shared by a test module for the tiny base model (built once, then loaded)."""
+    root = tmp_path_factory.getbasetemp() / "tiny-models-workspace"
+    root.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CASTLAB_WORKSPACE", str(root))
+        yield root

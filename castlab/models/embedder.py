@@ -21,6 +21,7 @@ import torch
 
 from castlab.config import Config
 from castlab.errors import ConfigError, InputError
+from castlab.models import file_sha1
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 _BATCH = 32
@@ -138,15 +139,9 @@ def load_embedder(cfg: Config, device: str = "cpu") -> Embedder:
             if looks_like_path:
                 raise InputError(path, f"does not match open_clip architecture {arch}: {exc}") from exc
             raise
-        tag = _file_sha1(path)[:10] if looks_like_path else pretrained
+        tag = file_sha1(path)[:10] if looks_like_path else pretrained
         version = f"openclip-{arch}-{tag}"
     tokenizer = open_clip.get_tokenizer(arch)
     return Embedder(model, preprocess, tokenizer, version, device)
 
 
-def _file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()

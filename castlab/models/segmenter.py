@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from castlab.config import Config
 from castlab.errors import ConfigError, InputError
+from castlab.models import file_sha1
 
 
 @dataclass
@@ -320,12 +321,6 @@ def _sam2_config(arch: str, setting: str) -> str:
     return name
 
 
-def _file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_segmenter(cfg: Config, device: str = "cpu", cache_mb: float | None = None) -> Segmenter:
@@ -365,7 +360,7 @@ def load_segmenter(cfg: Config, device: str = "cpu", cache_mb: float | None = No
         except RuntimeError as exc:
             raise InputError(path, f"does not match architecture {arch}: {str(exc).splitlines()[0]}") from exc
         model = model.to(device)
-        version = f"{arch}-{image_size}-{_file_sha1(path)[:10]}"
+        version = f"{arch}-{image_size}-{file_sha1(path)[:10]}"
     with warnings.catch_warnings():  # sam2's transforms use torch.jit.script, deprecated in recent torch
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
         predictor = SAM2ImagePredictor(model)

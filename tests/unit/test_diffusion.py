@@ -14,16 +14,6 @@ from castlab.models.diffusion import (
 
 
 @pytest.fixture(scope="module")
-def models_workspace(tmp_path_factory: pytest.TempPathFactory):
-    """One workspace per session for the tiny base model (built once, then loaded)."""
-    root = tmp_path_factory.getbasetemp() / "tiny-models-workspace"
-    root.mkdir(exist_ok=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CASTLAB_WORKSPACE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def cfg():
     return load_config(profile="tiny")
 

@@ -16,15 +16,6 @@ from trainers.kohya import save_kohya_lora
 
 
 @pytest.fixture(scope="module")
-def models_workspace(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.getbasetemp() / "tiny-models-workspace"
-    root.mkdir(exist_ok=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CASTLAB_WORKSPACE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def cfg():
     return load_config(profile="tiny", extra={"evaluation": {"steps": 2}})
 

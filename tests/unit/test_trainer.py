@@ -18,15 +18,6 @@ RANK, ALPHA, STEPS = 8, 3.0, 4  # alpha != rank: the exported .alpha tensors mus
 
 
 @pytest.fixture(scope="module")
-def models_workspace(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.getbasetemp() / "tiny-models-workspace"
-    root.mkdir(exist_ok=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CASTLAB_WORKSPACE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def cfg():
     return load_config(profile="tiny", extra={
         "dataset": {"resolution": 64, "val_fraction": 0.0},
