@@ -28,13 +28,13 @@ from typing import Any
 
 import av
 import cv2
-import numpy as np
 from av.video.reformatter import VideoReformatter
 from scenedetect import ContentDetector, FrameTimecode
 from tqdm import tqdm
 
 from castlab.config import Config
 from castlab.errors import ConfigError
+from castlab.quality import QualityGates
 from castlab.video import VideoInfo, open_video, probe_video, video_stream
 from castlab.workspace import atomic_path, write_json_atomic
 
@@ -66,8 +66,8 @@ def extract_frames(video: Path, out_dir: Path, cfg: Config, mode: str | None = N
 
     Writes ``out_dir/frames/<videoid>_<frameidx:06d>.<frames.image_format>`` and merges this
     video's shots into ``out_dir/shots.json``. Every written frame gets a row; frames failing the
-    quality gates (``quality.blur_threshold``, ``quality.min_width``/``min_height``) stay as rows with
-    ``status="rejected"`` and a ``reject_reason``. Undecodable packets are skipped and frames the
+    quality gates (:mod:`castlab.quality`) stay as rows with ``status="rejected"``, a ``reject_reason``
+    and ``reject_codes``. Undecodable packets are skipped and frames the
     decoder flags as corrupt are rejected; both are recorded under ``decode_errors`` in ``shots.json``.
     """
     mode = mode or str(cfg.get("frames.mode"))
@@ -135,8 +135,7 @@ class _Extractor:
             raise ConfigError(f"frames.frames_per_shot must be >= 1, got {self.per_shot}")
         if mode in ("interval", "hybrid") and self.interval <= 0:
             raise ConfigError(f"frames.interval_seconds must be > 0, got {self.interval}")
-        self.blur_threshold = float(cfg.get("quality.blur_threshold"))
-        self.min_w, self.min_h = int(cfg.get("quality.min_width")), int(cfg.get("quality.min_height"))
+        self.gates = QualityGates.from_config(cfg)
         self.min_scene_len = int(cfg.get("frames.min_scene_length"))
         self.threshold = scene_detector_threshold(cfg)
         self.detector = ContentDetector(threshold=self.threshold, min_scene_len=self.min_scene_len)
@@ -267,12 +266,7 @@ class _Extractor:
         with atomic_path(path) as tmp:
             if not cv2.imwrite(str(tmp), bgr, params):
                 raise ConfigError(f"frames.image_format {self.ext!r}: OpenCV cannot write this format")
-        blur = laplacian_variance(bgr)
-        reasons = ["corrupt frame (decode error)"] if item.corrupt else []
-        if width < self.min_w or height < self.min_h:
-            reasons.append(f"too small: {width}x{height} < {self.min_w}x{self.min_h}")
-        if blur < self.blur_threshold:
-            reasons.append(f"blur {blur:.1f} < {self.blur_threshold:g}")
+        metrics, failed = self.gates.assess(bgr, item.corrupt)
         self.rows.append({
             "row_id": f"frame:{self.info.video_id}:{item.index}",
             "kind": "frame",
@@ -285,18 +279,13 @@ class _Extractor:
             "path": str(path),
             "width": width,
             "height": height,
-            "blur": round(blur, 3),
+            **metrics,
             "selected_by": selected_by,
-            "status": "rejected" if reasons else "kept",
-            "reject_reason": "; ".join(reasons) if reasons else None,
+            "status": "rejected" if failed else "kept",
+            "reject_reason": "; ".join(text for _, text in failed) if failed else None,
+            "reject_codes": ";".join(code for code, _ in failed) if failed else None,
         })
         item.frame = None  # type: ignore[assignment]  # release the decoded picture early
-
-
-def laplacian_variance(bgr: np.ndarray) -> float:
-    """Sharpness: variance of the Laplacian of the grey image (low = blurry)."""
-    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
 @contextlib.contextmanager
