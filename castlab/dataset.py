@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 import re
 import shutil
 from pathlib import Path
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from castlab.config import PROJECT_ROOT, Config
 from castlab.errors import ConfigError, InputError
 from castlab.layers import safe_name
+from castlab.splits import row_splits, shot_key
 from castlab.workspace import atomic_path, resolve_in_workspace, write_json_atomic, write_text_atomic
 
 try:
@@ -72,21 +72,6 @@ def build_caption(row: dict[str, Any], cfg: Config) -> str:
         return caption if caption.lower().startswith(lead.lower()) else f"{lead}, {caption}"
     parts = [lead, str(cfg.get("dataset.caption_prefix"))] + [_text(row.get(k)) for k in _CAPTION_FIELDS]
     return ", ".join(p for p in parts if p)
-
-
-def split_by_shot(rows: list[dict[str, Any]], val_fraction: float, seed: int) -> dict[str, str]:
-    """Shot key → "train" | "val". Validation only when there are ≥ 2 shots (at least one shot each)."""
-    shots = sorted({shot_key(r) for r in rows})
-    random.Random(seed).shuffle(shots)
-    n_val = 0
-    if len(shots) >= 2 and val_fraction > 0:
-        n_val = min(len(shots) - 1, max(1, round(len(shots) * val_fraction)))
-    return {s: ("val" if i < n_val else "train") for i, s in enumerate(shots)}
-
-
-def shot_key(row: dict[str, Any]) -> str:
-    """Video-qualified shot id; rows without a shot share one group per video (no frame-level leak)."""
-    return f"{_text(row.get('video_id')) or 'video'}/{_text(row.get('shot_id')) or 'no-shot'}"
 
 
 def fill_template(template: Any, cfg: Config, values: dict[str, Any]) -> Any:
@@ -215,7 +200,7 @@ def assemble_dataset(
         raise ConfigError(f"dataset.background_rgb must be three 0-255 values, got {list(background)}")
     trigger, class_word = str(cfg.get("dataset.trigger_token")), str(cfg.get("dataset.class_word"))
     class_tokens = f"{trigger} {class_word}"
-    splits = split_by_shot(rows, float(cfg.get("dataset.val_fraction")), int(cfg.get("seed")))
+    splits = row_splits(rows, float(cfg.get("dataset.val_fraction")), int(cfg.get("seed")))
     n_train = sum(1 for r in rows if splits[shot_key(r)] == "train")
     repeats = max(1, math.ceil(int(cfg.get("dataset.target_size_min")) / max(1, n_train)))
     kohya_dir = out_dir / "kohya" / f"{repeats}_{class_tokens}"

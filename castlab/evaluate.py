@@ -20,12 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from castlab.config import Config
 from castlab.errors import ConfigError, InputError
-from castlab.workspace import atomic_path, write_json_atomic
+from castlab.pictures import font as pil_font
+from castlab.pictures import save_png
+from castlab.workspace import write_json_atomic
 
 REPORT_NAME = "quality_evaluation.json"
 GRID_NAME = "comparison_grid.png"
@@ -89,11 +91,6 @@ def _render(
     return images
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-
-
 def evaluate_checkpoints(
     checkpoints: list[Path], out_dir: Path, cfg: Config, device: str = "cpu", force: bool = False
 ) -> dict[str, Any]:
@@ -133,7 +130,7 @@ def evaluate_checkpoints(
         files = []
         for image, col in zip(images, columns, strict=True):
             target = out_dir / name / f"{col['prompt_index']}_{col['seed']}.png"
-            _save_png(image, target)
+            save_png(image, target)
             files.append(target.relative_to(out_dir).as_posix())
         rows.append({
             "name": name,
@@ -154,7 +151,7 @@ def evaluate_checkpoints(
         row["rank"] = rank
     grid_path = out_dir / GRID_NAME
     note = "tiny profile: random-weight models, scores mean nothing" if cfg.profile == "tiny" else None
-    _save_png(comparison_grid(out_dir, rows, columns, note), grid_path)
+    save_png(comparison_grid(out_dir, rows, columns, note), grid_path)
     report = {
         "profile": cfg.profile,
         "note": note,
@@ -175,13 +172,6 @@ def evaluate_checkpoints(
     return {**report, **paths}
 
 
-def _font(size: int) -> Any:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType sizes
-        return ImageFont.load_default()
-
-
 def comparison_grid(
     out_dir: Path, rows: list[dict[str, Any]], columns: list[dict[str, Any]], note: str | None = None
 ) -> Image.Image:
@@ -192,7 +182,7 @@ def comparison_grid(
     tile = 128
     label_w, header_h, pad = 220, 28, 4
     footer_h = 24 if note else 0
-    font = _font(12)
+    font = pil_font(12)
     width = label_w + len(columns) * (tile + pad) + pad
     height = header_h + len(rows) * (tile + pad) + pad + footer_h
     grid = Image.new("RGB", (width, height), (255, 255, 255))

@@ -56,6 +56,7 @@ def segment_frames(
                 "parent_id": frame["row_id"],
                 "video_id": video,
                 "shot_id": frame.get("shot_id"),
+                "split": frame.get("split"),
                 "frame_index": index,
                 "mask_path": layers["mask_path"],
                 "crop_path": layers["crop_path"],

@@ -162,7 +162,7 @@ def _apply_annotation(
             state = "added"
             manifest.add_rows(
                 [{"row_id": row_id, "kind": "instance", "parent_id": frame["row_id"],
-                  "shot_id": frame.get("shot_id"), "video_id": frame.get("video_id"),
+                  "shot_id": frame.get("shot_id"), "video_id": frame.get("video_id"), "split": frame.get("split"),
                   "frame_index": frame.get("frame_index"), "model_version": "human"}]
             )
         seen.add(row_id)

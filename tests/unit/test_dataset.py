@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from castlab.config import load_config
-from castlab.dataset import assemble_dataset, build_caption, letterbox, split_by_shot, tomllib
+from castlab.dataset import assemble_dataset, build_caption, letterbox, tomllib
+from castlab.splits import assign_splits, row_splits, split_by_shot
 from castlab.errors import InputError
 
 RES = 64
@@ -115,6 +116,20 @@ def test_split_is_by_shot_and_seeded(tmp_path):
     # same shot id in two videos are two different shots
     both = make_rows(tmp_path / "v1", ["s"], video="v1") + make_rows(tmp_path / "v2", ["s"], video="v2")
     assert len(split_by_shot(both, 0.5, seed=0)) == 2
+
+
+def test_splits_assigned_at_curate_time_are_kept(tmp_path):
+    rows = assign_splits(make_rows(tmp_path / "crops", [f"s{i}" for i in range(6)], per_shot=2), 0.5, seed=3)
+    assert {r["split"] for r in rows} == {"train", "val"}
+    # the dataset sees only some of the shots: their curate-time split holds, whatever val_fraction says now
+    subset = [r for r in rows if r["shot_id"] in ("s0", "s1", "s2")]
+    expected = {f"{r['video_id']}/{r['shot_id']}": r["split"] for r in subset}
+    assert row_splits(subset, 0.0, seed=99) == expected
+    # a shot whose rows disagree (or rows without splits) falls back to a fresh split by shot
+    assert subset[0]["shot_id"] == subset[1]["shot_id"]
+    broken = [{**subset[0], "split": "val"}, {**subset[1], "split": "train"}] + subset[2:]
+    assert row_splits(broken, 0.0, seed=99) == split_by_shot(broken, 0.0, seed=99)
+    assert set(row_splits(broken, 0.0, seed=99).values()) == {"train"}
 
 
 def test_training_overrides_from_config(workspace, tmp_path):

@@ -33,6 +33,25 @@ def test_adding_an_existing_row_updates_instead_of_duplicating(tmp_path: Path):
     assert len(m) == 1 and m.get("frame:a:1")["blur"] == 99.0
 
 
+def test_bulk_update_touches_only_the_given_rows(tmp_path: Path):
+    m = Manifest(tmp_path / "manifest.parquet")
+    m.add_rows([{"row_id": f"frame:a:{i}", "kind": "frame", "blur": float(i), "status": "rejected",
+                 "reject_reason": "blur"} for i in range(6)])
+    updates = [{"row_id": f"frame:a:{i}", "status": "kept", "reject_reason": None, "split": "val", "box": [i, i]}
+               for i in (4, 1)]
+    assert m.add_rows(updates + [{"row_id": "frame:b:0", "kind": "frame"}]) == 1
+    m.save()
+    rows = {r["row_id"]: r for r in Manifest.load(m.path).rows()}
+    assert len(rows) == 7
+    for i in range(6):
+        row = rows[f"frame:a:{i}"]
+        assert row["blur"] == float(i)
+        if i in (1, 4):
+            assert (row["status"], row["reject_reason"], row["split"], row["box"]) == ("kept", None, "val", [i, i])
+        else:
+            assert (row["status"], row["reject_reason"], row["split"]) == ("rejected", "blur", None)
+
+
 def test_bad_manifest_files_are_named(tmp_path: Path):
     with pytest.raises(InputError, match="manifest does not exist"):
         Manifest.load(tmp_path / "nope.parquet")
