@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from castlab.manifest import Manifest
+from castlab.report import REPORT_MD
 from castlab.workspace import Run
 from flows.common import config_from_dict, labelstudio, resolve_config
 
@@ -29,8 +30,40 @@ def extract_frames_task(video: str, run_dir: str, cfg_data: dict[str, Any], mode
     manifest = Manifest.for_run(Path(run_dir))
     manifest.add_rows(rows)
     manifest.save()
-    kept = sum(1 for r in rows if r["status"] == "kept")
+    kept = _kept(rows)
     return {"frames": len(rows), "kept": kept, "rejected": len(rows) - kept}
+
+
+@task(name="deduplicate-frames")
+def dedup_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, int]:
+    """pHash + SSIM near-duplicate removal over every kept frame of the run (within and across shots)."""
+    from castlab.dedup import deduplicate
+
+    cfg = config_from_dict(cfg_data)
+    manifest = Manifest.for_run(Path(run_dir))
+    rows = manifest.rows(kind="frame")
+    deduped = deduplicate(rows, cfg)
+    manifest.add_rows(deduped)
+    manifest.save()
+    return {"duplicates": sum(1 for r in deduped if r.get("duplicate_of")), "kept": _kept(deduped)}
+
+
+@task(name="split-and-report")
+def split_report_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, Any]:
+    """Train/val by shot (seeded), then report.md / report.csv / contact_sheet.png for the frame stages."""
+    from castlab.report import write_report
+    from castlab.splits import assign_splits
+
+    cfg = config_from_dict(cfg_data)
+    manifest = Manifest.for_run(Path(run_dir))
+    rows = assign_splits(manifest.rows(kind="frame"), float(cfg.get("dataset.val_fraction")), int(cfg.get("seed")))
+    manifest.add_rows([{"row_id": r["row_id"], "split": r["split"]} for r in rows])
+    manifest.save()
+    return write_report(Path(run_dir), rows, profile=cfg.profile)
+
+
+def _kept(rows: list[dict[str, Any]]) -> int:
+    return sum(1 for r in rows if r.get("status") == "kept")
 
 
 @task(name="segment-instances")
@@ -75,6 +108,13 @@ def curate(
     for path in find_videos_task(video):
         counts = extract_frames_task(path, str(run.path), cfg.data, mode)
         summary["videos"].append({"video": path, **counts})
+    summary["dedup"] = dedup_task(str(run.path), cfg.data)
+    report = split_report_task(str(run.path), cfg.data)
+    summary["report"] = report["files"]
+    summary["frames"] = {"stages": report["stages"], "reasons": report["reasons"]}
+    create_markdown_artifact(key="curate-frames-report", markdown=report["markdown"],
+                             description="castlab frame curation report (counts per stage and reason)")
+    logger.info("frame report: %s", report["files"][REPORT_MD])
     summary["segmentation"] = segment_task(str(run.path), cfg.data)
     if push:
         summary["labelstudio"] = push_masks_task(str(run.path), cfg.data, project_title)

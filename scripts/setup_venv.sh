@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create/refresh the project virtualenv (.venv) and Label Studio's own virtualenv (.venv-labelstudio).
 # Idempotent: a stamp file records what was installed; nothing is reinstalled when inputs are unchanged.
-# Usage: scripts/setup_venv.sh project|labelstudio
+# Usage: scripts/setup_venv.sh project|labelstudio|bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -43,5 +43,22 @@ case "${1:-project}" in
     echo "$stamp" > "$venv/.castlab-stamp"
     echo "Label Studio venv ready ($venv)"
     ;;
-  *) echo "usage: $0 project|labelstudio" >&2; exit 2 ;;
+  bench)
+    # Baselines the benchmarks compare against (imagededup pulls torch): never in the project venv.
+    venv=.venv-bench
+    stamp="imagededup==0.3.3"
+    if [ -f "$venv/.castlab-stamp" ] && [ "$(cat "$venv/.castlab-stamp")" = "$stamp" ]; then
+      echo "benchmark venv up to date ($venv)"; exit 0
+    fi
+    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    case "$(uname -m)" in
+      aarch64|arm64) torch_pins="torch==2.9.1 torchvision==0.24.1" ;;
+      *) torch_pins="torch==2.14.1 torchvision==0.29.1" ;;
+    esac
+    "$venv/bin/python" -m pip install -q $torch_pins "$stamp"
+    echo "$stamp" > "$venv/.castlab-stamp"
+    echo "benchmark venv ready ($venv)"
+    ;;
+  *) echo "usage: $0 project|labelstudio|bench" >&2; exit 2 ;;
 esac

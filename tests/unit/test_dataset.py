@@ -7,8 +7,8 @@ from PIL import Image
 
 from castlab.config import load_config
 from castlab.dataset import assemble_dataset, build_caption, letterbox, tomllib
-from castlab.splits import assign_splits, row_splits, split_by_shot
 from castlab.errors import InputError
+from castlab.splits import assign_splits, row_splits, split_by_shot
 
 RES = 64
 BG = (127, 127, 127)

@@ -1,0 +1,118 @@
+"""Near-duplicate search over frame hashes: castlab.dedup.near_pairs vs imagededup's PHash.find_duplicates.
+
+Synthetic film-shaped 64-bit pHashes: shots of 20–60 frames whose consecutive hashes differ by 0–4
+random bits (adjacent-frame duplicates, the ground truth) among unrelated shots. Both searches get the
+same hashes and the same threshold (Hamming ≤ 12); recall is measured on the adjacent-frame pairs.
+imagededup (it pulls torch) runs in its own venv, `.venv-bench` (`scripts/setup_venv.sh bench`).
+
+    .venv/bin/python benchmarks/bench_dedup.py            # imagededup on 10k hashes, castlab on 10k and 100k
+    .venv/bin/python benchmarks/bench_dedup.py --n 100000 # the full comparison (imagededup: ~30 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
+THRESHOLD = 12
+
+
+def film_hashes(n: int, seed: int = 0) -> tuple[np.ndarray, set[tuple[int, int]]]:
+    """`n` hashes in shots, and the adjacent-frame pairs within THRESHOLD (ground truth)."""
+    rng = np.random.default_rng(seed)
+    hashes = np.zeros(n, dtype=np.uint64)
+    truth: set[tuple[int, int]] = set()
+    k = 0
+    while k < n:
+        h = np.uint64(rng.integers(0, 2**63)) * np.uint64(2) + np.uint64(rng.integers(0, 2))
+        for step in range(min(int(rng.integers(20, 61)), n - k)):
+            if step:
+                for bit in rng.choice(64, int(rng.integers(0, 5)), replace=False):
+                    h ^= np.uint64(1) << np.uint64(int(bit))
+                if int(np.bitwise_count(hashes[k - 1] ^ h)) <= THRESHOLD:
+                    truth.add((k - 1, k))
+            hashes[k] = h
+            k += 1
+    return hashes, truth
+
+
+def castlab_pairs(hashes: np.ndarray) -> tuple[float, set[tuple[int, int]]]:
+    from castlab.dedup import near_pairs
+
+    start = time.perf_counter()
+    i, j, _ = near_pairs(hashes, THRESHOLD)
+    return time.perf_counter() - start, set(zip(i.tolist(), j.tolist(), strict=True))
+
+
+def imagededup_pairs(hashes: np.ndarray) -> tuple[float, set[tuple[int, int]]]:
+    """Runs this file with --worker in .venv-bench; same hashes as 16-digit hex strings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "hashes.json", Path(tmp) / "out.json"
+        src.write_text(json.dumps([f"{int(h):016x}" for h in hashes]))
+        subprocess.run([str(BENCH_PY), __file__, "--worker", str(src), str(dst)], check=True)
+        out = json.loads(dst.read_text())
+    return out["seconds"], {tuple(p) for p in out["pairs"]}
+
+
+def worker(src: str, dst: str) -> None:
+    from imagededup.methods import PHash
+
+    hexes = json.loads(Path(src).read_text())
+    encoding_map = {str(k): h for k, h in enumerate(hexes)}
+    start = time.perf_counter()
+    found = PHash(verbose=False).find_duplicates(encoding_map=encoding_map, max_distance_threshold=THRESHOLD)
+    seconds = time.perf_counter() - start
+    pairs = sorted({tuple(sorted((int(a), int(b)))) for a, dups in found.items() for b in dups})
+    Path(dst).write_text(json.dumps({"seconds": seconds, "pairs": pairs}))
+
+
+def recall(found: set[tuple[int, int]], truth: set[tuple[int, int]]) -> float:
+    return len(found & truth) / max(1, len(truth))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000, help="hashes both searches get (default 10000)")
+    parser.add_argument("--castlab-n", type=int, default=100_000, help="castlab alone on this many as well")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return 0
+    if not BENCH_PY.exists():
+        print(f"{BENCH_PY} missing: run `scripts/setup_venv.sh bench` first", file=sys.stderr)
+        return 2
+
+    hashes, truth = film_hashes(args.n)
+    ours_s, ours = castlab_pairs(hashes)
+    base_s, base = imagededup_pairs(hashes)
+    brute = None
+    if args.n <= 20_000:  # exactness check against a brute-force all-pairs count (test-sized only)
+        d = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+        brute = int(np.count_nonzero(np.triu(d <= THRESHOLD, 1)))
+    print(f"{args.n} hashes, {len(truth)} adjacent-frame duplicate pairs, threshold {THRESHOLD}")
+    print(f"  imagededup PHash.find_duplicates : {base_s:8.2f} s  pairs {len(base):8d}  "
+          f"adjacent recall {recall(base, truth):.4f}")
+    print(f"  castlab near_pairs (MIH)         : {ours_s:8.2f} s  pairs {len(ours):8d}  "
+          f"adjacent recall {recall(ours, truth):.4f}" + (f"  (brute force: {brute} pairs)" if brute else ""))
+    print(f"  speed-up: x{base_s / ours_s:.1f} (goal >= x10, recall >= imagededup's)")
+    if args.castlab_n > args.n:
+        big, big_truth = film_hashes(args.castlab_n, seed=1)
+        seconds, found = castlab_pairs(big)
+        print(f"castlab alone, {args.castlab_n} hashes: {seconds:.2f} s, {len(found)} pairs, "
+              f"adjacent recall {recall(found, big_truth):.4f}")
+    ok = base_s / ours_s >= 10 and recall(ours, truth) >= recall(base, truth)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
