@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "show the local stack's services and URLs")
     p = add("curate", cmd_curate, "video(s) → frames by shot → SAM2 instances → Label Studio masks project")
     p.add_argument("video", help="a video file or a folder of videos")
-    p.add_argument("--mode", choices=["scene", "interval"], help="frame extraction mode (default from config)")
+    p.add_argument("--mode", choices=["scene", "interval", "hybrid"], help="frame selection (default from config)")
     p.add_argument("--project", help="Label Studio project title (default from config)")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p = add("review-sync", cmd_review_sync, "pull reviewed annotations back into a curate run's manifest")
