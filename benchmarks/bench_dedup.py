@@ -64,7 +64,13 @@ def imagededup_pairs(hashes: np.ndarray) -> tuple[float, set[tuple[int, int]]]:
 
 
 def worker(src: str, dst: str) -> None:
-    from imagededup.methods import PHash
+    import types
+
+    # imagededup.methods imports its CNN module, whose class body downloads MobileNet weights:
+    # stand in an empty module (offline machines; the hashing search does not use it).
+    sys.modules["imagededup.methods.cnn"] = types.ModuleType("imagededup.methods.cnn")
+    sys.modules["imagededup.methods.cnn"].CNN = None  # type: ignore[attr-defined]
+    from imagededup.methods.hashing import PHash
 
     hexes = json.loads(Path(src).read_text())
     encoding_map = {str(k): h for k, h in enumerate(hexes)}
