@@ -8,7 +8,7 @@ export PREFECT_HOME ?= $(CASTLAB_WORKSPACE)/stack/prefect
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export TORCHDYNAMO_DISABLE ?= 1
 
-.PHONY: setup venv labelstudio-venv demo test test-unit test-integration lint bench up down status clean
+.PHONY: setup venv labelstudio-venv bench-venv demo test test-unit test-integration lint bench up down status clean
 
 setup: venv labelstudio-venv
 
@@ -34,7 +34,10 @@ test-integration: setup
 lint: venv
 	$(VENV)/bin/ruff check castlab flows ml_backend trainers tests benchmarks
 
-bench: venv
+bench-venv:
+	@scripts/setup_venv.sh bench
+
+bench: venv bench-venv
 	$(PY) benchmarks/run_all.py
 
 up: setup
