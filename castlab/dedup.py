@@ -2,9 +2,12 @@
 SSIM (≥ ``dedup.ssim_min``), within and across shots and videos.
 
 Candidate pairs come from multi-index hashing (Norouzi et al.): the 64 bits are split into 4 chunks of
-16; two hashes within distance r differ in at most ``r // 4`` bits of at least one chunk (pigeonhole),
-so each chunk table is probed with every 16-bit flip mask of weight ≤ r // 4 and the candidates are
-verified on all 64 bits. Exact (no pair within r is missed) and vectorised; no all-pairs loop.
+16. With ``r = 4q + a`` (``0 <= a < 4``), two hashes within distance r differ in at most q bits of one
+of the first a + 1 chunks or in at most q - 1 bits of one of the others (otherwise they would differ in
+at least ``(a + 1)(q + 1) + (3 - a)q = r + 1`` bits). So each chunk table is probed with every 16-bit
+flip mask of that chunk's radius and the candidates are verified on all 64 bits. Exact (no pair within
+r is missed); no all-pairs loop. :class:`HashIndex` is the incremental form the greedy pass uses (each
+frame is looked up among the kept representatives only); :func:`near_pairs` the vectorised batch form.
 """
 
 from __future__ import annotations
@@ -33,8 +36,65 @@ def _flip_masks(bits: int, max_weight: int) -> np.ndarray:
     return np.asarray(masks, dtype=np.uint16)
 
 
+_BYTE_BITS = np.array([bin(v).count("1") for v in range(256)], dtype=np.uint8)
+
+
+def popcount_table(x: np.ndarray) -> np.ndarray:
+    """Set bits of each ``uint64`` in `x`, by a byte lookup table (numpy < 2 has no ``bitwise_count``)."""
+    flat = np.ascontiguousarray(x, dtype=np.uint64).reshape(-1)
+    return _BYTE_BITS[flat.view(np.uint8)].reshape(-1, 8).sum(axis=1, dtype=np.int64).reshape(np.shape(x))
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
+    """Elementwise Hamming distance of 64-bit hashes (``int64``)."""
+    xor = np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64))
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(xor).astype(np.int64)
+    return popcount_table(xor)
+
+
+def _chunk_radii(max_distance: int) -> list[int]:
+    """Per-chunk probe radius (refined pigeonhole, see the module docstring); -1 = chunk not probed."""
+    if max_distance < 0:
+        raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+    q, a = divmod(max_distance, CHUNKS)
+    return [q if c <= a else q - 1 for c in range(CHUNKS)]
+
+
+class HashIndex:
+    """Incremental multi-index over 64-bit hashes: :meth:`add` them, :meth:`query` those within a distance.
+
+    Per chunk, a dict from the 16-bit chunk value to the keys stored with it; a query probes each chunk
+    with the flip masks of that chunk's radius and verifies the candidates on all 64 bits.
+    """
+
+    def __init__(self, max_distance: int) -> None:
+        self.max_distance = max_distance
+        self.masks = [_flip_masks(CHUNK_BITS, r).tolist() for r in _chunk_radii(max_distance)]  # r = -1: none
+        self.tables: list[dict[int, list[int]]] = [{} for _ in range(CHUNKS)]
+        self.hashes: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def add(self, value: int) -> int:
+        """Store `value`; returns its key (0, 1, 2, ... in insertion order)."""
+        key = len(self.hashes)
+        self.hashes.append(int(value))
+        for c, table in enumerate(self.tables):
+            table.setdefault((int(value) >> (c * CHUNK_BITS)) & 0xFFFF, []).append(key)
+        return key
+
+    def query(self, value: int) -> list[tuple[int, int]]:
+        """``(key, distance)`` of every stored hash within ``max_distance`` of `value`, nearest first."""
+        value = int(value)
+        found: set[int] = set()
+        for c, (table, masks) in enumerate(zip(self.tables, self.masks, strict=True)):
+            chunk = (value >> (c * CHUNK_BITS)) & 0xFFFF
+            for mask in masks:
+                found.update(table.get(chunk ^ mask, ()))
+        hits = ((key, (self.hashes[key] ^ value).bit_count()) for key in found)
+        return sorted(((k, d) for k, d in hits if d <= self.max_distance), key=lambda kd: (kd[1], kd[0]))
 
 
 def near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,15 +104,16 @@ def near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nd
     """
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
     n = len(hashes)
-    if max_distance < 0:
-        raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+    radii = _chunk_radii(max_distance)
     if n < 2:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    masks = _flip_masks(CHUNK_BITS, max_distance // CHUNKS)
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
-    for c in range(CHUNKS):
+    for c, radius in enumerate(radii):
+        if radius < 0:
+            continue
+        masks = _flip_masks(CHUNK_BITS, radius)
         chunk = ((hashes >> np.uint64(c * CHUNK_BITS)) & np.uint64(0xFFFF)).astype(np.uint16)
         order = np.argsort(chunk, kind="stable")
         sizes = np.bincount(chunk, minlength=1 << CHUNK_BITS)  # bucket v holds order[first[v]:first[v]+sizes[v]]
@@ -137,7 +198,8 @@ def deduplicate(rows: list[dict[str, Any]], cfg: Config, progress: bool = True) 
     """Copies of frame `rows` (same order) with near-duplicates rejected.
 
     Kept rows are visited sharpest first (``blur`` descending, then ``row_id``); a row within the
-    pHash distance of an earlier kept row *and* SSIM-confirmed against it becomes ``status="rejected"``
+    pHash distance of a row kept before it *and* SSIM-confirmed against it (the nearest such by pHash)
+    becomes ``status="rejected"``
     with ``duplicate_of`` (that row's id), ``dup_hamming``, ``dup_ssim`` and ``reject_codes``
     ``duplicate``. Every kept input row gets ``phash`` (16 hex digits). Rejected rows pass unchanged.
     """
@@ -149,43 +211,24 @@ def deduplicate(rows: list[dict[str, Any]], cfg: Config, progress: bool = True) 
         value = phash(Path(str(out[k]["path"])))
         hashes[n] = np.uint64(value)
         out[k]["phash"] = f"{value:016x}"
-    neighbours: dict[int, list[tuple[int, int]]] = {}
-    for a, b, d in zip(*near_pairs(hashes, distance), strict=True):
-        neighbours.setdefault(int(a), []).append((int(b), int(d)))
-        neighbours.setdefault(int(b), []).append((int(a), int(d)))
     order = sorted(range(len(live)), key=lambda n: (-float(out[live[n]].get("blur") or 0.0), out[live[n]]["row_id"]))
-    thumbs, kept = _Thumbs(size), set()
+    thumbs, index, reps = _Thumbs(size), HashIndex(distance), []  # reps[key] = position in `live` of index key
     for n in order:
-        match = _first_match(n, neighbours.get(n, []), kept, live, out, thumbs, ssim_min)
-        if match is None:
-            kept.add(n)
-            continue
-        rep, d, score = match
         row = out[live[n]]
-        row.update(
-            status="rejected",
-            duplicate_of=out[live[rep]]["row_id"],
-            dup_hamming=d,
-            dup_ssim=round(score, 4),
-            reject_reason=f"duplicate of {out[live[rep]]['row_id']} (hamming {d}, ssim {score:.3f})",
-            reject_codes=DUPLICATE,
-        )
+        for key, d in index.query(int(hashes[n])):  # kept representatives only, nearest pHash first
+            rep = out[live[reps[key]]]
+            score = thumbs.ssim(str(row["path"]), str(rep["path"]))
+            if score >= ssim_min:
+                row.update(
+                    status="rejected",
+                    duplicate_of=rep["row_id"],
+                    dup_hamming=d,
+                    dup_ssim=round(score, 4),
+                    reject_reason=f"duplicate of {rep['row_id']} (hamming {d}, ssim {score:.3f})",
+                    reject_codes=DUPLICATE,
+                )
+                break
+        else:
+            index.add(int(hashes[n]))
+            reps.append(n)
     return out
-
-
-def _first_match(
-    n: int,
-    candidates: list[tuple[int, int]],
-    kept: set[int],
-    live: list[int],
-    rows: list[dict[str, Any]],
-    thumbs: _Thumbs,
-    ssim_min: float,
-) -> tuple[int, int, float] | None:
-    """The nearest kept representative (by Hamming distance) whose SSIM with frame `n` passes."""
-    for rep, d in sorted((c for c in candidates if c[0] in kept), key=lambda c: (c[1], c[0])):
-        score = thumbs.ssim(str(rows[live[n]]["path"]), str(rows[live[rep]]["path"]))
-        if score >= ssim_min:
-            return rep, d, score
-    return None
-

@@ -75,4 +75,5 @@ class QualityGates:
 
 def sharpness(grey: np.ndarray) -> float:
     """Variance of the Laplacian of a grey image (low = blurry); ``quality.blur_threshold`` gates it."""
-    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+    _, std = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_32F))  # float32: same values, half the time of CV_64F
+    return float(std[0, 0]) ** 2

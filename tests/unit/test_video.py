@@ -7,10 +7,10 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 from PIL import Image
-from synthetic_media import make_video
+from synthetic_media import make_video, sharp_frame, with_display_matrix, write_video
 
 from castlab.errors import InputError
-from castlab.video import find_videos, probe_video, video_id
+from castlab.video import ORIENTATIONS, find_videos, orient, orientation_of, probe_video, video_id
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +119,34 @@ def test_probe_refuses_audio_only_and_zero_frames(tmp_path: Path):
     container.close()
     with pytest.raises(InputError, match=str(zero)):
         probe_video(zero)
+
+
+def test_probe_reports_display_orientation_and_variable_frame_rate(clip: Path, tmp_path: Path):
+    info = probe_video(clip)
+    assert (info.orientation, info.rotation, info.variable_frame_rate) == ("none", 0, False)
+    phone = with_display_matrix(clip, tmp_path / "téléphone vertical.mp4", rotation=90)
+    info = probe_video(phone)
+    assert (info.width, info.height, info.coded_width, info.coded_height) == (256, 320, 320, 256)
+    assert (info.orientation, info.rotation) == ("cclock", 270)
+    mirrored = probe_video(with_display_matrix(clip, tmp_path / "mirror.mp4", rotation=0, hflip=True))
+    assert (mirrored.orientation, mirrored.width, mirrored.height) == ("hflip", 320, 256)
+    rng = np.random.default_rng(0)
+    pts_ms = [0, 40, 80, 300, 340, 380, 900, 940]
+    vfr = write_video(tmp_path / "vfr.mp4", [sharp_frame(64, 96, i, rng) for i in range(len(pts_ms))], pts_ms=pts_ms)
+    assert probe_video(vfr).variable_frame_rate
+
+
+def test_orient_transforms():
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    expected = {
+        "none": img, "clock": np.rot90(img, -1), "cclock": np.rot90(img, 1), "transpose": img.transpose(1, 0, 2),
+        "antitranspose": np.rot90(img, 2).transpose(1, 0, 2), "hflip": img[:, ::-1], "vflip": img[::-1],
+        "rotate180": img[::-1, ::-1],
+    }
+    assert set(expected) == set(ORIENTATIONS)
+    for name, want in expected.items():
+        assert np.array_equal(orient(img, name), want), name
+    identity = np.array([65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30], dtype=np.int32)
+    assert orientation_of(None) == orientation_of(identity) == ("none", 0)
+    assert orientation_of(np.array([0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30], dtype=np.int32))[1] in (90, 270)
+    assert orientation_of(np.array([46341, 46341, 0, -46341, 46341, 0, 0, 0, 1 << 30], np.int32))[0] == "unsupported"
