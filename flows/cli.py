@@ -126,6 +126,7 @@ def demo_summary(result: dict[str, Any]) -> str:
         f"  Label Studio project : {result.get('label_studio_project')}"
         f"  ({result.get('label_studio_tasks')} tasks, {result.get('new_tasks_this_run')} new this run)",
         f"  curate run           : {result.get('curate_run')}",
+        f"  frame report         : {result.get('frames_report')} (+ {Path(str(result.get('contact_sheet'))).name})",
         f"  ML backend           : {backend.get('url', 'not running')}"
         + (f" ({backend.get('interactive_regions')} regions from one keypoint)" if backend.get("connected") else ""),
         f"  review-sync          : {sync.get('reviewed', 0)} reviewed tasks, {sync.get('accepted', 0)} accepted /"

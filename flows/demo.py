@@ -83,6 +83,8 @@ def demo(
     return {
         "profile": cfg.profile,
         "curate_run": run_dir,
+        "frames_report": cur["report"]["report.md"],
+        "contact_sheet": cur["report"]["contact_sheet.png"],
         "label_studio_project": f"{ls_url}/projects/{project_id}",
         "label_studio_tasks": cur["labelstudio"]["tasks"],
         "new_tasks_this_run": cur["labelstudio"]["new_tasks"],
