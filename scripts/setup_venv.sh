@@ -8,6 +8,11 @@ PYTHON="${PYTHON:-python3}"
 LS_VERSION="1.23.2"
 
 stamp_of() { cat "$@" 2>/dev/null | sha1sum | cut -c1-16; }
+# torch pinned: the CUDA build runs on CPU too, and torchvision needs its own torch (see README).
+case "$(uname -m)" in
+  aarch64|arm64) torch_pins="torch==2.9.1 torchvision==0.24.1" ;;
+  *) torch_pins="torch==2.14.1 torchvision==0.29.1" ;;
+esac
 
 case "${1:-project}" in
   project)
@@ -18,11 +23,6 @@ case "${1:-project}" in
     fi
     [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
-    # torch first, pinned: the CUDA build runs on CPU too, and torchvision needs it (see README).
-    case "$(uname -m)" in
-      aarch64|arm64) torch_pins="torch==2.9.1 torchvision==0.24.1" ;;
-      *) torch_pins="torch==2.14.1 torchvision==0.29.1" ;;
-    esac
     "$venv/bin/python" -m pip install -q $torch_pins
     # sam2 builds against the installed torch, without its CUDA extension (optional post-processing).
     SAM2_BUILD_CUDA=0 "$venv/bin/python" -m pip install -q --no-build-isolation sam2==1.1.0
@@ -52,10 +52,6 @@ case "${1:-project}" in
     fi
     [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
-    case "$(uname -m)" in
-      aarch64|arm64) torch_pins="torch==2.9.1 torchvision==0.24.1" ;;
-      *) torch_pins="torch==2.14.1 torchvision==0.29.1" ;;
-    esac
     "$venv/bin/python" -m pip install -q $torch_pins "$stamp"
     echo "$stamp" > "$venv/.castlab-stamp"
     echo "benchmark venv ready ($venv)"
