@@ -29,6 +29,7 @@ from tqdm import tqdm
 from castlab.config import PROJECT_ROOT, Config
 from castlab.errors import ConfigError, InputError
 from castlab.layers import safe_name
+from castlab.manifest import row_text
 from castlab.splits import row_splits, shot_key
 from castlab.workspace import atomic_path, resolve_in_workspace, write_json_atomic, write_text_atomic
 
@@ -40,13 +41,6 @@ except ModuleNotFoundError:  # Python 3.10
 OUTPUTS = ("images", "captions", "kohya", "metadata.json", "dataset_config.toml", "training.toml")
 _PLACEHOLDER = re.compile(r"^\$\{(cfg|castlab):([A-Za-z0-9_.]+)\}$")
 _CAPTION_FIELDS = ("view", "shot_size", "lighting")  # structured review choices, used when present
-
-
-def _text(value: Any) -> str:
-    """A row value as stripped text; None/NaN/empty → ''."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value).strip()
 
 
 def letterbox(image: Image.Image, size: int, background: tuple[int, int, int]) -> Image.Image:
@@ -67,10 +61,10 @@ def build_caption(row: dict[str, Any], cfg: Config) -> str:
     ``<trigger> <class_word>, <caption_prefix>`` plus the structured fields (view, shot size, lighting)
     the row carries."""
     lead = f"{cfg.get('dataset.trigger_token')} {cfg.get('dataset.class_word')}"
-    caption = _text(row.get("caption"))
+    caption = row_text(row.get("caption"))
     if caption:
         return caption if caption.lower().startswith(lead.lower()) else f"{lead}, {caption}"
-    parts = [lead, str(cfg.get("dataset.caption_prefix"))] + [_text(row.get(k)) for k in _CAPTION_FIELDS]
+    parts = [lead, str(cfg.get("dataset.caption_prefix"))] + [row_text(row.get(k)) for k in _CAPTION_FIELDS]
     return ", ".join(p for p in parts if p)
 
 
@@ -139,7 +133,7 @@ def _check_rows(rows: list[dict[str, Any]], out_dir: Path) -> None:
         raise InputError(out_dir, "no reviewed instance rows to build a dataset from (review masks first)")
     ids = [r.get("row_id") for r in rows]
     for row in rows:
-        if not row.get("row_id") or not _text(row.get("crop_path")):
+        if not row.get("row_id") or not row_text(row.get("crop_path")):
             raise InputError(out_dir, f"dataset row lacks row_id or crop_path: {row}")
     if len(set(ids)) != len(ids):
         raise InputError(out_dir, "dataset rows repeat a row_id")
@@ -211,7 +205,7 @@ def assemble_dataset(
     max_tokens = int(cfg.get("dataset.caption_max_tokens"))
     entries = []
     for row, name in tqdm(list(zip(rows, _unique_names(rows), strict=True)), desc="dataset", unit="img"):
-        crop_path = _crop_path(_text(row["crop_path"]))
+        crop_path = _crop_path(row_text(row["crop_path"]))
         crop = _open_crop(crop_path)
         image = letterbox(crop, size, background)
         caption = build_caption(row, cfg)
@@ -229,10 +223,10 @@ def assemble_dataset(
             "caption_tokens": len(tokenizer(caption).input_ids),
             "split": split,
             "row_id": str(row["row_id"]),
-            "shot_id": _text(row.get("shot_id")) or None,
-            "video_id": _text(row.get("video_id")) or None,
+            "shot_id": row_text(row.get("shot_id")) or None,
+            "video_id": row_text(row.get("video_id")) or None,
             "shot_key": shot_key(row),
-            "identity": _text(row.get("identity")) or None,
+            "identity": row_text(row.get("identity")) or None,
             "source_crop": str(crop_path),
             "source_size": list(crop.size),
         })

@@ -6,6 +6,7 @@ rejected rows stay, with ``status="rejected"`` and a ``reject_reason``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,10 @@ def _plain(value: Any) -> Any:
     except (TypeError, ValueError):
         pass
     return value
+
+
+def row_text(value: Any) -> str:
+    """A row value as stripped text; None/NaN/empty → ''."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()

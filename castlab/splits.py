@@ -6,14 +6,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
-
-def _text(value: Any) -> str:
-    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+from castlab.manifest import row_text
 
 
 def shot_key(row: dict[str, Any]) -> str:
     """Video-qualified shot id; rows without a shot share one group per video (no frame-level leak)."""
-    return f"{_text(row.get('video_id')) or 'video'}/{_text(row.get('shot_id')) or 'no-shot'}"
+    return f"{row_text(row.get('video_id')) or 'video'}/{row_text(row.get('shot_id')) or 'no-shot'}"
 
 
 def split_by_shot(rows: list[dict[str, Any]], val_fraction: float, seed: int) -> dict[str, str]:
@@ -37,7 +35,7 @@ def row_splits(rows: list[dict[str, Any]], val_fraction: float, seed: int) -> di
     curate time over the whole run), else computed here over these rows' shots."""
     given: dict[str, set[str]] = {}
     for row in rows:
-        given.setdefault(shot_key(row), set()).add(_text(row.get("split")))
+        given.setdefault(shot_key(row), set()).add(row_text(row.get("split")))
     if rows and all(len(v) == 1 and v <= {"train", "val"} for v in given.values()):
         return {key: value.pop() for key, value in given.items()}
     return split_by_shot(rows, val_fraction, seed)

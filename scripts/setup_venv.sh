@@ -8,6 +8,16 @@ PYTHON="${PYTHON:-python3}"
 LS_VERSION="1.23.2"
 
 stamp_of() { cat "$@" 2>/dev/null | sha1sum | cut -c1-16; }
+# up_to_date VENV STAMP LABEL: true (and says so) when VENV was built from STAMP.
+up_to_date() {
+  if [ -f "$1/.castlab-stamp" ] && [ "$(cat "$1/.castlab-stamp")" = "$2" ]; then echo "$3 up to date ($1)"; return 0; fi
+  return 1
+}
+# new_venv VENV: create it if missing and bring pip up to date.
+new_venv() {
+  [ -x "$1/bin/python" ] || "$PYTHON" -m venv "$1"
+  "$1/bin/python" -m pip install -q --upgrade pip "${@:2}"
+}
 # torch pinned: the CUDA build runs on CPU too, and torchvision needs its own torch (see README).
 case "$(uname -m)" in
   aarch64|arm64) torch_pins="torch==2.9.1 torchvision==0.24.1" ;;
@@ -18,11 +28,8 @@ case "${1:-project}" in
   project)
     venv=.venv
     stamp="$(stamp_of pyproject.toml scripts/setup_venv.sh)"
-    if [ -f "$venv/.castlab-stamp" ] && [ "$(cat "$venv/.castlab-stamp")" = "$stamp" ]; then
-      echo "project venv up to date ($venv)"; exit 0
-    fi
-    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
+    up_to_date "$venv" "$stamp" "project venv" && exit 0
+    new_venv "$venv" setuptools wheel
     "$venv/bin/python" -m pip install -q $torch_pins
     # sam2 builds against the installed torch, without its CUDA extension (optional post-processing).
     SAM2_BUILD_CUDA=0 "$venv/bin/python" -m pip install -q --no-build-isolation sam2==1.1.0
@@ -33,11 +40,8 @@ case "${1:-project}" in
   labelstudio)
     venv=.venv-labelstudio
     stamp="label-studio==$LS_VERSION"
-    if [ -f "$venv/.castlab-stamp" ] && [ "$(cat "$venv/.castlab-stamp")" = "$stamp" ]; then
-      echo "Label Studio venv up to date ($venv)"; exit 0
-    fi
-    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip
+    up_to_date "$venv" "$stamp" "Label Studio venv" && exit 0
+    new_venv "$venv"
     # Its own venv: label-studio pins python-json-logger==2.0.4, which conflicts with prefect.
     "$venv/bin/python" -m pip install -q "label-studio==$LS_VERSION"
     echo "$stamp" > "$venv/.castlab-stamp"
@@ -47,11 +51,8 @@ case "${1:-project}" in
     # Baselines the benchmarks compare against (imagededup pulls torch): never in the project venv.
     venv=.venv-bench
     stamp="imagededup==0.3.3"
-    if [ -f "$venv/.castlab-stamp" ] && [ "$(cat "$venv/.castlab-stamp")" = "$stamp" ]; then
-      echo "benchmark venv up to date ($venv)"; exit 0
-    fi
-    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip
+    up_to_date "$venv" "$stamp" "benchmark venv" && exit 0
+    new_venv "$venv"
     "$venv/bin/python" -m pip install -q $torch_pins "$stamp"
     echo "$stamp" > "$venv/.castlab-stamp"
     echo "benchmark venv ready ($venv)"
