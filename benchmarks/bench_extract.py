@@ -36,8 +36,8 @@ from pathlib import Path
 import imageio_ffmpeg
 
 from castlab.config import PROJECT_ROOT, load_config
-from castlab.frames import scene_detector_threshold
 from castlab.sample_media import big_buck_bunny
+from castlab.scene_cuts import scene_detector_threshold
 
 CACHE = PROJECT_ROOT / ".cache" / "bench"
 SCENEDETECT = Path(sys.executable).with_name("scenedetect")

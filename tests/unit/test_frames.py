@@ -23,10 +23,12 @@ from synthetic_media import (
     write_video,
 )
 
-import castlab.frames as frames_module
 from castlab.config import load_config
 from castlab.errors import ConfigError, InputError
-from castlab.frames import CutFilter, _Item, _ShotSampler, content_score, extract_frames, scene_detector_threshold
+from castlab.frame_pass import FramePass, Segment
+from castlab.frames import Extractor, extract_frames
+from castlab.scene_cuts import CutFilter, content_score, scene_detector_threshold
+from castlab.shot_sampler import Candidate, ShotSampler
 from castlab.video import video_id
 
 PER_SHOT = 24
@@ -234,10 +236,10 @@ def test_shots_a_pass_cannot_settle_are_redone(tmp_path: Path, monkeypatch: pyte
             stream = container.streams.video[0]
             stamp = stream.index_entries[split].timestamp
             first = self._first_packet_pts(container, stream, stamp)
-        return [frames_module._Segment(0, stop_pts=first, tail_closed=False),
-                frames_module._Segment(1, seek_pts=stamp, start_pts=first, offset=None, head_closed=False, tag="p1")]
+        return [Segment(0, stop_pts=first, tail_closed=False),
+                Segment(1, seek_pts=stamp, start_pts=first, offset=None, head_closed=False, tag="p1")]
 
-    monkeypatch.setattr(frames_module._Extractor, "_plan", split_there)
+    monkeypatch.setattr(Extractor, "_plan", split_there)
     parallel = extract_frames(video, tmp_path / "two", cfg, mode="scene", workers=2)
     two = _entry(tmp_path / "two", video_id(video))
     assert two["passes"] == 3 and two["redone_frames"] == redone
@@ -277,10 +279,10 @@ def test_cut_filter_matches_flash_filter_fed_every_frame(length: int):
 
 def test_shot_sampler_is_bounded_spread_and_prefers_sharp_frames():
     k = 5
-    sampler = _ShotSampler(k, start=100)
+    sampler = ShotSampler(k, start=100)
     rng = np.random.default_rng(0)
     for i in range(100, 1100):
-        sampler.add(_Item(i, i / 24, None, sharp=float(rng.random()) + (10.0 if i % 97 == 0 else 0.0)))
+        sampler.add(Candidate(i, i / 24, None, sharp=float(rng.random()) + (10.0 if i % 97 == 0 else 0.0)))
         assert len(sampler.blocks) <= 4 * k
     picked = sampler.pick(1000)
     assert len(picked) == k
@@ -288,20 +290,20 @@ def test_shot_sampler_is_bounded_spread_and_prefers_sharp_frames():
         assert item.index in part
         best = [i for i in part if i % 97 == 0]
         assert not best or item.index in best  # a much sharper frame in the slice always wins
-    corrupt = _ShotSampler(1, start=0)
-    corrupt.add(_Item(0, 0.0, None, sharp=1.0))
-    corrupt.add(_Item(1, 0.0, None, sharp=99.0, corrupt=True))
+    corrupt = ShotSampler(1, start=0)
+    corrupt.add(Candidate(0, 0.0, None, sharp=1.0))
+    corrupt.add(Candidate(1, 0.0, None, sharp=99.0, corrupt=True))
     assert [p.index for p in corrupt.pick(2)] == [0]  # a corrupt frame only when nothing else is there
-    short = _ShotSampler(k, start=0)
+    short = ShotSampler(k, start=0)
     for i in range(3):
-        short.add(_Item(i, 0.0, None))
+        short.add(Candidate(i, 0.0, None))
     assert [p.index for p in short.pick(3)] == [0, 1, 2]
 
 
 def test_decoded_frames_held_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     video = make_video(tmp_path / "long shot.mp4", ("sharp", "smooth"), (150, 60), size=(160, 128))
     held = {"pending": 0, "blocks": 0}
-    real_commit, real_add = frames_module._Pass._commit, frames_module._ShotSampler.add
+    real_commit, real_add = FramePass._commit, ShotSampler.add
 
     def commit(self, item):
         held["pending"] = max(held["pending"], len(self._pending))
@@ -311,8 +313,8 @@ def test_decoded_frames_held_stay_bounded(tmp_path: Path, monkeypatch: pytest.Mo
         real_add(self, item)
         held["blocks"] = max(held["blocks"], len(self.blocks))
 
-    monkeypatch.setattr(frames_module._Pass, "_commit", commit)
-    monkeypatch.setattr(frames_module._ShotSampler, "add", add)
+    monkeypatch.setattr(FramePass, "_commit", commit)
+    monkeypatch.setattr(ShotSampler, "add", add)
     cfg = load_config()
     extract_frames(video, tmp_path / "out", cfg, mode="scene", workers=1)
     assert held["blocks"] <= 4 * cfg.get("frames.frames_per_shot")
