@@ -22,9 +22,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def labelstudio(cfg: Config) -> Any:
-    from castlab.stack import labelstudio_connection
-
     from castlab.labelstudio import client
+    from castlab.stack import labelstudio_connection
 
     url, token = labelstudio_connection(cfg)
     return client.connect(url, token)

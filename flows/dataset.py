@@ -24,7 +24,6 @@ def dataset(
 ) -> dict[str, Any]:
     """Assemble a training dataset from the reviewed instances of a curate run."""
     from castlab.dataset import assemble_dataset
-
     from castlab.labelstudio.masks_project import reviewed_instances
 
     cfg = resolve_config(config_files, preset, profile)
