@@ -293,3 +293,29 @@ def test_requests_without_label_config_use_the_masks_project_config(app_client):
     assert region["value"]["brushlabels"] == ["character"]
     health = app_client.get("/health").json()
     assert health["model_loaded"] and health["embedding_cache"]["hits"] > 0
+
+
+def test_concurrent_clicks_on_one_task_share_one_embedding(app_client, media):
+    image = _figure(88, 120, 5)
+    Image.fromarray(image).save(media["root"] / "media" / "frames" / "busy.png")
+    segmenter = app_client.app.state.backend.segmenter()
+    misses = segmenter.cache_misses
+    contexts = [{"result": [_keypoint(30 + 5 * i, 50)]} for i in range(6)]
+    answers: list = [None] * len(contexts)
+
+    def click(i: int) -> None:
+        answers[i] = _predict(app_client, [_task("busy.png", 40)], contexts[i])
+
+    threads = [threading.Thread(target=click, args=(i,)) for i in range(len(contexts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(a is not None and a.status_code == 200 for a in answers), [a and a.text for a in answers]
+    assert segmenter.cache_misses == misses + 1  # six clicks at once, one image encoding
+    height, width = image.shape[:2]
+    for i, answer in enumerate(answers):  # each got the mask of its own click, not a neighbour's
+        mask = client.mask_from_result(answer.json()["results"][0]["result"][0]).astype(bool)
+        expected, _ = segmenter.predict_image(image, points=[((30 + 5 * i) / 100 * width, 0.5 * height)], labels=[1])
+        assert np.array_equal(mask, expected)
+    assert app_client.get("/health").json()["status"] == "UP"
