@@ -27,7 +27,6 @@ from PIL import Image
 
 from castlab.config import Config
 from castlab.errors import ConfigError
-from castlab.layers import mask_bbox
 from castlab.models.segmenter import Instance
 
 EVIDENCE_KINDS = ("face", "person")
@@ -61,10 +60,10 @@ class Prompter(Protocol):
     dedup_iou: float
     max_instances: int
 
-    def predict_image(
+    def prompt_instance(
         self, image: np.ndarray, points: list[tuple[float, float]] | None = None, labels: list[int] | None = None,
         box: tuple[float, float, float, float] | None = None,
-    ) -> tuple[np.ndarray, float]: ...
+    ) -> Instance: ...
 
     def auto_instances(self, image: np.ndarray) -> list[Instance]: ...
 
@@ -215,17 +214,14 @@ def character_instances(
     height, width = image.shape[:2]
     found: list[CharacterInstance] = []
     for ev in detector.detect(image) if detector is not None else []:
-        point = None
         if ev.kind == "face":
             x0, y0, x1, y1 = ev.box
-            point = ((x0 + x1) / 2, (y0 + y1) / 2)
             box = body_box(ev.box, settings.body_widths, settings.body_heights, width, height)
-            mask, score = segmenter.predict_image(image, points=[point], labels=[1], box=box)
+            inst = segmenter.prompt_instance(image, points=[((x0 + x1) / 2, (y0 + y1) / 2)], labels=[1], box=box)
         else:
-            mask, score = segmenter.predict_image(image, box=ev.box)
-        if mask.any() and not _overlaps(mask, found, segmenter.dedup_iou):
-            found.append(CharacterInstance(Instance(mask, mask_bbox(mask), int(mask.sum()), float(score), point),
-                                           ev.kind, None, ev.box))
+            inst = segmenter.prompt_instance(image, box=ev.box)
+        if inst.mask.any() and not _overlaps(inst.mask, found, segmenter.dedup_iou):
+            found.append(CharacterInstance(inst, ev.kind, None, ev.box))
     for inst in segmenter.auto_instances(image):  # best first
         if not _overlaps(inst.mask, found, segmenter.dedup_iou):
             found.append(CharacterInstance(inst, "auto", None))

@@ -26,12 +26,24 @@ def mask_bbox(mask: np.ndarray) -> list[int]:
     return [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
 
 
+def soft_alpha(alpha: np.ndarray, mask: np.ndarray, row_id: str = "") -> np.ndarray:
+    """uint8 alpha channel: ``round(255 * alpha)`` inside `mask`, 0 outside (a pixel inside the mask is
+    never fully transparent)."""
+    alpha = np.asarray(alpha, dtype=np.float32)
+    if alpha.shape != mask.shape:
+        raise ValueError(f"alpha shape {alpha.shape} does not match mask shape {mask.shape} for {row_id}")
+    soft = np.rint(np.clip(alpha, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.where(mask, np.maximum(soft, 1), 0).astype(np.uint8)
+
+
 def write_instance_layers(
     image: np.ndarray, mask: np.ndarray, run_dir: Path, row_id: str, subdir: str = "", alpha: np.ndarray | None = None
 ) -> dict[str, Any]:
     """Write ``masks/[subdir/]<id>.png`` (0/255) and ``character/[subdir/]<id>.png`` (RGBA bbox crop).
 
-    `alpha` (float 0..1, same size as the image) gives soft edges; by default the binary mask is used.
+    `alpha` (float 0..1, same size as the image, e.g. SAM2's probability) gives soft anti-aliased edges:
+    the crop's alpha is that probability inside the mask and 0 outside it. By default the crop's alpha
+    is the binary mask (0/255).
     """
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != image.shape[:2]:
@@ -43,7 +55,7 @@ def write_instance_layers(
     crop_dir.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_dir / name, compress_level=1)
     x, y, w, h = bbox = mask_bbox(mask)
-    alpha_u8 = (np.clip(alpha, 0, 1) * 255).astype(np.uint8) if alpha is not None else mask.astype(np.uint8) * 255
+    alpha_u8 = mask.astype(np.uint8) * 255 if alpha is None else soft_alpha(alpha, mask, row_id)
     rgba = np.dstack([image[..., :3], alpha_u8])
     crop = rgba[y : y + max(h, 1), x : x + max(w, 1)]
     Image.fromarray(crop, mode="RGBA").save(crop_dir / name, compress_level=1)

@@ -83,6 +83,15 @@ def cmd_review_sync(args: argparse.Namespace) -> Any:
     return review_sync(run_dir=args.run, **_flow_kwargs(args))
 
 
+def cmd_propagate(args: argparse.Namespace) -> Any:
+    _must_exist(args.run)
+    _prefect(_config(args))
+    from flows.propagate import propagate
+
+    return propagate(run_dir=args.run, instance=args.instance, push=not args.no_push, force=args.force,
+                     **_flow_kwargs(args))
+
+
 def cmd_dataset(args: argparse.Namespace) -> Any:
     _must_exist(args.run)
     _prefect(_config(args))
@@ -176,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p = add("review-sync", cmd_review_sync, "pull reviewed annotations back into a curate run's manifest")
     p.add_argument("run", help="curate run folder")
+    p = add("propagate", cmd_propagate, "carry an instance's mask through its shot (SAM2 video) → Label Studio")
+    p.add_argument("run", help="curate run folder")
+    p.add_argument("instance", help="instance row id, e.g. inst:<video>:<frame>:0")
+    p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
+    p.add_argument("--force", action="store_true", help="propagate again over an earlier result")
     p = add("dataset", cmd_dataset, "reviewed instances → images/ captions/ metadata.json + kohya TOMLs")
     p.add_argument("run", help="curate run folder")
     p.add_argument("--out", help="output folder (default: a new dataset run folder)")

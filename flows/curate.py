@@ -68,13 +68,18 @@ def _kept(rows: list[dict[str, Any]]) -> int:
 
 @task(name="segment-instances")
 def segment_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, Any]:
+    from castlab.characters import CharacterScorer, EvidenceDetector
+    from castlab.models.embedder import load_embedder
     from castlab.models.segmenter import load_segmenter
     from castlab.segment import segment_frames
 
     cfg = config_from_dict(cfg_data)
     manifest = Manifest.for_run(Path(run_dir))
     segmenter = load_segmenter(cfg)
-    rows = segment_frames(segmenter, manifest.rows(kind="frame", status="kept"), Path(run_dir), cfg)
+    detector = EvidenceDetector.from_config(cfg)
+    scorer = CharacterScorer.from_config(load_embedder(cfg), cfg)
+    frames = manifest.rows(kind="frame", status="kept")
+    rows = segment_frames(segmenter, frames, Path(run_dir), cfg, detector=detector, scorer=scorer)
     manifest.add_rows(rows)
     manifest.save()
     return {"instances": len(rows), "model_version": segmenter.model_version}

@@ -19,7 +19,7 @@ def sync_masks_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, int]:
 
     cfg = config_from_dict(cfg_data)
     manifest = Manifest.load(Path(run_dir) / "manifest.parquet")
-    return sync_mask_reviews(labelstudio(cfg), manifest, Path(run_dir))
+    return sync_mask_reviews(labelstudio(cfg), manifest, Path(run_dir), cfg=cfg)
 
 
 @flow(name="review-sync")

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from castlab.config import PROJECT_ROOT, Config
+from castlab.background import BackgroundSettings, write_background
+from castlab.config import PROJECT_ROOT, Config, load_config
 from castlab.labelstudio import client
 from castlab.layers import write_instance_layers
 from castlab.manifest import Manifest
@@ -106,13 +107,17 @@ def _latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     return max(annotations, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)))
 
 
-def sync_mask_reviews(ls: Any, manifest: Manifest, run_dir: Path) -> dict[str, int]:
+def sync_mask_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config | None = None) -> dict[str, int]:
     """Pull the latest annotation of every task of this run back into the manifest.
 
     Kept regions update their instance (``review_state`` accepted or corrected, reviewed mask and
     re-cut layers); regions a reviewer drew are added as new instances; instances a reviewer deleted
-    stay in the manifest as rejected with reason "removed in review".
+    stay in the manifest as rejected with reason "removed in review". A reviewed frame's background
+    is re-inpainted from its kept reviewed masks into ``background/reviewed/`` (``background_path`` on
+    those instances), with the ``segmentation.background_*`` settings of `cfg`, by default the run's
+    own ``config.yaml`` over the defaults.
     """
+    background = BackgroundSettings.from_config(cfg if cfg is not None else run_config(run_dir))
     counts = {"tasks": 0, "reviewed": 0, "pending": 0, "accepted": 0, "corrected": 0, "added": 0, "removed": 0}
     frames = {r["row_id"]: r for r in manifest.rows(kind="frame")}
     project_ids = {r.get("ls_project_id") for r in frames.values() if r.get("ls_project_id") is not None}
@@ -131,7 +136,7 @@ def sync_mask_reviews(ls: Any, manifest: Manifest, run_dir: Path) -> dict[str, i
                 continue
             counts["reviewed"] += 1
             manifest.update(frame["row_id"], review_state="reviewed", ls_annotation_id=int(annotation["id"]))
-            _apply_annotation(manifest, run_dir, frame, annotation, by_region, instances, counts)
+            _apply_annotation(manifest, run_dir, frame, annotation, by_region, instances, counts, background)
     manifest.save()
     write_json_atomic(run_dir / "review_sync.json", counts)
     return counts
@@ -145,9 +150,11 @@ def _apply_annotation(
     by_region: dict[str, dict[str, Any]],
     instances: list[dict[str, Any]],
     counts: dict[str, int],
+    background: BackgroundSettings | None = None,
 ) -> None:
     image = np.asarray(Image.open(frame["path"]).convert("RGB"))
     seen: set[str] = set()
+    kept_masks: list[np.ndarray] = []
     for result in annotation.get("result") or []:
         if result.get("type") != "brushlabels":
             continue
@@ -166,16 +173,28 @@ def _apply_annotation(
                   "frame_index": frame.get("frame_index"), "model_version": "human"}]
             )
         seen.add(row_id)
+        kept_masks.append(mask)
         layers = write_instance_layers(image, mask, run_dir, row_id, subdir="reviewed")
         manifest.update(row_id, status="kept", reject_reason=None, review_state=state,
                         reviewed_mask_path=layers["mask_path"], crop_path=layers["crop_path"],
                         bbox=layers["bbox"], area=layers["area"])
         counts[state] += 1
+    bg_path = write_background(image, kept_masks, run_dir, frame["row_id"], background or BackgroundSettings(),
+                               subdir="reviewed")
+    if bg_path is not None:
+        for row_id in seen:
+            manifest.update(row_id, background_path=str(bg_path))
     for inst in instances:
         if inst["parent_id"] == frame["row_id"] and inst["row_id"] not in seen:
             manifest.update(inst["row_id"], status="rejected", reject_reason="removed in review",
                             review_state="removed")
             counts["removed"] += 1
+
+
+def run_config(run_dir: Path) -> Config:
+    """The run's resolved ``config.yaml`` over the current defaults (defaults alone if it has none)."""
+    path = Path(run_dir) / "config.yaml"
+    return load_config(overrides=[path]) if path.is_file() else load_config()
 
 
 REVIEWED_STATES = ("accepted", "corrected", "added")

@@ -8,7 +8,8 @@ Profiles (``models.<profile>.segmenter``):
   ``torch.load(weights_only=True)["model"]``. A missing checkpoint is a :class:`ConfigError`.
 
 Masks are ``sigmoid(logits) > alpha`` with alpha = ``models.<profile>.segmenter.alpha_threshold`` when
-set, else ``segmentation.alpha_threshold``.
+set, else ``segmentation.alpha_threshold``. The probability map ``sigmoid(logits)`` itself (upsampled to
+the frame) is kept as the soft alpha of an instance (:attr:`Instance.alpha`, :meth:`Segmenter.predict_soft`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Instance:
     area: int
     score: float
     point: tuple[float, float] | None = None  # grid prompt that produced it
+    alpha: np.ndarray | None = None  # float32 HxW SAM2 probability sigmoid(logits) in [0, 1] (soft edges)
 
 
 @dataclass
@@ -173,10 +175,11 @@ class Segmenter:
         )
         return low_res.float(), iou.float()
 
-    def _upsample(self, low_res: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
-        """C x h x w logits → C x H x W boolean masks at the image size (sigmoid > alpha)."""
+    def _upsample(self, low_res: torch.Tensor, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """C x h x w logits → C x H x W boolean masks (sigmoid > alpha) and float32 probabilities at the
+        image size."""
         up = F.interpolate(low_res[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
-        return (up > self._mask_logit).cpu().numpy()
+        return (up > self._mask_logit).cpu().numpy(), torch.sigmoid(up).cpu().numpy().astype(np.float32, copy=False)
 
     def predict(
         self,
@@ -186,6 +189,16 @@ class Segmenter:
     ) -> tuple[np.ndarray, float]:
         """Best mask for prompts on the current image: points (x, y) in pixels with labels 1 = foreground,
         0 = background, and/or a box (x0, y0, x1, y1) in pixels. Returns (bool HxW mask, predicted IoU)."""
+        mask, _, score = self.predict_soft(points, labels, box)
+        return mask, score
+
+    def predict_soft(
+        self,
+        points: list[tuple[float, float]] | None = None,
+        labels: list[int] | None = None,
+        box: tuple[float, float, float, float] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """:meth:`predict` plus the soft alpha: (bool HxW mask, float32 HxW probability, predicted IoU)."""
         if not points and box is None:
             raise ValueError("predict needs at least one point or a box")
         if points and (labels is None or len(labels) != len(points)):
@@ -203,8 +216,8 @@ class Segmenter:
             multimask = box is None and len(points or []) == 1  # SAM's advice for an ambiguous single click
             low_res, iou = self._decode(pts, lbl, bx, multimask)
             best = int(torch.argmax(iou[0]))
-            mask = self._upsample(low_res[0, best : best + 1], self.predictor._orig_hw[0])[0]
-        return mask, float(iou[0, best])
+            masks, probs = self._upsample(low_res[0, best : best + 1], self.predictor._orig_hw[0])
+        return masks[0], probs[0], float(iou[0, best])
 
     def predict_image(
         self,
@@ -217,6 +230,20 @@ class Segmenter:
         with self._lock:
             self.set_image(image)
             return self.predict(points, labels, box)
+
+    def prompt_instance(
+        self,
+        image: np.ndarray,
+        points: list[tuple[float, float]] | None = None,
+        labels: list[int] | None = None,
+        box: tuple[float, float, float, float] | None = None,
+    ) -> Instance:
+        """:meth:`set_image` + :meth:`predict_soft` as one atomic call, as an :class:`Instance` (soft alpha)."""
+        with self._lock:
+            self.set_image(image)
+            mask, prob, score = self.predict_soft(points, labels, box)
+        point = points[0] if points else None
+        return Instance(mask, _bbox(mask), int(mask.sum()), score, point, alpha=prob)
 
     # -- automatic instances ---------------------------------------------------------------------
     def min_side(self, height: int) -> float:
@@ -233,7 +260,8 @@ class Segmenter:
         """Prompt a ``points_per_side``² grid, then filter (predicted IoU, stability, area fraction,
         bbox long side ≥ :meth:`min_side`), drop duplicates (mask IoU > ``dedup_iou``) and keep the
         ``max_instances_per_frame`` best by predicted IoU. Filtering runs on SAM's low-res logits
-        (IoU and area fractions survive its square resize); kept masks are upsampled to the frame."""
+        (IoU and area fractions survive its square resize); kept masks and their probabilities (the
+        soft :attr:`Instance.alpha`) are upsampled to the frame."""
         with self._lock:
             self.set_image(image)
             height, width = self.predictor._orig_hw[0]
@@ -251,14 +279,14 @@ class Segmenter:
             keep = self._select(all_logits, all_scores, height, width)
             if not keep:
                 return []
-            masks = self._upsample(all_logits[keep], (height, width))
+            masks, probs = self._upsample(all_logits[keep], (height, width))
         instances = []
-        for idx, mask in zip(keep, masks, strict=True):
+        for idx, mask, prob in zip(keep, masks, probs, strict=True):
             area = int(mask.sum())
             if area == 0:
                 continue
             point = (float(grid[origins[idx]][0]), float(grid[origins[idx]][1]))
-            instances.append(Instance(mask, _bbox(mask), area, float(all_scores[idx]), point))
+            instances.append(Instance(mask, _bbox(mask), area, float(all_scores[idx]), point, alpha=prob))
         return instances
 
     def _select(self, logits: torch.Tensor, scores: torch.Tensor, height: int, width: int) -> list[int]:

@@ -45,13 +45,11 @@ class FakeSegmenter:
     def __init__(self) -> None:
         self.prompts: list[tuple] = []
 
-    def predict_image(self, image, points=None, labels=None, box=None):
+    def prompt_instance(self, image, points=None, labels=None, box=None):
         self.prompts.append((points, labels, box))
         x = (points[0][0] if points else (box[0] + box[2]) / 2)
-        for left, _ in CHARACTERS:
-            if left <= x < left + 80:
-                return _figure(left), 0.9
-        return np.zeros((H, W), bool), 0.1
+        mask = next((_figure(left) for left, _ in CHARACTERS if left <= x < left + 80), np.zeros((H, W), bool))
+        return Instance(mask, mask_bbox(mask), int(mask.sum()), 0.9 if mask.any() else 0.1)
 
     def auto_instances(self, image):
         masks = [_figure(x) for x, _ in CHARACTERS] + [PROP, ~PROP]

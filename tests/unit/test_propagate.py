@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic_media import make_video
 
 from castlab.config import load_config
 from castlab.errors import InputError
 from castlab.frames import extract_frames
 from castlab.propagate import propagate_instance
-from tests.unit.synthetic_media import make_video
 
 
 @pytest.fixture(scope="module")

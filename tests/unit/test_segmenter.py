@@ -87,6 +87,13 @@ def test_predict_thresholds_probabilities_at_alpha(segmenter: Segmenter):
     assert score == pytest.approx(float(ious[best]), abs=1e-6)
     assert (mask != expected).mean() < 1e-3  # identical up to float rounding at the threshold
     assert 0 < mask.sum() < mask.size or segmenter.alpha < 0.5
+    # predict_soft: the same mask plus SAM2's probability map (the soft alpha of the crop)
+    soft_mask, prob, soft_score = segmenter.predict_soft([(50.0, 40.0)], [1])
+    assert np.array_equal(soft_mask, mask) and soft_score == score
+    assert prob.dtype == np.float32 and prob.shape == mask.shape and 0.0 <= prob.min() <= prob.max() <= 1.0
+    expected_prob = torch.sigmoid(torch.from_numpy(logits[best])).numpy()
+    assert np.abs(prob - expected_prob).max() < 1e-4
+    assert ((prob > segmenter.alpha) != mask).mean() < 1e-3
 
 
 def test_same_image_hits_the_embedding_cache(segmenter: Segmenter, cfg):
@@ -166,6 +173,9 @@ def _check_instances(instances, image: np.ndarray, seg: Segmenter) -> None:
         assert inst.bbox == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
         assert max(inst.bbox[2], inst.bbox[3]) >= seg.min_side(image.shape[0]) - 2 * image.shape[0] / 64
         assert inst.area / inst.mask.size >= seg.min_area_fraction * 0.5
+        assert inst.alpha is not None and inst.alpha.dtype == np.float32 and inst.alpha.shape == inst.mask.shape
+        assert 0.0 <= inst.alpha.min() <= inst.alpha.max() <= 1.0
+        assert ((inst.alpha > seg.alpha) != inst.mask).mean() < 1e-3  # mask = probability > alpha_threshold
     for a in range(len(instances)):
         for b in range(a + 1, len(instances)):
             inter = (instances[a].mask & instances[b].mask).sum()
