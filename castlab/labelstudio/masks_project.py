@@ -7,6 +7,7 @@ per instance. Task keys are manifest row ids, so pushing again never duplicates 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from castlab.layers import write_instance_layers
 from castlab.manifest import Manifest
 from castlab.workspace import relative_to_workspace, write_json_atomic
 
+log = logging.getLogger(__name__)
 LABEL_CONFIG = PROJECT_ROOT / "label_configs" / "masks.xml"
 CHARACTER_LABEL = "character"
 
@@ -112,13 +114,15 @@ def sync_mask_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config | 
 
     Kept regions update their instance (``review_state`` accepted or corrected, reviewed mask and
     re-cut layers); regions a reviewer drew are added as new instances; instances a reviewer deleted
-    stay in the manifest as rejected with reason "removed in review". A reviewed frame's background
+    stay in the manifest as rejected with reason "removed in review". An annotation whose mask does not
+    fit its frame (an RLE of another size) is not applied at all: the frame gets ``review_state`` invalid
+    and a ``review_error`` naming the task and region, and the other tasks go on. A reviewed frame's background
     is re-inpainted from its kept reviewed masks into ``background/reviewed/`` (``background_path`` on
     those instances), with the ``segmentation.background_*`` settings of `cfg`, by default the run's
     own ``config.yaml`` over the defaults.
     """
     background = BackgroundSettings.from_config(cfg if cfg is not None else run_config(run_dir))
-    counts = {"tasks": 0, "reviewed": 0, "pending": 0, "accepted": 0, "corrected": 0, "added": 0, "removed": 0}
+    counts = dict.fromkeys(("tasks", "reviewed", "invalid", "pending", "accepted", "corrected", "added", "removed"), 0)
     frames = {r["row_id"]: r for r in manifest.rows(kind="frame")}
     project_ids = {r.get("ls_project_id") for r in frames.values() if r.get("ls_project_id") is not None}
     instances = manifest.rows(kind="instance")
@@ -134,32 +138,55 @@ def sync_mask_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config | 
                 manifest.update(frame["row_id"], review_state="pending")
                 counts["pending"] += 1
                 continue
+            image = np.asarray(Image.open(frame["path"]).convert("RGB"))
+            try:
+                masks = _annotation_masks(annotation, image.shape[:2])
+            except ValueError as exc:  # nothing of this annotation is applied; the others go on
+                problem = f"task {task.get('id')}, annotation {annotation.get('id')}: {exc}"
+                log.warning("review-sync %s: %s", frame["row_id"], problem)
+                manifest.update(frame["row_id"], review_state="invalid", review_error=problem)
+                counts["invalid"] += 1
+                continue
             counts["reviewed"] += 1
-            manifest.update(frame["row_id"], review_state="reviewed", ls_annotation_id=int(annotation["id"]))
-            _apply_annotation(manifest, run_dir, frame, annotation, by_region, instances, counts, background)
+            manifest.update(frame["row_id"], review_state="reviewed", review_error=None,
+                            ls_annotation_id=int(annotation["id"]))
+            _apply_annotation(manifest, run_dir, frame, image, masks, by_region, instances, counts, background)
     manifest.save()
     write_json_atomic(run_dir / "review_sync.json", counts)
     return counts
+
+
+def _annotation_masks(annotation: dict[str, Any], shape: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
+    """(region id, mask) of every brush region; ValueError naming the region when one does not fit the frame."""
+    masks = []
+    for result in annotation.get("result") or []:
+        if result.get("type") != "brushlabels":
+            continue
+        rid = str(result.get("id"))
+        try:
+            mask = client.mask_from_result(result).astype(bool)
+        except ValueError as exc:
+            raise ValueError(f"region {rid}: {exc}") from exc
+        if mask.shape != shape:
+            raise ValueError(f"region {rid}: mask is {mask.shape[1]}x{mask.shape[0]}, the frame {shape[1]}x{shape[0]}")
+        masks.append((rid, mask))
+    return masks
 
 
 def _apply_annotation(
     manifest: Manifest,
     run_dir: Path,
     frame: dict[str, Any],
-    annotation: dict[str, Any],
+    image: np.ndarray,
+    masks: list[tuple[str, np.ndarray]],
     by_region: dict[str, dict[str, Any]],
     instances: list[dict[str, Any]],
     counts: dict[str, int],
     background: BackgroundSettings | None = None,
 ) -> None:
-    image = np.asarray(Image.open(frame["path"]).convert("RGB"))
     seen: set[str] = set()
     kept_masks: list[np.ndarray] = []
-    for result in annotation.get("result") or []:
-        if result.get("type") != "brushlabels":
-            continue
-        mask = client.mask_from_result(result).astype(bool)
-        rid = str(result.get("id"))
+    for rid, mask in masks:
         inst = by_region.get(rid)
         if inst is not None and inst["parent_id"] == frame["row_id"]:
             row_id = inst["row_id"]

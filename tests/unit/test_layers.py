@@ -211,3 +211,27 @@ def test_review_sync_recuts_the_background_from_reviewed_masks(tmp_path: Path, m
     expected.unlink()
     masks_project.sync_mask_reviews(None, manifest, run)
     assert not expected.exists()
+
+
+def test_review_sync_refuses_a_mask_of_another_size_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    image, disc = frame_with_disc()
+    run = tmp_path / "run"
+    frame = frame_row(tmp_path, image) | {"ls_project_id": 1}
+    manifest = Manifest.for_run(run)
+    manifest.add_rows([frame])
+    layers = write_instance_layers(image, disc, run, "inst:vid:7:0")
+    manifest.add_rows([{"row_id": "inst:vid:7:0", "kind": "instance", "parent_id": frame["row_id"],
+                        "video_id": "vid", "frame_index": 7, "mask_path": layers["mask_path"],
+                        "crop_path": layers["crop_path"], "score": 0.9, "model_version": "fake-seg"}])
+    small = client.brush_result(np.ones((H // 2, W // 2), bool), "character", W // 2, H // 2, region_id="zz")
+    broken = dict(client.brush_result(disc, "character", W, H, region_id="yy"), original_width=W + 1)
+    for result in (small, broken):
+        task = {"id": 9, "data": {"castlab_key": frame["row_id"]},
+                "annotations": [{"id": 3, "result": [result], "updated_at": "2024-01-01"}]}
+        monkeypatch.setattr(client, "list_tasks", lambda ls, project_id, task=task: [task])
+        counts = masks_project.sync_mask_reviews(None, manifest, run, background_cfg())
+        assert (counts["invalid"], counts["reviewed"], counts["removed"]) == (1, 0, 0)
+        row = manifest.get(frame["row_id"])
+        assert row["review_state"] == "invalid" and "task 9" in row["review_error"]
+        assert manifest.get("inst:vid:7:0")["status"] == "kept"  # nothing of the bad annotation applied
+    assert "region yy" in manifest.get(frame["row_id"])["review_error"]
