@@ -8,6 +8,10 @@
   the last smart region) answers an empty result, which clears the suggestion in the editor.
 - ``webhook(payload)`` → acknowledged and logged.
 
+A batch stops taking new tasks after ``ml_backend.batch_budget_s`` (well inside Label Studio's 100 s
+``ML_TIMEOUT_PREDICT``): the tasks left get an entry without ``result``, which Label Studio skips
+without creating a prediction, so they are predicted by the next "Retrieve predictions".
+
 Errors are :class:`BackendError` (status + message). In a batch, a task whose image cannot be used gets
 an empty result with an ``error`` field, so the other tasks still get their predictions; when every task
 fails, the whole request fails with the first task's error.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -139,7 +144,17 @@ class Backend:
         version = self.model_version
         results: list[dict[str, Any]] = []
         errors: list[BackendError] = []
+        budget = float(self.cfg.get("ml_backend.batch_budget_s"))
+        started = time.monotonic()
         for n, task in enumerate(tasks):
+            if n and time.monotonic() - started > budget:
+                skipped = len(tasks) - n
+                logger.info("predict: %d of %d tasks left for a later request (batch budget %g s)",
+                            skipped, len(tasks), budget)
+                # no "result": Label Studio skips the entry, creates no prediction, and asks again next time
+                results.extend({"model_version": version, "error": f"not predicted within ml_backend.batch_budget_s"
+                                f" ({budget:g} s); retrieve predictions again"} for _ in range(skipped))
+                break
             try:
                 results.append(self._predict_task(task, n, schema, prompt_results, version))
             except BackendError as exc:

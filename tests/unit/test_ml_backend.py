@@ -319,3 +319,13 @@ def test_concurrent_clicks_on_one_task_share_one_embedding(app_client, media):
         expected, _ = segmenter.predict_image(image, points=[((30 + 5 * i) / 100 * width, 0.5 * height)], labels=[1])
         assert np.array_equal(mask, expected)
     assert app_client.get("/health").json()["status"] == "UP"
+
+
+def test_a_batch_stops_at_its_time_budget_and_leaves_the_rest_for_later(media):
+    cfg = load_config(profile="tiny", extra={"ml_backend": {"batch_budget_s": 0}})
+    with TestClient(create_app(cfg, labelstudio=lambda: None)) as budget_client:
+        response = _predict(budget_client, [_task("a.png", 1), _task("b.png", 2), _task("a.png", 3)])
+    assert response.status_code == 200, response.text
+    first, *rest = response.json()["results"]
+    assert first["result"] and "error" not in first  # at least one task per request is always predicted
+    assert len(rest) == 2 and all("result" not in r and "batch_budget_s" in r["error"] for r in rest)
