@@ -4,6 +4,7 @@ smart-keypoint request through Label Studio's ``interactive-annotating`` endpoin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -41,11 +42,11 @@ def _figure(height: int, width: int, seed: int) -> np.ndarray:
     return img
 
 
-@pytest.fixture(scope="module")
-def backend_url(ls_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m ml_backend`` on a free loopback port, sharing Label Studio's media root."""
+@contextlib.contextmanager
+def _backend(ls_server, log_dir: Path, *extra: str) -> Iterator[str]:
+    """``python -m ml_backend [extra]`` on a free loopback port, sharing Label Studio's media root."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("ml_backend") / "backend.log"
+    log_path = log_dir / f"backend-{port}.log"
     env = dict(
         os.environ,
         CASTLAB_WORKSPACE=str(ls_server.workspace),
@@ -54,7 +55,7 @@ def backend_url(ls_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         LABEL_STUDIO_API_KEY=ls_server.token,
         TORCHDYNAMO_DISABLE="1",
     )
-    cmd = [sys.executable, "-m", "ml_backend", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "ml_backend", "--host", "127.0.0.1", "--port", str(port), *extra]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -82,6 +83,12 @@ def backend_url(ls_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             proc.wait()
         log_text = log_path.read_text(errors="replace")
         assert ls_server.token not in log_text, "the backend logged the Label Studio token"
+
+
+@pytest.fixture(scope="module")
+def backend_url(ls_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with _backend(ls_server, tmp_path_factory.mktemp("ml_backend")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +199,31 @@ def test_backend_predicts_through_label_studio(ls_server, backend_url, masks_pro
         f"repeated {', '.join(f'{t:.3f}' for t in timings[1:])} s; "
         f"embedding cache {health['embedding_cache']}"
     )
+
+
+def test_a_batch_over_its_budget_leaves_tasks_for_the_next_retrieval(ls_server, masks_project, tmp_path):
+    """Label Studio skips the entries the backend left without a result: no empty predictions, and the
+    next "Retrieve predictions" picks the tasks up."""
+    override = tmp_path / "budget.yaml"
+    override.write_text("ml_backend:\n  batch_budget_s: 0\n")
+    ls = masks_project["ls"]
+    project_id = client.ensure_project(ls, "ml backend budget", LABEL_CONFIG.read_text(encoding="utf-8"))
+    frames = Path(masks_project["tasks"][sorted(masks_project["tasks"])[0]]).parent
+    client.ensure_local_storage(ls, project_id, frames)
+    paths = sorted(frames.glob("frame_*.png"))
+    mapping = client.push_tasks(ls, project_id, [{"data": {"image": client.local_file_url(p),
+                                                           "castlab_key": f"budget:{p.name}"}} for p in paths])
+    task_ids = sorted(mapping.values())
+    with _backend(ls_server, tmp_path, "--config", str(override)) as url:
+        backend = ls.ml.create(url=url, project=project_id, title="castlab budget", is_interactive=False)
+        predicted = []
+        for _ in range(2):
+            action = _api(ls_server, "POST", "/api/dm/actions",
+                          params={"id": "retrieve_tasks_predictions", "project": project_id},
+                          json={"selectedItems": {"all": False, "included": task_ids}})
+            assert action.status_code == 200, action.text
+            tasks = client.list_tasks(ls, project_id)  # (GET /api/tasks/<id> would predict the task itself)
+            assert all(p["result"] for t in tasks for p in t.get("predictions") or [])  # never an empty one
+            predicted.append(sum(1 for t in tasks if t.get("predictions")))
+        ls.ml.delete(id=backend.id)
+    assert predicted == [1, 2]  # one task per request within a zero budget, the rest left for later
