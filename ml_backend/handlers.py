@@ -2,8 +2,9 @@
 
 - ``health()`` → ``{"status": "UP", "model_class": ...}``
 - ``setup(payload)`` → ``{"model_version": ...}`` (the same string every prediction carries)
-- ``predict(payload)`` → ``{"results": [...]}``, one entry per task, in order. Without a context: SAM2
-  automatic instances, one BrushLabels region each. With a context (smart keypoints/rectangles): one
+- ``predict(payload)`` → ``{"results": [...]}``, one entry per task, in order. Without a context: the
+  character instances curate would find (:func:`castlab.characters.character_instances`), one BrushLabels
+  region each. With a context (smart keypoints/rectangles): one
   brush region per prompt group (see :mod:`ml_backend.prompts`). ``{"result": []}`` (the reviewer removed
   the last smart region) answers an empty result, which clears the suggestion in the editor.
 - ``webhook(payload)`` → acknowledged and logged.
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from castlab.characters import CharacterScorer, CharacterSettings, EvidenceDetector, character_instances
 from castlab.config import Config
 from castlab.labelstudio import client
 from castlab.models.segmenter import Segmenter, load_segmenter
@@ -63,6 +65,7 @@ class Backend:
         self.cfg = cfg
         self._factory = segmenter_factory or load_segmenter
         self._segmenter: Segmenter | None = None
+        self._characters: tuple[EvidenceDetector, CharacterScorer | None] | None = None
         self._load_lock = threading.Lock()
         self._labelstudio = labelstudio
         self._source: LabelStudioSource | None = None
@@ -81,6 +84,21 @@ class Backend:
                     logger.info("segmenter ready: %s", self._segmenter.model_version)
         return self._segmenter
 
+    def characters(self) -> tuple[EvidenceDetector, CharacterScorer | None]:
+        """Evidence detector and character scorer, as curate uses them (pre-annotations = curate's instances).
+
+        With an injected segmenter factory (tests) no open_clip model is loaded and nothing is scored."""
+        if self._characters is None:
+            with self._load_lock:
+                if self._characters is None:
+                    scorer = None
+                    if self._factory is load_segmenter:
+                        from castlab.models.embedder import load_embedder
+
+                        scorer = CharacterScorer.from_config(load_embedder(self.cfg), self.cfg)
+                    self._characters = (EvidenceDetector.from_config(self.cfg), scorer)
+        return self._characters
+
     @property
     def model_version(self) -> str:
         return self.segmenter().model_version
@@ -89,6 +107,7 @@ class Backend:
         """Load the segmenter and run one tiny prompt, so the first real request pays no start-up cost."""
         seg = self.segmenter()
         seg.predict_image(np.zeros((32, 32, 3), np.uint8), points=[(16.0, 16.0)], labels=[1])
+        self.characters()
 
     def labelstudio_source(self) -> LabelStudioSource | None:
         """The Label Studio instance remote images may come from (looked up when needed, kept once found)."""
@@ -196,7 +215,9 @@ class Backend:
         regions: list[dict[str, Any]] = []
         scores: list[float] = []
         if prompt_results is None:
-            for i, inst in enumerate(seg.auto_instances(image)):
+            detector, scorer = self.characters()
+            found = character_instances(seg, image, CharacterSettings.from_config(self.cfg), detector, scorer)
+            for i, inst in enumerate(c.instance for c in found):
                 regions.append(
                     self._region(
                         inst.mask,

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from castlab.characters import CharacterSettings, character_instances
 from castlab.config import load_config
 from castlab.labelstudio import client
 from ml_backend.app import create_app
@@ -108,10 +109,14 @@ def test_predict_without_context_returns_auto_instances_per_task(app_client, med
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert len(results) == 2
-    segmenter = app_client.app.state.backend.segmenter()
+    backend = app_client.app.state.backend
+    segmenter = backend.segmenter()
+    detector, scorer = backend.characters()
+    assert scorer is not None  # the real tiny open_clip model scores them, as in curate
+    settings = CharacterSettings.from_config(backend.cfg)
     for name, entry in zip(["a.png", "b.png"], results, strict=True):
         image = images[name]
-        expected = segmenter.auto_instances(image)
+        expected = [c.instance for c in character_instances(segmenter, image, settings, detector, scorer)]
         assert expected, "tiny segmenter found no instance to compare with"
         assert len(entry["result"]) == len(expected)
         for region, inst in zip(entry["result"], expected, strict=True):
