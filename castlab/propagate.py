@@ -26,10 +26,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from castlab.config import Config
-from castlab.errors import ConfigError, InputError
+from castlab.errors import InputError
 from castlab.frames import SHOTS_NAME
 from castlab.layers import mask_bbox, safe_name
-from castlab.models.segmenter import _read_checkpoint, _sam2_config
+from castlab.models.segmenter import build_sam2_model
 from castlab.video import open_video, orient, video_stream
 from castlab.workspace import write_json_atomic
 
@@ -37,34 +37,11 @@ RESULT_NAME = "propagation.json"
 
 
 def load_video_predictor(cfg: Config, device: str = "cpu") -> tuple[Any, str]:
-    """SAM2's video predictor for the active profile's segmenter settings, and its model version."""
-    from sam2.build_sam import build_sam2_video_predictor
-
-    prefix = f"models.{cfg.profile}.segmenter"
-    settings = cfg.model("segmenter")
-    arch, size = str(settings.get("arch") or ""), int(settings["image_size"])
-    config_file = _sam2_config(arch, f"{prefix}.arch")
-    overrides = [f"++model.image_size={size}"]
-    with warnings.catch_warnings():
+    """SAM2's video predictor with the active profile's segmenter weights, and its model version."""
+    with warnings.catch_warnings():  # sam2 uses torch.jit.script, deprecated in recent torch
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-        if cfg.profile == "tiny":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(cfg.get("seed")))
-                predictor = build_sam2_video_predictor(config_file, None, device=device,
-                                                       hydra_overrides_extra=overrides)
-            return predictor, f"tiny-{arch}-{size}-video"
-        checkpoint = settings.get("checkpoint")
-        if not checkpoint or not Path(str(checkpoint)).expanduser().is_file():
-            raise ConfigError(f"{prefix}.checkpoint: set it to an existing SAM2 checkpoint for {arch} "
-                              "(castlab never falls back to random weights in the full profile)")
-        path = Path(str(checkpoint)).expanduser()
-        state = _read_checkpoint(path)
-        predictor = build_sam2_video_predictor(config_file, None, device="cpu", hydra_overrides_extra=overrides)
-        try:
-            predictor.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise InputError(path, f"does not match architecture {arch}: {str(exc).splitlines()[0]}") from exc
-        return predictor.to(device), f"{arch}-{size}-video"
+        predictor, version, _ = build_sam2_model(cfg, video=True, device=device)
+    return predictor, version
 
 
 def shot_range(run_dir: Path, video_id: str, shot_id: str) -> tuple[str, dict[str, Any]]:

@@ -351,11 +351,14 @@ def _sam2_config(arch: str, setting: str) -> str:
 
 
 
-def load_segmenter(cfg: Config, device: str = "cpu", cache_mb: float | None = None) -> Segmenter:
-    """Build the SAM2 segmenter of the active profile (see module docstring)."""
-    from sam2.build_sam import build_sam2
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
+def build_sam2_model(cfg: Config, video: bool = False, device: str = "cpu") -> tuple[Any, str, int]:
+    """SAM2 of the active profile (see module docstring): (model, model version, image size).
 
+    `video` builds SAM2's video predictor (the same weights, for mask propagation) instead of the image model.
+    """
+    from sam2.build_sam import build_sam2, build_sam2_video_predictor
+
+    builder = build_sam2_video_predictor if video else build_sam2
     prefix = f"models.{cfg.profile}.segmenter"
     settings = cfg.model("segmenter")
     arch = str(settings.get("arch") or "")
@@ -366,33 +369,40 @@ def load_segmenter(cfg: Config, device: str = "cpu", cache_mb: float | None = No
         raise ConfigError(f"{prefix}.image_size must be a multiple of 16, got {image_size}")
     config_file = _sam2_config(arch, f"{prefix}.arch")
     overrides = [f"++model.image_size={image_size}"]
+    suffix = "-video" if video else ""
     if cfg.profile == "tiny":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.get("seed")))
-            model = build_sam2(config_file, ckpt_path=None, device=device, hydra_overrides_extra=overrides)
-        version = f"tiny-{arch}-{image_size}"
-    else:
-        checkpoint = settings.get("checkpoint")
-        if not checkpoint:
-            raise ConfigError(
-                f"{prefix}.checkpoint is not set: point it to a SAM2 checkpoint for {arch} "
-                "(e.g. sam2.1_hiera_tiny.pt); castlab never falls back to random weights in the full profile"
-            )
-        path = Path(str(checkpoint)).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{prefix}.checkpoint: {path} does not exist")
-        state = _read_checkpoint(path)  # before building: a bad file fails fast
-        model = build_sam2(config_file, ckpt_path=None, device="cpu", hydra_overrides_extra=overrides)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise InputError(path, f"does not match architecture {arch}: {str(exc).splitlines()[0]}") from exc
-        model = model.to(device)
-        version = f"{arch}-{image_size}-{file_sha1(path)[:10]}"
+            model = builder(config_file, ckpt_path=None, device=device, hydra_overrides_extra=overrides)
+        return model, f"tiny-{arch}-{image_size}{suffix}", image_size
+    checkpoint = settings.get("checkpoint")
+    if not checkpoint:
+        raise ConfigError(
+            f"{prefix}.checkpoint is not set: point it to a SAM2 checkpoint for {arch} "
+            "(e.g. sam2.1_hiera_tiny.pt); castlab never falls back to random weights in the full profile"
+        )
+    path = Path(str(checkpoint)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{prefix}.checkpoint: {path} does not exist")
+    state = _read_checkpoint(path)  # before building: a bad file fails fast
+    model = builder(config_file, ckpt_path=None, device="cpu", hydra_overrides_extra=overrides)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(path, f"does not match architecture {arch}: {str(exc).splitlines()[0]}") from exc
+    return model.to(device), f"{arch}-{image_size}-{file_sha1(path)[:10]}{suffix}", image_size
+
+
+def load_segmenter(cfg: Config, device: str = "cpu", cache_mb: float | None = None) -> Segmenter:
+    """Build the SAM2 segmenter of the active profile (see module docstring)."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    model, version, image_size = build_sam2_model(cfg, device=device)
     with warnings.catch_warnings():  # sam2's transforms use torch.jit.script, deprecated in recent torch
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
         predictor = SAM2ImagePredictor(model)
     predictor._bb_feat_sizes = [(image_size // s, image_size // s) for s in (4, 8, 16)]
+    settings = cfg.model("segmenter")
     alpha = float(settings.get("alpha_threshold", cfg.get("segmentation.alpha_threshold")))
     mb = float(cfg.get("segmentation.embedding_cache_mb") if cache_mb is None else cache_mb)
     return Segmenter(predictor, version, cfg, alpha=alpha, cache_bytes=int(mb * 2**20))

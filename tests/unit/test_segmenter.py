@@ -144,6 +144,12 @@ def test_full_profile_loads_a_checkpoint_strictly(segmenter: Segmenter, tmp_path
     logits_a = segmenter._decode(torch.tensor([[[20.0, 20.0]]]), torch.tensor([[1]]), None, True)[0]
     logits_b = loaded._decode(torch.tensor([[[20.0, 20.0]]]), torch.tensor([[1]]), None, True)[0]
     assert torch.allclose(logits_a, logits_b)
+    from castlab.models.segmenter import build_sam2_model
+
+    video, version, _ = build_sam2_model(full, video=True)  # propagation: the same checkpoint, strictly
+    assert version == loaded.model_version + "-video"
+    assert torch.equal(video.state_dict()["sam_mask_decoder.iou_prediction_head.layers.0.weight"],
+                       loaded.model.state_dict()["sam_mask_decoder.iou_prediction_head.layers.0.weight"])
     torch.save({"model": {"not_a_sam2_weight": torch.zeros(1)}}, ckpt)
     with pytest.raises(InputError, match=f"{ckpt}: does not match"):
         load_segmenter(full)
