@@ -34,6 +34,9 @@ case "${1:-project}" in
     # sam2 builds against the installed torch, without its CUDA extension (optional post-processing).
     SAM2_BUILD_CUDA=0 "$venv/bin/python" -m pip install -q --no-build-isolation sam2==1.1.0
     "$venv/bin/python" -m pip install -q -e '.[dev]'
+    # insightface declares opencv-python, which must never sit beside opencv-python-headless (one cv2):
+    # its real dependencies (onnx, onnxruntime, scipy, scikit-image...) are in pyproject.toml.
+    "$venv/bin/python" -m pip install -q --no-deps insightface==2.1
     echo "$stamp" > "$venv/.castlab-stamp"
     echo "project venv ready ($venv)"
     ;;
