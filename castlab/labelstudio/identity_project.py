@@ -7,9 +7,12 @@
   name / merge (into a cluster from the list) / noise / split.
 
 Task keys carry the run name (``identity:<run>:<row id>``, ``cluster:<run>:<k>``), so pushing again adds
-nothing and runs never collide. ``sync_identity_reviews`` reads the latest annotation of every task,
-resolves the decisions (:mod:`castlab.identity_review`) and writes ``identity``, ``identity_state`` and
-``identity_source`` on every clustered instance, plus ``identity_review.json`` (counts, notes).
+nothing and runs never collide; ``castlab_run`` is the run folder relative to the workspace (as in the
+masks project), which is how the ML backend finds the run's embeddings.
+
+``sync_identity_reviews`` reads the latest annotation of every task, resolves the decisions
+(:mod:`castlab.identity_review`) and writes ``identity``, ``identity_state`` and ``identity_source`` on
+every clustered instance, plus ``identity_review.json`` (counts, notes).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from castlab.config import PROJECT_ROOT, Config
 from castlab.identity_review import NOISE, NOT_A_CHARACTER, ClusterDecision, InstanceDecision, default_name, resolve
 from castlab.labelstudio import client
 from castlab.manifest import Manifest
-from castlab.workspace import resolve_in_workspace, write_json_atomic
+from castlab.workspace import relative_to_workspace, resolve_in_workspace, write_json_atomic
 
 INSTANCES_CONFIG = PROJECT_ROOT / "label_configs" / "identity_instances.xml"
 CLUSTERS_CONFIG = PROJECT_ROOT / "label_configs" / "identity_clusters.xml"
@@ -46,7 +49,7 @@ def build_identity_tasks(
     manifest: Manifest, run_dir: Path, sheets: dict[int, Path], model_version: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(instance tasks, cluster tasks) for the run's clustered instances and its cluster contact sheets."""
-    run = Path(run_dir).name
+    run, run_rel = Path(run_dir).name, relative_to_workspace(Path(run_dir))
     rows = _clustered(manifest)
     frames = {r["row_id"]: r for r in manifest.rows(kind="frame")}
     clusters = sorted({r[CLUSTER_COLUMN] for r in rows if r[CLUSTER_COLUMN] != NOISE})
@@ -60,7 +63,7 @@ def build_identity_tasks(
             "data": {
                 "image": client.local_file_url(Path(r["crop_path"])),
                 "frame": client.local_file_url(Path(frame["path"])) if frame else "",
-                "castlab_key": f"identity:{run}:{r['row_id']}", "castlab_run": run, "instance": r["row_id"],
+                "castlab_key": f"identity:{run}:{r['row_id']}", "castlab_run": run_rel, "instance": r["row_id"],
                 "cluster": cluster, "suggested": default_name(cluster) if cluster != NOISE else "noise (no cluster)",
                 "identities": options,
             },
@@ -76,7 +79,7 @@ def build_identity_tasks(
         if c not in sheets:
             continue
         cluster_tasks.append({"data": {
-            "image": client.local_file_url(sheets[c]), "castlab_key": f"cluster:{run}:{c}", "castlab_run": run,
+            "image": client.local_file_url(sheets[c]), "castlab_key": f"cluster:{run}:{c}", "castlab_run": run_rel,
             "cluster": c, "title": f"{default_name(c)}: {sizes[c]} instances",
             "clusters": [o for o in options if o["value"] != default_name(c)] or [{"value": default_name(c)}],
         }})  # fmt: skip
@@ -141,7 +144,7 @@ def instance_decision(annotation: dict[str, Any]) -> InstanceDecision | None:
 
 def sync_identity_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config) -> dict[str, Any]:
     """Apply the latest cluster and instance annotations of this run to its instances (see module doc)."""
-    run = Path(run_dir).name
+    run = relative_to_workspace(Path(run_dir))
     rows = _clustered(manifest)
     membership = {r["row_id"]: r[CLUSTER_COLUMN] for r in rows}
     clusters: dict[int, ClusterDecision] = {}
