@@ -21,6 +21,7 @@ from castlab.errors import CastlabError
 from castlab.models.segmenter import Segmenter
 from ml_backend.errors import BackendError
 from ml_backend.handlers import Backend
+from ml_backend.identity import VectorLoader
 from ml_backend.images import LabelStudioSource
 
 logger = logging.getLogger("ml_backend")
@@ -44,10 +45,12 @@ def create_app(
     preload: bool = False,
     segmenter_factory: Callable[[Config], Segmenter] | None = None,
     labelstudio: LabelStudioSource | None | Callable[[], LabelStudioSource | None] = None,
+    identity_loader: VectorLoader | None = None,
 ) -> FastAPI:
     """The backend app. With `preload`, the segmenter is loaded and warmed before the server accepts
     requests: Label Studio gives ``/setup`` only 3 s, less than a cold SAM2 load."""
-    backend = Backend(cfg or load_config(), segmenter_factory=segmenter_factory, labelstudio=labelstudio)
+    backend = Backend(cfg or load_config(), segmenter_factory=segmenter_factory, labelstudio=labelstudio,
+                      identity_loader=identity_loader)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -7,7 +7,9 @@
   region each. With a context (smart keypoints/rectangles): one
   brush region per prompt group (see :mod:`ml_backend.prompts`). ``{"result": []}`` (the reviewer removed
   the last smart region) answers an empty result, which clears the suggestion in the editor.
-- ``webhook(payload)`` → acknowledged and logged.
+- ``webhook(payload)`` → acknowledged and logged; an identity annotation is learnt at once.
+- Tasks of the identity project (a config with a ``Choices`` named ``identity``) get identity suggestions
+  instead (:mod:`ml_backend.identity`).
 
 A batch stops taking new tasks after ``ml_backend.batch_budget_s`` (well inside Label Studio's 100 s
 ``ML_TIMEOUT_PREDICT``): the tasks left get an entry without ``result``, which Label Studio skips
@@ -34,6 +36,8 @@ from castlab.config import Config
 from castlab.labelstudio import client
 from castlab.models.segmenter import Segmenter, load_segmenter
 from ml_backend.errors import BackendError
+from ml_backend.identity import MODEL_VERSION as IDENTITY_VERSION
+from ml_backend.identity import IdentityService, VectorLoader, is_identity_config
 from ml_backend.images import LabelStudioSource, labelstudio_source, load_image
 from ml_backend.prompts import MaskSchema, PromptGroup, parse_context
 
@@ -61,8 +65,10 @@ class Backend:
         cfg: Config,
         segmenter_factory: Callable[[Config], Segmenter] | None = None,
         labelstudio: LabelStudioSource | None | Callable[[], LabelStudioSource | None] = None,
+        identity_loader: VectorLoader | None = None,
     ) -> None:
         self.cfg = cfg
+        self.identity = IdentityService(cfg, identity_loader)
         self._factory = segmenter_factory or load_segmenter
         self._segmenter: Segmenter | None = None
         self._characters: tuple[EvidenceDetector, CharacterScorer | None] | None = None
@@ -148,7 +154,8 @@ class Backend:
         task = payload.get("task")
         task_id = task.get("id") if isinstance(task, dict) else None
         logger.info("webhook %s (project %s, task %s)", action, project_id, task_id)
-        return {"status": "ok", "action": action}
+        learnt = self.identity.learn(payload)  # an identity answer: the next suggestion uses it
+        return {"status": "ok", "action": action, "learnt": learnt}
 
     def predict(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict):
@@ -156,11 +163,22 @@ class Backend:
         tasks = payload.get("tasks")
         if not isinstance(tasks, list):
             raise BackendError(400, "predict: 'tasks' must be a list of task objects")
-        schema = MaskSchema.from_label_config(payload.get("label_config") or default_label_config())
-        params = payload.get("params") if isinstance(payload.get("params"), dict) else {}
-        context = params.get("context", payload.get("context"))
-        prompt_results = self._prompt_results(context)
-        version = self.model_version
+        label_config = payload.get("label_config") or default_label_config()
+        if is_identity_config(label_config):  # the identity project: suggestions, no segmenter involved
+            version = IDENTITY_VERSION
+
+            def predict_one(task: Any, n: int) -> dict[str, Any]:
+                if not isinstance(task, dict):
+                    raise BackendError(400, f"tasks[{n}]: expected an object")
+                return self.identity.predict_task(task)
+        else:
+            schema = MaskSchema.from_label_config(label_config)
+            params = payload.get("params") if isinstance(payload.get("params"), dict) else {}
+            prompt_results = self._prompt_results(params.get("context", payload.get("context")))
+            version = self.model_version
+
+            def predict_one(task: Any, n: int) -> dict[str, Any]:
+                return self._predict_task(task, n, schema, prompt_results, version)
         results: list[dict[str, Any]] = []
         errors: list[BackendError] = []
         budget = float(self.cfg.get("ml_backend.batch_budget_s"))
@@ -175,7 +193,7 @@ class Backend:
                                 f" ({budget:g} s); retrieve predictions again"} for _ in range(skipped))
                 break
             try:
-                results.append(self._predict_task(task, n, schema, prompt_results, version))
+                results.append(predict_one(task, n))
             except BackendError as exc:
                 task_id = task.get("id") if isinstance(task, dict) else None
                 logger.warning("task %s: %s", task_id, exc.message)

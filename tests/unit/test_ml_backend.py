@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from castlab.characters import CharacterSettings, character_instances
-from castlab.config import load_config
+from castlab.config import PROJECT_ROOT, load_config
 from castlab.labelstudio import client
 from ml_backend.app import create_app
 from ml_backend.errors import BackendError
@@ -334,3 +334,49 @@ def test_a_batch_stops_at_its_time_budget_and_leaves_the_rest_for_later(media):
     first, *rest = response.json()["results"]
     assert first["result"] and "error" not in first  # at least one task per request is always predicted
     assert len(rest) == 2 and all("result" not in r and "batch_budget_s" in r["error"] for r in rest)
+
+
+IDENTITY_XML = (PROJECT_ROOT / "label_configs" / "identity_instances.xml").read_text(encoding="utf-8")
+
+
+def test_identity_suggestions_learn_from_each_annotation(media):
+    from castlab.manifest import Manifest
+
+    run = media["root"] / "runs" / "identity-unit"
+    rng = np.random.default_rng(3)
+    centres = {"Bob": rng.normal(size=32), "Ann": rng.normal(size=32)}
+    vectors = {}
+    for name, centre in centres.items():
+        for k in range(4):
+            vectors[f"inst:{name}:{k}"] = ("face", centre + 0.05 * rng.normal(size=32))
+    vectors["inst:new:0"] = ("face", centres["Ann"] + 0.05 * rng.normal(size=32))
+    vectors["inst:other:0"] = ("face", -centres["Bob"])  # like nobody reviewed so far
+    vectors["inst:other:1"] = ("face", -centres["Bob"] + 0.05 * rng.normal(size=32))
+    manifest = Manifest.for_run(run)
+    manifest.add_rows([{"row_id": r, "kind": "instance", "status": "kept",
+                        "identity": r.split(":")[1] if r.split(":")[1] in centres else None,
+                        "identity_state": "reviewed" if r.split(":")[1] in centres else "unreviewed"}
+                       for r in vectors])
+    manifest.save()
+    cfg = load_config(profile="tiny", extra={"identity": {"suggest_k": 3, "suggest_min_similarity": 0.5}})
+    app = create_app(cfg, labelstudio=lambda: None, identity_loader=lambda run_dir: vectors)
+    run_rel = "runs/identity-unit"
+
+    def suggest(instance: str):
+        task = {"id": 1, "data": {"castlab_run": run_rel, "instance": instance}}
+        body = {"tasks": [task], "label_config": IDENTITY_XML}
+        entry = test_client.post("/predict", json=body).json()["results"][0]
+        return entry["result"][0]["value"]["choices"][0] if entry["result"] else None
+
+    with TestClient(app) as test_client:
+        assert suggest("inst:new:0") == "Ann"
+        assert suggest("inst:other:1") is None  # nothing reviewed looks like it
+        annotation = {"id": 9, "result": [{"from_name": "new_identity", "to_name": "crop", "type": "textarea",
+                                           "value": {"text": ["Zed"]}}]}
+        hook = {"action": "ANNOTATION_CREATED", "project": {"id": 2}, "annotation": annotation,
+                "task": {"id": 5, "data": {"castlab_run": run_rel, "instance": "inst:other:0"}}}
+        assert test_client.post("/webhook", json=hook).json()["learnt"] is True
+        assert suggest("inst:other:1") == "Zed"  # learnt without a restart
+        outside = {"tasks": [{"id": 1, "data": {"castlab_run": "../../etc", "instance": "x"}}],
+                   "label_config": IDENTITY_XML}
+        assert test_client.post("/predict", json=outside).status_code == 403

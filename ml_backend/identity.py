@@ -1,0 +1,117 @@
+"""Identity suggestions for the instance-level identity project, learning from each annotation.
+
+A task of that project names its run (``castlab_run``, relative to the workspace, never outside it) and its
+instance. Per run, the service loads the instances' embeddings and an :class:`IdentityIndex` of the
+identities people already decided (the manifest after ``review-sync``), then answers a ``choices``
+prediction for ``identity``. Label Studio's webhook (``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED``, sent
+to ``/webhook`` for every connected ML backend) carries the new answer: it is learnt at once, so the
+next suggestion uses it without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from castlab.config import Config
+from castlab.errors import CastlabError
+from castlab.identity_suggest import IdentityIndex
+from castlab.labelstudio.identity_project import instance_decision
+from castlab.manifest import Manifest
+from castlab.workspace import resolve_in_workspace
+from ml_backend.errors import BackendError
+
+logger = logging.getLogger("ml_backend")
+
+MODEL_VERSION = "castlab-identity-knn"
+LEARN_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+DECIDED_STATES = ("reviewed", "cluster")
+
+VectorLoader = Callable[[Path], dict[str, tuple[str, np.ndarray]]]  # run dir → row id → (route, unit vector)
+
+
+def is_identity_config(label_config: str | None) -> bool:
+    return bool(label_config) and 'name="identity"' in label_config and "<Choices" in label_config
+
+
+def _default_loader(run_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
+    from castlab.faces import identity_vectors
+
+    return identity_vectors(run_dir)
+
+
+@dataclass
+class _Run:
+    index: IdentityIndex
+    vectors: dict[str, tuple[str, np.ndarray]]
+
+
+class IdentityService:
+    def __init__(self, cfg: Config, loader: VectorLoader | None = None) -> None:
+        self.cfg = cfg
+        self._loader = loader or _default_loader
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+
+    def _run(self, run_rel: Any) -> _Run:
+        if not isinstance(run_rel, str) or not run_rel:
+            raise BackendError(400, "identity task: data has no 'castlab_run'")
+        with self._lock:
+            state = self._runs.get(run_rel)
+            if state is not None:
+                return state
+            try:
+                run_dir = resolve_in_workspace(run_rel)
+            except CastlabError as exc:
+                raise BackendError(403, f"identity task: run {run_rel!r} is outside the media root") from exc
+            if not (run_dir / "manifest.parquet").is_file():
+                raise BackendError(404, f"identity task: run {run_rel!r} has no manifest")
+            index = IdentityIndex(int(self.cfg.get("identity.suggest_k")),
+                                  float(self.cfg.get("identity.suggest_min_similarity")))
+            vectors = self._loader(run_dir)
+            for row in Manifest.for_run(run_dir).rows(kind="instance"):
+                found = vectors.get(row["row_id"])
+                if found is not None and row.get("identity") and row.get("identity_state") in DECIDED_STATES:
+                    index.learn(row["row_id"], found[0], found[1], str(row["identity"]))
+            logger.info("identity index for %s: %d decided instances", run_rel, len(index))
+            state = self._runs[run_rel] = _Run(index, vectors)
+            return state
+
+    def predict_task(self, task: dict[str, Any]) -> dict[str, Any]:
+        data = task.get("data") or {}
+        state = self._run(data.get("castlab_run"))
+        instance = data.get("instance")
+        found = state.vectors.get(str(instance))
+        result: list[dict[str, Any]] = []
+        score = 0.0
+        if found is not None:
+            suggestion = state.index.suggest(found[0], found[1], exclude=str(instance))
+            if suggestion is not None:
+                score = suggestion.score
+                result.append({"from_name": "identity", "to_name": "crop", "type": "choices",
+                               "value": {"choices": [suggestion.identity]}})
+        return {"result": result, "score": score, "model_version": MODEL_VERSION}
+
+    def learn(self, payload: dict[str, Any]) -> bool:
+        """Learn the identity an annotation gives its instance; True when something was learnt."""
+        if payload.get("action") not in LEARN_ACTIONS:
+            return False
+        task, annotation = payload.get("task") or {}, payload.get("annotation") or {}
+        data = task.get("data") if isinstance(task, dict) else None
+        if not isinstance(data, dict) or "instance" not in data or not isinstance(annotation, dict):
+            return False
+        state = self._run(data.get("castlab_run"))
+        found = state.vectors.get(str(data["instance"]))
+        decision = instance_decision(annotation)
+        if found is None or decision is None:
+            return False
+        identity = None if decision.not_character else decision.identity
+        state.index.learn(str(data["instance"]), found[0], found[1], identity)
+        logger.info("identity learnt from annotation %s: %s", annotation.get("id"), identity)
+        return True
