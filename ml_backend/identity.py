@@ -41,7 +41,7 @@ def is_identity_config(label_config: str | None) -> bool:
 
 
 def _default_loader(run_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
-    from castlab.faces import identity_vectors
+    from castlab.identity import identity_vectors
 
     return identity_vectors(run_dir)
 
