@@ -10,10 +10,18 @@ the open_clip vectors are clustered instead (the report says so).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from castlab.faces import load_embeddings
+from castlab.clustering import NOISE, SHEETS, ClusterSettings, cluster_embeddings, write_cluster_outputs
+from castlab.config import Config
+from castlab.errors import InputError
+from castlab.faces import embed_instances, embedding_meta, load_embeddings, save_embeddings
+from castlab.manifest import Manifest
+from castlab.workspace import write_json_atomic
+
+IDENTITY_DIR = "identity"
 
 
 def identity_vectors(run_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
@@ -27,3 +35,81 @@ def identity_vectors(run_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
         elif clip_ok[i]:
             out[row_id] = ("clip", emb.clip[i])
     return out
+
+
+def build_identities(
+    run_dir: Path, manifest: Manifest, cfg: Config, analyzer: Any = None, clip_embedder: Any = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Embed every kept instance, cluster, write ``identity/`` and update the manifest (see module doc).
+
+    Manifest columns: the routing fields of :func:`castlab.faces.embed_instances`, ``identity_cluster``
+    (-1 noise; None for ``missing`` rows, which cannot be clustered) and ``cluster_probability``.
+    Returns the summary, with ``sheets``: cluster → contact sheet path (for the cluster review project).
+    """
+    run_dir = Path(run_dir).resolve()
+    out_dir = run_dir / IDENTITY_DIR
+    instances = manifest.rows(kind="instance", status="kept")
+    if not instances:
+        raise InputError(run_dir / "manifest.parquet", "has no kept instances to identify (run curate first)")
+    frames = {r["row_id"]: r for r in manifest.rows(kind="frame")}
+    if analyzer is None:
+        from castlab.models.faces import load_face_analyzer
+
+        analyzer = load_face_analyzer(cfg)
+    if clip_embedder is None:
+        from castlab.models.embedder import load_embedder
+
+        clip_embedder = load_embedder(cfg)
+    settings = ClusterSettings.from_config(cfg)  # bad settings fail before any work
+    join_min = float(cfg.get("identity.clip_join_min_similarity"))
+    updates, face_m, clip_m = embed_instances(instances, frames, analyzer, clip_embedder, cfg, base_dir=run_dir)
+    meta = embedding_meta(analyzer, clip_embedder, cfg)
+    save_embeddings(run_dir, [u["row_id"] for u in updates], face_m, clip_m, meta)
+    routes = np.array([u["embedding_route"] for u in updates])
+    face_idx, clip_idx = np.flatnonzero(routes == "face"), np.flatnonzero(routes == "clip")
+    n = len(updates)
+    labels = np.full(n, NOISE, dtype=int)
+    probs = np.zeros(n)
+    basis_idx, basis = (face_idx, face_m) if len(face_idx) else (clip_idx, clip_m)
+    basis_name = "face" if len(face_idx) else "clip"
+    joined = 0
+    if len(basis_idx):
+        result = cluster_embeddings(basis[basis_idx], settings)
+        labels[basis_idx], probs[basis_idx] = result.labels, result.probabilities
+        if basis_name == "face" and len(clip_idx) and result.n_clusters:
+            centroids = np.stack([_unit(clip_m[face_idx[result.labels == k]].mean(axis=0))
+                                  for k in range(result.n_clusters)])
+            sims = np.stack([_unit(v) for v in clip_m[clip_idx]]) @ centroids.T
+            best = sims.argmax(axis=1)
+            ok = sims[np.arange(len(clip_idx)), best] >= join_min
+            labels[clip_idx[ok]] = best[ok]
+            probs[clip_idx[ok]] = sims[np.arange(len(clip_idx)), best][ok]
+            joined = int(ok.sum())
+        report = write_cluster_outputs(out_dir, [instances[i] for i in basis_idx], result, force=force,
+                                       profile=cfg.profile)
+    else:
+        result, report = None, {"reason": "no instance has a usable crop"}
+    for i, update in enumerate(updates):
+        clustered = updates[i]["embedding_route"] != "missing"
+        manifest.update(update["row_id"], **{k: v for k, v in update.items() if k != "row_id"},
+                        identity_cluster=int(labels[i]) if clustered else None,
+                        cluster_probability=round(float(probs[i]), 6) if clustered else None)
+    manifest.save()
+    summary = {
+        "instances": n, "routes": {r: int((routes == r).sum()) for r in ("face", "clip", "missing")},
+        "clustered_on": basis_name, "clusters": result.n_clusters if result else 0,
+        "noise": int(((labels == NOISE) & (routes != "missing")).sum()), "joined_by_clip": joined,
+        "reason": (result.reason if result else report.get("reason")),
+        "report": str(out_dir / "cluster_report.json"), "profile": cfg.profile,
+    }
+    if basis_name == "clip" and len(basis_idx):
+        summary["note"] = "no face in the whole run: clustered on open_clip vectors"
+    sheets = {k: out_dir / SHEETS / f"character_{k}.png" for k in range(summary["clusters"])}
+    summary["sheets"] = {k: str(p) for k, p in sheets.items() if p.is_file()}
+    write_json_atomic(out_dir / "identity_summary.json", summary)
+    return summary
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)

@@ -83,6 +83,14 @@ def cmd_review_sync(args: argparse.Namespace) -> Any:
     return review_sync(run_dir=args.run, **_flow_kwargs(args))
 
 
+def cmd_identify(args: argparse.Namespace) -> Any:
+    _must_exist(args.run)
+    _prefect(_config(args))
+    from flows.identify import identify
+
+    return identify(run_dir=args.run, push=not args.no_push, force=args.force, **_flow_kwargs(args))
+
+
 def cmd_propagate(args: argparse.Namespace) -> Any:
     _must_exist(args.run)
     _prefect(_config(args))
@@ -185,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p = add("review-sync", cmd_review_sync, "pull reviewed annotations back into a curate run's manifest")
     p.add_argument("run", help="curate run folder")
+    p = add("identify", cmd_identify, "instances → face/open_clip embeddings → identity clusters → Label Studio review")
+    p.add_argument("run", help="curate run folder")
+    p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
+    p.add_argument("--force", action="store_true", help="replace an earlier identity/ output of this run")
     p = add("propagate", cmd_propagate, "carry an instance's mask through its shot (SAM2 video) → Label Studio")
     p.add_argument("run", help="curate run folder")
     p.add_argument("instance", help="instance row id, e.g. inst:<video>:<frame>:0")

@@ -22,13 +22,26 @@ def sync_masks_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, int]:
     return sync_mask_reviews(labelstudio(cfg), manifest, Path(run_dir), cfg=cfg)
 
 
+@task(name="sync-identity-reviews")
+def sync_identities_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, Any]:
+    from castlab.labelstudio.identity_project import sync_identity_reviews
+    from flows.common import config_from_dict
+
+    cfg = config_from_dict(cfg_data)
+    manifest = Manifest.load(Path(run_dir) / "manifest.parquet")
+    return sync_identity_reviews(labelstudio(cfg), manifest, Path(run_dir), cfg)
+
+
 @flow(name="review-sync")
 def review_sync(
     run_dir: str, config_files: list[str] | None = None, preset: str | None = None, profile: str | None = None
 ) -> dict[str, Any]:
-    """Bring masks reviewed in Label Studio back into the run (accepted, corrected, added, removed)."""
+    """Bring masks reviewed in Label Studio back into the run (accepted, corrected, added, removed) and, after
+    ``identify``, the identity decisions (a named identity per instance)."""
     cfg = resolve_config(config_files, preset, profile)
     run = Run.open(run_dir, cfg)
-    counts = sync_masks_task(str(run.path), cfg.data)
+    counts: dict[str, Any] = sync_masks_task(str(run.path), cfg.data)
+    if (run.path / "identity_push.json").is_file():  # the run went through identify: identities too
+        counts["identities"] = sync_identities_task(str(run.path), cfg.data)
     get_run_logger().info("review-sync %s: %s", run.path.name, counts)
     return counts
