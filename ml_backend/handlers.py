@@ -131,6 +131,7 @@ class Backend:
         body: dict[str, Any] = {"status": "UP", "model_class": MODEL_CLASS, "profile": self.cfg.profile}
         seg = self._segmenter
         body["model_loaded"] = seg is not None
+        body["identity_learnt"] = self.identity.learnt
         if seg is not None:
             body["model_version"] = seg.model_version
             body["embedding_cache"] = {

@@ -58,6 +58,7 @@ class IdentityService:
         self._loader = loader or _default_loader
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
+        self.learnt = 0  # answers learnt from webhooks since the start (shown by /health)
 
     def _run(self, run_rel: Any) -> _Run:
         if not isinstance(run_rel, str) or not run_rel:
@@ -113,5 +114,6 @@ class IdentityService:
             return False
         identity = None if decision.not_character else decision.identity
         state.index.learn(str(data["instance"]), found[0], found[1], identity)
+        self.learnt += 1
         logger.info("identity learnt from annotation %s: %s", annotation.get("id"), identity)
         return True

@@ -227,3 +227,64 @@ def test_a_batch_over_its_budget_leaves_tasks_for_the_next_retrieval(ls_server, 
             predicted.append(sum(1 for t in tasks if t.get("predictions")))
         ls.ml.delete(id=backend.id)
     assert predicted == [1, 2]  # one task per request within a zero budget, the rest left for later
+
+
+def test_identity_suggestions_learn_from_label_studio_annotations(ls_server, tmp_path):
+    """The backend connected to the identity project: no suggestion before any answer; a reviewer names one
+    instance (Label Studio sends the webhook); the next instance's suggestion is that name, no restart."""
+    from castlab.config import load_config
+    from castlab.identity import build_identities
+    from castlab.labelstudio.identity_project import push_identity_review
+    from castlab.layers import write_instance_layers
+    from castlab.manifest import Manifest
+
+    run = Path(ls_server.workspace) / "runs" / "identity-backend-it"
+    manifest = Manifest.for_run(run)
+    rng = np.random.default_rng(4)
+    rows = []
+    for f in range(4):
+        frame = rng.integers(0, 255, (96, 160, 3), dtype=np.uint8)
+        path = run / "frames" / f"f{f}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(frame).save(path)
+        rows.append({"row_id": f"frame:b:{f}", "kind": "frame", "status": "kept", "path": str(path)})
+        mask = np.zeros(frame.shape[:2], bool)
+        mask[10:80, 30:90] = True
+        layers = write_instance_layers(frame, mask, run, f"inst:b:{f}:0")
+        rows.append({"row_id": f"inst:b:{f}:0", "kind": "instance", "status": "kept", "parent_id": f"frame:b:{f}",
+                     **layers})
+    manifest.add_rows(rows)
+    manifest.save()
+    titles = {"identity_instances_title": "ids backend it", "identity_clusters_title": "idc backend it"}
+    cfg = load_config(profile="tiny", extra={"labelstudio": titles, "clustering": {"min_cluster_size": 2}})
+    summary = build_identities(run, manifest, cfg)
+    ls = client.connect(ls_server.url, ls_server.token)
+    pushed = push_identity_review(ls, manifest, run, cfg, {}, "tiny-clusters")
+    project_id = pushed["instances"]["project_id"]
+    tasks = {t["data"]["instance"]: t for t in client.list_tasks(ls, project_id)}
+    assert len(tasks) == summary["instances"] == 4
+    override = tmp_path / "suggest.yaml"  # the nearest answer always wins: the test is about learning
+    override.write_text("identity:\n  suggest_k: 1\n  suggest_min_similarity: -1.0\n")
+
+    def retrieve(instance: str) -> list:
+        task_id = tasks[instance]["id"]
+        action = _api(ls_server, "POST", "/api/dm/actions",
+                      params={"id": "retrieve_tasks_predictions", "project": project_id},
+                      json={"selectedItems": {"all": False, "included": [task_id]}})
+        assert action.status_code == 200, action.text
+        task = next(t for t in client.list_tasks(ls, project_id) if t["id"] == task_id)
+        return [p for p in task.get("predictions") or [] if p["model_version"] == "castlab-identity-knn"]
+
+    with _backend(ls_server, tmp_path, "--config", str(override)) as url:
+        backend = ls.ml.create(url=url, project=project_id, title="castlab identity", is_interactive=False)
+        first = retrieve("inst:b:1:0")
+        assert first and first[0]["result"] == []  # nobody named yet: no suggestion
+        client.create_annotation(ls, tasks["inst:b:0:0"]["id"], [
+            {"from_name": "new_identity", "to_name": "crop", "type": "textarea", "value": {"text": ["Ann"]}}])
+        deadline = time.monotonic() + 30
+        while requests.get(f"{url}/health", timeout=2).json().get("identity_learnt", 0) < 1:
+            assert time.monotonic() < deadline, "the backend never got the annotation webhook"
+            time.sleep(0.5)
+        learnt = retrieve("inst:b:2:0")
+        assert learnt[0]["result"][0]["value"]["choices"] == ["Ann"]
+        ls.ml.delete(id=backend.id)
