@@ -90,10 +90,12 @@ def build_identities(
                                        profile=cfg.profile)
     else:
         result, report = None, {"reason": "no instance has a usable crop"}
+    sub = subclusters(basis, labels, basis_idx, float(cfg.get("identity.subcluster_distance")))
     for i, update in enumerate(updates):
         clustered = updates[i]["embedding_route"] != "missing"
         manifest.update(update["row_id"], **{k: v for k, v in update.items() if k != "row_id"},
                         identity_cluster=int(labels[i]) if clustered else None,
+                        identity_subcluster=sub.get(i),
                         cluster_probability=round(float(probs[i]), 6) if clustered else None)
     manifest.save()
     summary = {
@@ -109,6 +111,27 @@ def build_identities(
     summary["sheets"] = {k: str(p) for k, p in sheets.items() if p.is_file()}
     write_json_atomic(out_dir / "identity_summary.json", summary)
     return summary
+
+
+def subclusters(vectors: np.ndarray, labels: np.ndarray, members: np.ndarray, distance: float) -> dict[int, int]:
+    """Row index → subcluster within its identity cluster (e.g. costume or age variants), by average-linkage
+    agglomerative clustering of its members' vectors cut at cosine `distance`; 0 = off (no subclusters)."""
+    if distance <= 0:
+        return {}
+    from sklearn.cluster import AgglomerativeClustering
+
+    out: dict[int, int] = {}
+    for k in sorted(set(labels[members].tolist()) - {NOISE}):
+        idx = members[labels[members] == k]
+        if len(idx) < 2:
+            out.update(dict.fromkeys(idx.tolist(), 0))
+            continue
+        model = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage="average",
+                                        distance_threshold=distance)
+        found = model.fit_predict(np.stack([_unit(v) for v in vectors[idx]]))
+        rank = {int(c): n for n, c in enumerate(np.argsort(-np.bincount(found), kind="stable"))}  # 0 = largest
+        out.update({int(i): rank[int(c)] for i, c in zip(idx, found, strict=True)})
+    return out
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

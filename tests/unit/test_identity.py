@@ -88,3 +88,18 @@ def test_a_run_without_any_face_is_clustered_on_open_clip(tmp_path: Path):
     assert "no face" in summary["note"]
     rows = Manifest.for_run(run).rows(kind="instance")
     assert all(r["embedding_route"] == "clip" and r["identity_cluster"] is not None for r in rows)
+
+
+def test_subclusters_split_an_identity_by_its_variants():
+    from castlab.identity import subclusters
+
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=64)
+    costume_a, costume_b = base + rng.normal(size=64), base + rng.normal(size=64)  # one identity, two looks
+    vectors = np.stack([costume_a + 0.1 * rng.normal(size=64) for _ in range(6)]
+                       + [costume_b + 0.1 * rng.normal(size=64) for _ in range(4)] + [rng.normal(size=64)])
+    labels = np.array([0] * 10 + [-1])
+    sub = subclusters(vectors, labels, np.arange(11), distance=0.35)
+    assert [sub[i] for i in range(10)] == [0] * 6 + [1] * 4  # the larger look is subcluster 0
+    assert 10 not in sub  # noise has none
+    assert subclusters(vectors, labels, np.arange(11), distance=0.0) == {}
