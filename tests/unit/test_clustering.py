@@ -1,7 +1,7 @@
 """Identity clustering on synthetic embeddings with known identities.
 
-UMAP compiles with numba: the first run of this file in a fresh checkout takes ~30 s (numba compiling; 2 cores)
-(cached in `.cache/numba`); later runs take a few seconds.
+UMAP compiles with numba: the first run of this file in a fresh checkout takes ~30 s on 2 cores (the
+compiled code is cached in `.cache/numba`); later runs take about 5 s.
 """
 
 from __future__ import annotations
