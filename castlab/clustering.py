@@ -105,8 +105,8 @@ _UMAP_CACHED = False
 def _import_umap() -> Any:
     """``umap.UMAP``, with numba's disk cache switched on for UMAP's compiled functions (once a process).
 
-    UMAP declares almost none of them ``cache=True``; without this every process recompiles them
-    (about 10 s). Only done when a cache folder is configured; any failure leaves them uncached.
+    UMAP declares almost none of them ``cache=True`` (pynndescent some); without this every process
+    recompiles them (10-25 s). Only done when a cache folder is configured; any failure leaves them uncached.
     """
     global _UMAP_CACHED
     with warnings.catch_warnings():
@@ -116,20 +116,40 @@ def _import_umap() -> Any:
     if not _UMAP_CACHED:
         _UMAP_CACHED = True
         try:
-            from numba.core import config as numba_config
-            from numba.core.caching import NullCache
-            from numba.core.dispatcher import Dispatcher
-
-            if numba_config.CACHE_DIR:
-                for name, module in list(sys.modules.items()):
-                    if module is None or not (name == "umap" or name.startswith("umap.")):
-                        continue
-                    for obj in list(vars(module).values()):
-                        if isinstance(obj, Dispatcher) and isinstance(getattr(obj, "_cache", None), NullCache):
-                            obj.enable_caching()
+            _enable_numba_caching(("umap", "pynndescent"))
         except Exception:  # noqa: BLE001 - an optimisation only
             pass
     return umap.UMAP
+
+
+# Parameters through which umap/pynndescent pass compiled functions (distance metrics, kernels). numba types
+# such an argument by the function's address, so a cached copy never matches in another process and every
+# run would add one more to the cache: those functions stay uncached (pynndescent marks them cache=False).
+_FUNCTION_PARAMETERS = frozenset({"dist", "metric", "kernel", "ground_metric", "deheap_sort_function", "fallback"})
+
+
+def _enable_numba_caching(packages: tuple[str, ...]) -> int:
+    """Turn numba's disk cache on for the packages' compiled functions that have none; returns how many."""
+    import inspect
+
+    from numba.core import config as numba_config
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    if not numba_config.CACHE_DIR:
+        return 0
+    count = 0
+    for name, module in list(sys.modules.items()):
+        if module is None or name.split(".")[0] not in packages:
+            continue
+        for obj in list(vars(module).values()):
+            if not isinstance(obj, Dispatcher) or not isinstance(getattr(obj, "_cache", None), NullCache):
+                continue
+            if _FUNCTION_PARAMETERS & set(inspect.signature(obj.py_func).parameters):
+                continue
+            obj.enable_caching()
+            count += 1
+    return count
 
 
 # ---------------------------------------------------------------- settings
@@ -552,7 +572,9 @@ def _kmeans(feats: np.ndarray, s: ClusterSettings) -> np.ndarray:
 
     data = _unit(feats) if s.metric == "cosine" else feats
     k = min(s.kmeans_clusters, feats.shape[0])
-    return KMeans(n_clusters=k, n_init="auto", random_state=s.seed).fit_predict(data).astype(np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer distinct points than clusters (duplicates): fewer clusters
+        return KMeans(n_clusters=k, n_init="auto", random_state=s.seed).fit_predict(data).astype(np.int64)
 
 
 def _agglomerative(feats: np.ndarray, s: ClusterSettings) -> tuple[np.ndarray, str]:
