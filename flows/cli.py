@@ -148,6 +148,8 @@ def demo_summary(result: dict[str, Any]) -> str:
         + (f" ({backend.get('interactive_regions')} regions from one keypoint)" if backend.get("connected") else ""),
         f"  review-sync          : {sync.get('reviewed', 0)} reviewed tasks, {sync.get('accepted', 0)} accepted /"
         f" {sync.get('corrected', 0)} corrected / {sync.get('added', 0)} added instances",
+        f"  identities           : {(result.get('identities') or {}).get('clusters')} clusters,"
+        f" {(result.get('identities') or {}).get('noise')} noise ({(result.get('identities') or {}).get('report')})",
         f"  dataset              : {result.get('dataset')}",
         f"  training TOML        : {result.get('training_toml')}",
         f"  LoRA checkpoints     : {', '.join(result.get('checkpoints') or [])}",

@@ -17,6 +17,7 @@ from flows.common import config_from_dict, labelstudio, resolve_config
 from flows.curate import curate
 from flows.dataset import dataset
 from flows.evaluate import evaluate
+from flows.identify import identify
 from flows.review_sync import review_sync
 from flows.train import train
 
@@ -74,6 +75,7 @@ def demo(
     backend = connect_backend_task(cfg.data, project_id, run_dir)
     accepted = demo_review_task(cfg.data, run_dir)
     synced = review_sync(run_dir=run_dir, **kwargs)
+    identities = identify(run_dir=run_dir, **kwargs)
     data = dataset(run_dir=run_dir, **kwargs)
     checkpoints = train(training_toml=data["training_toml"], **kwargs)
     report = evaluate(checkpoints=checkpoints, **kwargs)
@@ -91,6 +93,7 @@ def demo(
         "ml_backend": backend,
         "demo_annotations_created": accepted,
         "review_sync": synced,
+        "identities": {k: identities.get(k) for k in ("instances", "routes", "clusters", "noise", "reason", "report")},
         "dataset": data["out_dir"],
         "training_toml": data["training_toml"],
         "checkpoints": checkpoints,
