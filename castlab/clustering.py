@@ -818,11 +818,13 @@ def write_cluster_outputs(
         placed[i] = dst
 
     order = _confident_first(result)
+    stamp = " - TINY PROFILE, random weights" if _profile_of(rows, profile) == "tiny" else ""
     clusters = []
     for k, folder in enumerate(folders):
         members = order[k]
         sheet = f"{SHEETS}/{folder}.png"
-        save_png(contact_sheet(f"{folder}: {len(members)} members", members, placed, result, ids), out_dir / sheet)
+        save_png(contact_sheet(f"{folder}: {len(members)} members{stamp}", members, placed, result, ids),
+                 out_dir / sheet)
         clusters.append({
             "id": k, "folder": folder, "size": result.sizes[k],
             "persistence": None if result.persistence[k] is None else round(float(result.persistence[k]), 4),
@@ -834,9 +836,9 @@ def write_cluster_outputs(
     files = {"report": REPORT, "scatter": SCATTER, "contact_sheets": [c["contact_sheet"] for c in clusters]}
     if noise_members:
         files["noise_sheet"] = f"{SHEETS}/noise.png"
-        save_png(contact_sheet(f"noise: {len(noise_members)} points", noise_members, placed, result, ids),
+        save_png(contact_sheet(f"noise: {len(noise_members)} points{stamp}", noise_members, placed, result, ids),
                  out_dir / files["noise_sheet"])
-    save_png(scatter_plot(result), out_dir / SCATTER)
+    save_png(scatter_plot(result, stamp=stamp), out_dir / SCATTER)
 
     n = len(rows)
     report: dict[str, Any] = {
@@ -921,7 +923,7 @@ def _colour(k: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def scatter_plot(result: ClusterResult, legend_max: int = 30) -> Image.Image:
+def scatter_plot(result: ClusterResult, legend_max: int = 30, stamp: str = "") -> Image.Image:
     """The 2-D embedding coloured by cluster (noise grey), with a legend of cluster sizes."""
     width, height = SCATTER_SIZE
     legend_w, pad, title_h = 230, 16, 30
@@ -932,6 +934,7 @@ def scatter_plot(result: ClusterResult, legend_max: int = 30) -> Image.Image:
     shown = result.parameters.get("plot_points")
     if shown is not None and shown < n:
         title += f" (a sample of {shown} shown)"
+    title += stamp
     draw.text((pad, 8), title, fill=(0, 0, 0), font=font(14))
     box = (pad, title_h, width - legend_w - pad, height - pad)
     draw.rectangle(box, outline=(200, 200, 200))
