@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from castlab.config import PROJECT_ROOT, Config
+from castlab.config import Config
 from castlab.errors import ConfigError, InputError
-from castlab.models import file_sha1
+from castlab.models import cache_root, file_sha1
 
 TINY_DET_SIZE = 128  # tiny detector input side (fixed): strides 8/16/32 → 16², 8², 4² locations
 TINY_REC_SIZE = 112  # ArcFace input side
@@ -278,21 +278,11 @@ def _tiny_digest(seed: int) -> str:
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def _cache_root() -> Path:
-    for candidate in (PROJECT_ROOT / ".cache", Path(tempfile.gettempdir()) / "castlab-cache"):
-        try:
-            candidate.mkdir(parents=True, exist_ok=True)
-            if os.access(candidate, os.W_OK):
-                return candidate
-        except OSError:
-            continue
-    raise OSError("no writable cache folder for the tiny face models")
-
 
 def tiny_face_pack(seed: int) -> tuple[Path, str]:
     """Folder of the tiny pack for `seed` (built on first use) and its digest."""
     digest = _tiny_digest(seed)
-    folder = _cache_root() / "tiny-faces" / digest[:16]
+    folder = cache_root("the tiny face models") / "tiny-faces" / digest[:16]
     if not ((folder / "det_tiny.onnx").is_file() and (folder / "rec_tiny.onnx").is_file()):
         _build_tiny_pack(folder, seed)
     return folder, digest

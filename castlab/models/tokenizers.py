@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from castlab.config import PROJECT_ROOT
+from castlab.models import cache_root
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
@@ -59,16 +59,6 @@ def clip_vocab_and_merges(path: Path | None = None) -> tuple[dict[str, int], lis
     return {tok: i for i, tok in enumerate(vocab)}, merges  # type: ignore[return-value]
 
 
-def _cache_root() -> Path:
-    for candidate in (PROJECT_ROOT / ".cache", Path(tempfile.gettempdir()) / "castlab-cache"):
-        try:
-            candidate.mkdir(parents=True, exist_ok=True)
-            if os.access(candidate, os.W_OK):
-                return candidate
-        except OSError:
-            continue
-    raise OSError("no writable cache folder for the CLIP tokenizer")
-
 
 def _build_files(folder: Path) -> None:
     vocab, merges = clip_vocab_and_merges()
@@ -93,7 +83,7 @@ def _build_files(folder: Path) -> None:
 def tokenizer_dir() -> Path:
     """Folder holding the built tokenizer files (built on first use)."""
     digest = hashlib.sha1(bpe_path().read_bytes()).hexdigest()[:10]
-    folder = _cache_root() / f"clip-tokenizer-{digest}"
+    folder = cache_root("the CLIP tokenizer") / f"clip-tokenizer-{digest}"
     if not (folder / "tokenizer.json").is_file():
         _build_files(folder)
     return folder

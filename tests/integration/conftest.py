@@ -149,3 +149,14 @@ def prefect_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             yield home
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def ls_env(ls_server, prefect_runtime):
+    """Flows under the Prefect runtime, talking to the test Label Studio, with the tiny profile."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LABEL_STUDIO_URL", ls_server.url)
+    mp.setenv("LABEL_STUDIO_API_KEY", ls_server.token)
+    mp.setenv("CASTLAB_PROFILE", "tiny")
+    yield ls_server
+    mp.undo()

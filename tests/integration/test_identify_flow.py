@@ -15,15 +15,6 @@ from castlab.manifest import Manifest
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ls_env(ls_server, prefect_runtime):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LABEL_STUDIO_URL", ls_server.url)
-    mp.setenv("LABEL_STUDIO_API_KEY", ls_server.token)
-    mp.setenv("CASTLAB_PROFILE", "tiny")
-    yield ls_server
-    mp.undo()
-
 
 def test_identify_and_review(ls_env, tmp_path: Path):
     from flows.curate import curate

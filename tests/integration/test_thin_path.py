@@ -43,15 +43,6 @@ def make_video(path: Path, shots: int = 2, frames_per_shot: int = 30, size: tupl
     return path
 
 
-@pytest.fixture(scope="module")
-def ls_env(ls_server, prefect_runtime):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LABEL_STUDIO_URL", ls_server.url)
-    mp.setenv("LABEL_STUDIO_API_KEY", ls_server.token)
-    mp.setenv("CASTLAB_PROFILE", "tiny")
-    yield ls_server
-    mp.undo()
-
 
 def test_curate_bad_input_names_the_path(ls_env, tmp_path: Path):
     from flows.curate import curate
