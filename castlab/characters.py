@@ -67,8 +67,6 @@ class Prompter(Protocol):
 
     def auto_instances(self, image: np.ndarray) -> list[Instance]: ...
 
-    def min_side(self, height: int) -> float: ...
-
 
 # -- evidence -------------------------------------------------------------------------------------------
 class EvidenceDetector:

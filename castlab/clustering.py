@@ -269,7 +269,8 @@ def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, valid
 
 
-def _unit(a: np.ndarray) -> np.ndarray:
+def unit(a: np.ndarray) -> np.ndarray:
+    """`a` scaled to unit length along its last axis (zero vectors stay zero)."""
     norms = np.linalg.norm(a, axis=-1, keepdims=True)
     return a / np.maximum(norms, 1e-12)
 
@@ -570,7 +571,7 @@ class _Tree:
 def _kmeans(feats: np.ndarray, s: ClusterSettings) -> np.ndarray:
     from sklearn.cluster import KMeans
 
-    data = _unit(feats) if s.metric == "cosine" else feats
+    data = unit(feats) if s.metric == "cosine" else feats
     k = min(s.kmeans_clusters, feats.shape[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fewer distinct points than clusters (duplicates): fewer clusters
@@ -596,7 +597,7 @@ def _agglomerative(feats: np.ndarray, s: ClusterSettings) -> tuple[np.ndarray, s
 def _micro_clusters(feats: np.ndarray, k: int, s: ClusterSettings, rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """About `k` mean vectors and each point's index into them: seeded random centres, `rounds` Lloyd steps."""
     rng = np.random.default_rng(s.seed)
-    base = (_unit(feats) if s.metric == "cosine" else feats).astype(np.float32)
+    base = (unit(feats) if s.metric == "cosine" else feats).astype(np.float32)
     centres = base[rng.choice(len(base), k, replace=False)]
     for step in range(rounds + 1):
         assign = np.empty(len(base), dtype=np.int64)
@@ -614,7 +615,7 @@ def _micro_clusters(feats: np.ndarray, k: int, s: ClusterSettings, rounds: int =
         np.add.at(sums, assign, base)
         centres = (sums / counts[:, None]).astype(np.float32)
         if s.metric == "cosine":
-            centres = _unit(centres)
+            centres = unit(centres)
     means = np.zeros((len(counts), feats.shape[1]), dtype=np.float64)
     np.add.at(means, assign, feats)
     return means / counts[:, None], assign
@@ -687,7 +688,7 @@ def _one_identity(members: np.ndarray, s: ClusterSettings) -> bool:
     halves = KMeans(n_clusters=2, n_init="auto", random_state=s.seed).fit_predict(members)
     if halves.min() == halves.max():
         return True
-    a, b = _unit(members[halves == 0].sum(axis=0)), _unit(members[halves == 1].sum(axis=0))
+    a, b = unit(members[halves == 0].sum(axis=0)), unit(members[halves == 1].sum(axis=0))
     return float(a @ b) >= s.merge_similarity
 
 
@@ -697,7 +698,7 @@ def _merge(
     """Greedy: merge the two clusters with the most alike mean directions while they are >= `threshold`."""
     groups, sums = [list(g) for g in groups], list(sums)
     while len(groups) > 1:
-        directions = _unit(np.stack(sums))
+        directions = unit(np.stack(sums))
         sim = directions @ directions.T
         np.fill_diagonal(sim, -np.inf)
         a, b = np.unravel_index(int(np.argmax(sim)), sim.shape)

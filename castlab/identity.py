@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from castlab.clustering import NOISE, SHEETS, ClusterSettings, cluster_embeddings, write_cluster_outputs
+from castlab.clustering import NOISE, SHEETS, ClusterSettings, cluster_embeddings, unit, write_cluster_outputs
 from castlab.config import Config
 from castlab.errors import InputError
 from castlab.faces import embed_instances, embedding_meta, load_embeddings, save_embeddings
@@ -78,9 +78,9 @@ def build_identities(
         result = cluster_embeddings(basis[basis_idx], settings)
         labels[basis_idx], probs[basis_idx] = result.labels, result.probabilities
         if basis_name == "face" and len(clip_idx) and result.n_clusters:
-            centroids = np.stack([_unit(clip_m[face_idx[result.labels == k]].mean(axis=0))
-                                  for k in range(result.n_clusters)])
-            sims = np.stack([_unit(v) for v in clip_m[clip_idx]]) @ centroids.T
+            centroids = unit(np.stack([clip_m[face_idx[result.labels == k]].mean(axis=0)
+                                       for k in range(result.n_clusters)]))
+            sims = unit(clip_m[clip_idx]) @ centroids.T
             best = sims.argmax(axis=1)
             ok = sims[np.arange(len(clip_idx)), best] >= join_min
             labels[clip_idx[ok]] = best[ok]
@@ -92,7 +92,7 @@ def build_identities(
         result, report = None, {"reason": "no instance has a usable crop"}
     sub = subclusters(basis, labels, basis_idx, float(cfg.get("identity.subcluster_distance")))
     for i, update in enumerate(updates):
-        clustered = updates[i]["embedding_route"] != "missing"
+        clustered = update["embedding_route"] != "missing"
         manifest.update(update["row_id"], **{k: v for k, v in update.items() if k != "row_id"},
                         identity_cluster=int(labels[i]) if clustered else None,
                         identity_subcluster=sub.get(i),
@@ -128,11 +128,8 @@ def subclusters(vectors: np.ndarray, labels: np.ndarray, members: np.ndarray, di
             continue
         model = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage="average",
                                         distance_threshold=distance)
-        found = model.fit_predict(np.stack([_unit(v) for v in vectors[idx]]))
+        found = model.fit_predict(unit(vectors[idx]))
         rank = {int(c): n for n, c in enumerate(np.argsort(-np.bincount(found), kind="stable"))}  # 0 = largest
         out.update({int(i): rank[int(c)] for i, c in zip(idx, found, strict=True)})
     return out
 
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-12)

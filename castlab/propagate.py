@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from castlab.config import Config
 from castlab.errors import InputError
 from castlab.frames import SHOTS_NAME
 from castlab.layers import mask_bbox, safe_name
-from castlab.models.segmenter import build_sam2_model
+from castlab.models.segmenter import alpha_threshold, build_sam2_model, logit
 from castlab.video import open_video, orient, video_stream
 from castlab.workspace import write_json_atomic
 
@@ -45,7 +44,7 @@ def load_video_predictor(cfg: Config, device: str = "cpu") -> tuple[Any, str]:
 
 
 def shot_range(run_dir: Path, video_id: str, shot_id: str) -> tuple[str, dict[str, Any]]:
-    """(video path, shot entry) from the run's ``shots.json``."""
+    """(video path, shot entry plus its video's orientation and fps) from the run's ``shots.json``."""
     path = Path(run_dir) / SHOTS_NAME
     if not path.is_file():
         raise InputError(path, "is missing: propagation needs the shots of a curate run")
@@ -55,7 +54,8 @@ def shot_range(run_dir: Path, video_id: str, shot_id: str) -> tuple[str, dict[st
     shot = next((s for s in entry["shots"] if s["shot_id"] == shot_id), None)
     if shot is None:
         raise InputError(path, f"has no shot {shot_id!r} in video {video_id!r}")
-    return str(entry["video"]), {**shot, "orientation": entry.get("orientation", "none")}
+    return str(entry["video"]), {**shot, "orientation": entry.get("orientation", "none"),
+                                 "fps": float(entry.get("fps") or 25.0)}
 
 
 def decode_frames(video: str, start_time: float, first: int, count: int, orientation: str) -> list[np.ndarray]:
@@ -97,8 +97,7 @@ def propagate_instance(
     if not mask_file or not Path(str(mask_file)).is_file():
         raise InputError(str(mask_file), f"instance {instance['row_id']}: its mask file is missing")
     seed_mask = np.asarray(Image.open(str(mask_file)).convert("L")) > 127
-    fps = float(_read_json(run_dir / SHOTS_NAME)["videos"][str(instance["video_id"])].get("fps") or 25.0)
-    start_time = float(shot["start_time"]) + (first - int(shot["start_frame"])) / fps
+    start_time = float(shot["start_time"]) + (first - int(shot["start_frame"])) / shot["fps"]
     frames = decode_frames(video, start_time, first, last - first, shot["orientation"])
     if frames[0].shape[:2] != seed_mask.shape:
         (mh, mw), (fh, fw) = seed_mask.shape, frames[0].shape[:2]
@@ -110,8 +109,8 @@ def propagate_instance(
         Image.fromarray(rgb).save(frames_dir / f"{k:05d}.jpg", quality=95)
     if predictor is None:
         predictor, model_version = load_video_predictor(cfg)
-    alpha = float(cfg.model("segmenter").get("alpha_threshold", cfg.get("segmentation.alpha_threshold")))
-    threshold = math.log(alpha / (1 - alpha))
+    alpha = alpha_threshold(cfg)
+    threshold = logit(alpha)
     seed = seed_index - first
     masks: dict[int, np.ndarray] = {}
     with torch.inference_mode(), warnings.catch_warnings():

@@ -162,6 +162,12 @@ def list_tasks(ls: LabelStudio, project_id: int) -> list[dict[str, Any]]:
     return [_dump(t) for t in ls.tasks.list(project=project_id, fields="all", page_size=_PAGE_SIZE)]
 
 
+def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
+    """A task's newest annotation that was not cancelled (by update time, then id), or None."""
+    annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    return max(annotations, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)), default=None)
+
+
 def brush_result(
     mask: np.ndarray,
     label: str,

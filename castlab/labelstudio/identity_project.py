@@ -117,11 +117,6 @@ def _values(annotation: dict[str, Any], from_name: str) -> list[str]:
     return [v for v in out if v.strip()]
 
 
-def _latest(task: dict[str, Any]) -> dict[str, Any] | None:
-    annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-    return max(annotations, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)), default=None)
-
-
 def cluster_decision(annotation: dict[str, Any]) -> ClusterDecision | None:
     kinds = _values(annotation, "decision")
     if not kinds:
@@ -156,7 +151,7 @@ def sync_identity_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Confi
             continue
         for task in client.list_tasks(ls, int(project.id)):
             data = task.get("data") or {}
-            annotation = _latest(task)
+            annotation = client.latest_annotation(task)
             if data.get("castlab_run") != run or annotation is None:
                 continue
             if kind == "clusters":

@@ -102,13 +102,6 @@ def push_masks(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config, title: s
     return summary
 
 
-def _latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
-    annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-    if not annotations:
-        return None
-    return max(annotations, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)))
-
-
 def sync_mask_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config | None = None) -> dict[str, int]:
     """Pull the latest annotation of every task of this run back into the manifest.
 
@@ -133,7 +126,7 @@ def sync_mask_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config | 
             if frame is None:
                 continue
             counts["tasks"] += 1
-            annotation = _latest_annotation(task)
+            annotation = client.latest_annotation(task)
             if annotation is None:
                 manifest.update(frame["row_id"], review_state="pending")
                 counts["pending"] += 1
@@ -245,7 +238,7 @@ def accept_predictions(ls: Any, manifest: Manifest) -> int:
     keys = {r["row_id"] for r in manifest.rows(kind="frame")}
     for project_id in project_ids:
         for task in client.list_tasks(ls, int(project_id)):
-            if (task.get("data") or {}).get("castlab_key") not in keys or _latest_annotation(task):
+            if (task.get("data") or {}).get("castlab_key") not in keys or client.latest_annotation(task):
                 continue
             predictions = task.get("predictions") or []
             if predictions:

@@ -50,7 +50,14 @@ class _Embedding:
     nbytes: int
 
 
-def _logit(p: float) -> float:
+def alpha_threshold(cfg: Config) -> float:
+    """The mask threshold of the active profile: ``models.<profile>.segmenter.alpha_threshold`` when set,
+    else ``segmentation.alpha_threshold``."""
+    return float(cfg.model("segmenter").get("alpha_threshold", cfg.get("segmentation.alpha_threshold")))
+
+
+def logit(p: float) -> float:
+    """The logit SAM2's mask probability `p` corresponds to (masks are ``logits > logit(alpha)``)."""
     if not 0.0 < p < 1.0:
         raise ConfigError(f"segmentation alpha_threshold must be in (0, 1), got {p}")
     return math.log(p / (1.0 - p))
@@ -75,7 +82,7 @@ class Segmenter:
         self.model = predictor.model
         self.model_version = model_version
         self.alpha = float(alpha)
-        self._mask_logit = _logit(self.alpha)
+        self._mask_logit = logit(self.alpha)
         seg = cfg.section("segmentation")
         self.points_per_side = int(seg["points_per_side"])
         self.points_per_batch = max(1, int(seg["points_per_batch"]))
@@ -402,8 +409,7 @@ def load_segmenter(cfg: Config, device: str = "cpu", cache_mb: float | None = No
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
         predictor = SAM2ImagePredictor(model)
     predictor._bb_feat_sizes = [(image_size // s, image_size // s) for s in (4, 8, 16)]
-    settings = cfg.model("segmenter")
-    alpha = float(settings.get("alpha_threshold", cfg.get("segmentation.alpha_threshold")))
+    alpha = alpha_threshold(cfg)
     mb = float(cfg.get("segmentation.embedding_cache_mb") if cache_mb is None else cache_mb)
     return Segmenter(predictor, version, cfg, alpha=alpha, cache_bytes=int(mb * 2**20))
 
