@@ -4,8 +4,9 @@ Output contract (``out_dir``)::
 
     images/<name>.png          RGB, crop composited on ``dataset.background_rgb``, letterboxed to
                                ``dataset.resolution`` (aspect kept)
-    captions/<name>.txt        the caption (reviewed caption, else a template from ``dataset.*``)
-    metadata.json              per image: source row, shot, split, caption, CLIP token count
+    captions/<name>.txt        the caption (reviewed caption, else the caption stage's prediction, else a
+                               template from ``dataset.*``)
+    metadata.json              per image: source row, shot, split, caption, its source, CLIP token count
     kohya/<repeats>_<trigger> <class_word>/   train split only: image + .txt (kohya folder layout)
     dataset_config.toml        kohya dataset config ([general] / [[datasets]] / [[datasets.subsets]])
     training.toml              ``training.template`` filled in (see the template's header)
@@ -56,12 +57,20 @@ def letterbox(image: Image.Image, size: int, background: tuple[int, int, int]) -
     return canvas
 
 
+def caption_source(row: dict[str, Any]) -> str:
+    """Where the row's dataset caption comes from: ``reviewed`` (Label Studio), ``predicted`` (the caption
+    stage, not reviewed yet) or ``template``."""
+    if row_text(row.get("caption")):
+        return "reviewed"
+    return "predicted" if row_text(row.get("caption_pred")) else "template"
+
+
 def build_caption(row: dict[str, Any], cfg: Config) -> str:
-    """The row's reviewed caption (led by the trigger phrase), else
+    """The row's reviewed caption, else its predicted caption (both led by the trigger phrase), else
     ``<trigger> <class_word>, <caption_prefix>`` plus the structured fields (view, shot size, lighting)
     the row carries."""
     lead = f"{cfg.get('dataset.trigger_token')} {cfg.get('dataset.class_word')}"
-    caption = row_text(row.get("caption"))
+    caption = row_text(row.get("caption")) or row_text(row.get("caption_pred"))
     if caption:
         return caption if caption.lower().startswith(lead.lower()) else f"{lead}, {caption}"
     parts = [lead, str(cfg.get("dataset.caption_prefix"))] + [row_text(row.get(k)) for k in _CAPTION_FIELDS]
@@ -221,6 +230,7 @@ def assemble_dataset(
             "caption_file": f"captions/{name}.txt",
             "caption": caption,
             "caption_tokens": len(tokenizer(caption).input_ids),
+            "caption_source": caption_source(row),
             "split": split,
             "row_id": str(row["row_id"]),
             "shot_id": row_text(row.get("shot_id")) or None,

@@ -170,7 +170,7 @@ def _open_rgba(path: Path | None, what: str) -> Image.Image:
         raise InputError(path, f"{what} is not a readable image ({exc})") from exc
 
 
-def _clip_image(crop: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+def square_on_background(crop: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """The RGBA crop composited on `background`, padded to a square (open_clip centre-crops otherwise)."""
     side = max(crop.size)
     flat = Image.new("RGBA", crop.size, (*background, 255))
@@ -262,7 +262,7 @@ def embed_instances(
             except InputError as exc:
                 update["embedding_reason"] = str(exc)
                 continue
-            crops.append(_clip_image(crop, background))
+            crops.append(square_on_background(crop, background))
             crop_rows.append(i)
             update.update({"embedding_route": "clip", "embedding_model": clip_embedder.model_version,
                            "clip_model": clip_embedder.model_version})

@@ -58,9 +58,13 @@ def shot_range(run_dir: Path, video_id: str, shot_id: str) -> tuple[str, dict[st
                                  "fps": float(entry.get("fps") or 25.0)}
 
 
-def decode_frames(video: str, start_time: float, first: int, count: int, orientation: str) -> list[np.ndarray]:
-    """`count` RGB frames starting at frame `first` (presentation order), which starts at `start_time`."""
+def decode_frames(
+    video: str, start_time: float, first: int, count: int, orientation: str, keep: set[int] | None = None
+) -> list[np.ndarray]:
+    """`count` RGB frames starting at frame `first` (presentation order), which starts at `start_time`;
+    with `keep`, only those offsets from `first` are converted and returned (the rest are decoded, not kept)."""
     frames: list[np.ndarray] = []
+    seen = 0
     with open_video(Path(video)) as container:
         stream = video_stream(container)
         base = stream.time_base
@@ -71,11 +75,13 @@ def decode_frames(video: str, start_time: float, first: int, count: int, orienta
             time_s = float((frame.pts - origin) * base) if frame.pts is not None and base is not None else None
             if time_s is not None and time_s < start_time - 1e-4:
                 continue
-            frames.append(orient(frame.to_ndarray(format="rgb24"), orientation))
-            if len(frames) == count:
+            if keep is None or seen in keep:
+                frames.append(orient(frame.to_ndarray(format="rgb24"), orientation))
+            seen += 1
+            if seen == count:
                 break
-    if len(frames) < count:
-        raise InputError(video, f"gave {len(frames)} of the {count} frames from frame {first} (t={start_time:.3f}s)")
+    if seen < count:
+        raise InputError(video, f"gave {seen} of the {count} frames from frame {first} (t={start_time:.3f}s)")
     return frames
 
 

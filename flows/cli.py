@@ -91,6 +91,15 @@ def cmd_identify(args: argparse.Namespace) -> Any:
     return identify(run_dir=args.run, push=not args.no_push, force=args.force, **_flow_kwargs(args))
 
 
+def cmd_caption(args: argparse.Namespace) -> Any:
+    _must_exist(args.run)
+    _prefect(_config(args))
+    from flows.caption import caption
+
+    return caption(run_dir=args.run, push=not args.no_push, style=args.style, force=args.force,
+                   sequences=args.sequences, **_flow_kwargs(args))
+
+
 def cmd_propagate(args: argparse.Namespace) -> Any:
     _must_exist(args.run)
     _prefect(_config(args))
@@ -150,6 +159,9 @@ def demo_summary(result: dict[str, Any]) -> str:
         f" {sync.get('corrected', 0)} corrected / {sync.get('added', 0)} added instances",
         f"  identities           : {(result.get('identities') or {}).get('clusters')} clusters,"
         f" {(result.get('identities') or {}).get('noise')} noise ({(result.get('identities') or {}).get('report')})",
+        f"  captions             : {(result.get('captions') or {}).get('status')},"
+        f" {(result.get('captions') or {}).get('flagged')} flagged"
+        f" ({(result.get('captions') or {}).get('report')})",
         f"  dataset              : {result.get('dataset')}",
         f"  training TOML        : {result.get('training_toml')}",
         f"  LoRA checkpoints     : {', '.join(result.get('checkpoints') or [])}",
@@ -199,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="curate run folder")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p.add_argument("--force", action="store_true", help="replace an earlier identity/ output of this run")
+    p = add("caption", cmd_caption, "identified instances → VLM schema captions → QC flags → Label Studio review")
+    p.add_argument("run", help="curate run folder (after identify and review-sync)")
+    p.add_argument("--style", choices=["natural", "tags"], help="caption style (default from captions.style)")
+    p.add_argument("--sequences", action="store_true", help="also describe each shot's motion (8-12 frames)")
+    p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
+    p.add_argument("--force", action="store_true", help="replace an earlier captions/ output of this run")
     p = add("propagate", cmd_propagate, "carry an instance's mask through its shot (SAM2 video) → Label Studio")
     p.add_argument("run", help="curate run folder")
     p.add_argument("instance", help="instance row id, e.g. inst:<video>:<frame>:0")

@@ -1,7 +1,8 @@
 """demo: the whole thin path on real animated footage, unattended.
 
 curate (frames → SAM2 → Label Studio) → ML backend connected and asked once interactively →
-demo reviewer accepts the predictions → review-sync → dataset → train → evaluate.
+demo reviewer accepts the predictions → review-sync → identify → demo reviewer names the clusters →
+review-sync → caption → demo reviewer accepts the captions → review-sync → dataset → train → evaluate.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from prefect import flow, get_run_logger, task
 
 from castlab.manifest import Manifest
 from castlab.workspace import workspace_root
+from flows.caption import caption
 from flows.common import config_from_dict, labelstudio, resolve_config
 from flows.curate import curate
 from flows.dataset import dataset
@@ -54,6 +56,22 @@ def demo_review_task(cfg_data: dict[str, Any], run_dir: str) -> int:
     return accept_predictions(labelstudio(cfg), Manifest.for_run(Path(run_dir)))
 
 
+@task(name="demo-identity-reviewer")
+def demo_name_clusters_task(cfg_data: dict[str, Any], run_dir: str) -> int:
+    from castlab.labelstudio.identity_project import name_clusters
+
+    cfg = config_from_dict(cfg_data)
+    return name_clusters(labelstudio(cfg), Path(run_dir), cfg)
+
+
+@task(name="demo-caption-reviewer")
+def demo_accept_captions_task(cfg_data: dict[str, Any], run_dir: str) -> int:
+    from castlab.labelstudio.captions_project import accept_caption_predictions
+
+    cfg = config_from_dict(cfg_data)
+    return accept_caption_predictions(labelstudio(cfg), Path(run_dir), cfg)
+
+
 @flow(name="demo")
 def demo(
     video: str | None = None,
@@ -76,6 +94,11 @@ def demo(
     accepted = demo_review_task(cfg.data, run_dir)
     synced = review_sync(run_dir=run_dir, **kwargs)
     identities = identify(run_dir=run_dir, **kwargs)
+    named = demo_name_clusters_task(cfg.data, run_dir)
+    review_sync(run_dir=run_dir, **kwargs)
+    captions = caption(run_dir=run_dir, **kwargs)
+    accepted_captions = demo_accept_captions_task(cfg.data, run_dir)
+    review_sync(run_dir=run_dir, **kwargs)
     data = dataset(run_dir=run_dir, **kwargs)
     checkpoints = train(training_toml=data["training_toml"], **kwargs)
     report = evaluate(checkpoints=checkpoints, **kwargs)
@@ -94,6 +117,9 @@ def demo(
         "demo_annotations_created": accepted,
         "review_sync": synced,
         "identities": {k: identities.get(k) for k in ("instances", "routes", "clusters", "noise", "reason", "report")},
+        "clusters_named": named,
+        "captions": {k: captions.get(k) for k in ("instances", "status", "flagged", "style", "report", "labelstudio")},
+        "captions_accepted": accepted_captions,
         "dataset": data["out_dir"],
         "training_toml": data["training_toml"],
         "checkpoints": checkpoints,

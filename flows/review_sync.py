@@ -32,16 +32,29 @@ def sync_identities_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, An
     return sync_identity_reviews(labelstudio(cfg), manifest, Path(run_dir), cfg)
 
 
+@task(name="sync-caption-reviews")
+def sync_captions_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, Any]:
+    from castlab.labelstudio.captions_project import sync_caption_reviews
+    from flows.common import config_from_dict
+
+    cfg = config_from_dict(cfg_data)
+    manifest = Manifest.load(Path(run_dir) / "manifest.parquet")
+    return sync_caption_reviews(labelstudio(cfg), manifest, Path(run_dir), cfg)
+
+
 @flow(name="review-sync")
 def review_sync(
     run_dir: str, config_files: list[str] | None = None, preset: str | None = None, profile: str | None = None
 ) -> dict[str, Any]:
     """Bring masks reviewed in Label Studio back into the run (accepted, corrected, added, removed) and, after
-    ``identify``, the identity decisions (a named identity per instance)."""
+    ``identify``, the identity decisions (a named identity per instance) and, after ``caption``, the reviewed
+    captions."""
     cfg = resolve_config(config_files, preset, profile)
     run = Run.open(run_dir, cfg)
     counts: dict[str, Any] = sync_masks_task(str(run.path), cfg.data)
     if (run.path / "identity_push.json").is_file():  # the run went through identify: identities too
         counts["identities"] = sync_identities_task(str(run.path), cfg.data)
+    if (run.path / "captions" / "captions_push.json").is_file():  # the run went through caption: captions too
+        counts["captions"] = sync_captions_task(str(run.path), cfg.data)
     get_run_logger().info("review-sync %s: %s", run.path.name, counts)
     return counts

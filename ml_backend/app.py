@@ -46,11 +46,12 @@ def create_app(
     segmenter_factory: Callable[[Config], Segmenter] | None = None,
     labelstudio: LabelStudioSource | None | Callable[[], LabelStudioSource | None] = None,
     identity_loader: VectorLoader | None = None,
+    captioner_factory: Callable[[Config], Any] | None = None,
 ) -> FastAPI:
     """The backend app. With `preload`, the segmenter is loaded and warmed before the server accepts
     requests: Label Studio gives ``/setup`` only 3 s, less than a cold SAM2 load."""
     backend = Backend(cfg or load_config(), segmenter_factory=segmenter_factory, labelstudio=labelstudio,
-                      identity_loader=identity_loader)
+                      identity_loader=identity_loader, captioner_factory=captioner_factory)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

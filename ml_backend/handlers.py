@@ -9,7 +9,8 @@
   the last smart region) answers an empty result, which clears the suggestion in the editor.
 - ``webhook(payload)`` → acknowledged and logged; an identity annotation is learnt at once.
 - Tasks of the identity project (a config with a ``Choices`` named ``identity``) get identity suggestions
-  instead (:mod:`ml_backend.identity`).
+  instead (:mod:`ml_backend.identity`); tasks of the captions project (a ``TextArea`` named ``caption``) get
+  caption suggestions, captioned in batches (:mod:`ml_backend.captions`).
 
 A batch stops taking new tasks after ``ml_backend.batch_budget_s`` (well inside Label Studio's 100 s
 ``ML_TIMEOUT_PREDICT``): the tasks left get an entry without ``result``, which Label Studio skips
@@ -35,6 +36,7 @@ from castlab.characters import CharacterScorer, CharacterSettings, EvidenceDetec
 from castlab.config import Config
 from castlab.labelstudio import client
 from castlab.models.segmenter import Segmenter, load_segmenter
+from ml_backend.captions import CaptionService, is_caption_config
 from ml_backend.errors import BackendError
 from ml_backend.identity import MODEL_VERSION as IDENTITY_VERSION
 from ml_backend.identity import IdentityService, VectorLoader, is_identity_config
@@ -66,9 +68,12 @@ class Backend:
         segmenter_factory: Callable[[Config], Segmenter] | None = None,
         labelstudio: LabelStudioSource | None | Callable[[], LabelStudioSource | None] = None,
         identity_loader: VectorLoader | None = None,
+        captioner_factory: Callable[[Config], Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.identity = IdentityService(cfg, identity_loader)
+        embedder_factory = None if segmenter_factory is None else (lambda _cfg: None)  # tests: no open_clip
+        self.captions = CaptionService(cfg, captioner_factory, embedder_factory)
         self._factory = segmenter_factory or load_segmenter
         self._segmenter: Segmenter | None = None
         self._characters: tuple[EvidenceDetector, CharacterScorer | None] | None = None
@@ -132,6 +137,8 @@ class Backend:
         seg = self._segmenter
         body["model_loaded"] = seg is not None
         body["identity_learnt"] = self.identity.learnt
+        body["captioner_loaded"] = self.captions.loaded
+        body["captions_suggested"] = self.captions.captioned
         if seg is not None:
             body["model_version"] = seg.model_version
             body["embedding_cache"] = {
@@ -165,6 +172,13 @@ class Backend:
         if not isinstance(tasks, list):
             raise BackendError(400, "predict: 'tasks' must be a list of task objects")
         label_config = payload.get("label_config") or default_label_config()
+        budget = float(self.cfg.get("ml_backend.batch_budget_s"))
+        if is_caption_config(label_config):  # the captions project: batched VLM captions
+            results, failed = self.captions.predict(tasks, self.labelstudio_source, budget)
+            if tasks and failed == len(tasks):
+                first = results[0].get("error", "caption failed")
+                raise BackendError(422, first if len(tasks) == 1 else f"all {len(tasks)} tasks failed; first: {first}")
+            return {"results": results, "model_version": self.captions.model_version}
         if is_identity_config(label_config):  # the identity project: suggestions, no segmenter involved
             version = IDENTITY_VERSION
 
@@ -182,7 +196,6 @@ class Backend:
                 return self._predict_task(task, n, schema, prompt_results, version)
         results: list[dict[str, Any]] = []
         errors: list[BackendError] = []
-        budget = float(self.cfg.get("ml_backend.batch_budget_s"))
         started = time.monotonic()
         for n, task in enumerate(tasks):
             if n and time.monotonic() - started > budget:

@@ -90,12 +90,13 @@ def _origin(url: str) -> tuple[str, str, int]:
     return scheme, host, port
 
 
-def decode_image(data: bytes | Path, name: str) -> np.ndarray:
-    """RGB uint8 HxWx3 array, EXIF orientation applied (as browsers show it in Label Studio)."""
+def decode_image(data: bytes | Path, name: str, mode: str = "RGB") -> np.ndarray:
+    """RGB uint8 HxWx3 array (HxWx4 for `mode` "RGBA"), EXIF orientation applied (as browsers show it in
+    Label Studio)."""
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
             img.load()
-            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+            return np.asarray(ImageOps.exif_transpose(img).convert(mode))
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise BackendError(422, f"{name}: not a readable image ({type(exc).__name__})") from exc
 
@@ -111,7 +112,7 @@ def local_files_path(url: str) -> str | None:
     return values[0]
 
 
-def read_local_file(rel: str) -> np.ndarray:
+def read_local_file(rel: str, mode: str = "RGB") -> np.ndarray:
     """Decode an image under the media root; paths that escape the root are refused (HTTP 403)."""
     if "\x00" in rel:
         raise BackendError(400, f"d={rel!r}: invalid path")
@@ -123,10 +124,10 @@ def read_local_file(rel: str) -> np.ndarray:
         raise BackendError(404, f"d={rel}: image does not exist under the media root")
     if not path.is_file():
         raise BackendError(400, f"d={rel}: not a file")
-    return decode_image(path, f"d={rel}")
+    return decode_image(path, f"d={rel}", mode)
 
 
-def download(url: str, source: LabelStudioSource | None) -> np.ndarray:
+def download(url: str, source: LabelStudioSource | None, mode: str = "RGB") -> np.ndarray:
     """Download an image from the configured Label Studio instance only (no redirects, no other host)."""
     parts = urlsplit(url)
     if not parts.scheme and not parts.netloc and url.startswith("/"):
@@ -167,18 +168,19 @@ def download(url: str, source: LabelStudioSource | None) -> np.ndarray:
         )
     if response.status_code != 200:
         raise BackendError(502, f"{url}: Label Studio answered HTTP {response.status_code}")
-    return decode_image(response.content, url)
+    return decode_image(response.content, url, mode)
 
 
 def load_image(
-    reference: object, source: LabelStudioSource | Callable[[], LabelStudioSource | None] | None
+    reference: object, source: LabelStudioSource | Callable[[], LabelStudioSource | None] | None, mode: str = "RGB"
 ) -> np.ndarray:
-    """Image of a task's data value (see module docstring). `source` may be a lazy getter."""
+    """Image of a task's data value (see module docstring). `source` may be a lazy getter; `mode` "RGBA"
+    keeps the alpha channel."""
     if not isinstance(reference, str) or not reference.strip():
         raise BackendError(400, f"task image reference must be a non-empty string, got {reference!r:.80}")
     reference = reference.strip()
     rel = local_files_path(reference)
     if rel is not None:
-        return read_local_file(rel)
+        return read_local_file(rel, mode)
     resolved = source() if callable(source) else source
-    return download(reference, resolved)
+    return download(reference, resolved, mode)

@@ -206,6 +206,23 @@ def mask_from_result(result: dict[str, Any]) -> np.ndarray:
     return rle.decode(data, height, width)
 
 
+def accept_predictions(ls: LabelStudio, project_id: int, wanted: Callable[[dict[str, Any]], bool]) -> int:
+    """Demo reviewer: submit the latest prediction of every `wanted` task without an annotation, as-is.
+
+    Used only by ``castlab demo`` so the whole path runs unattended; real reviews happen in the UI.
+    Tasks that already carry an annotation are left alone, so re-running adds nothing.
+    """
+    created = 0
+    for task in list_tasks(ls, int(project_id)):
+        if not wanted(task) or latest_annotation(task):
+            continue
+        predictions = task.get("predictions") or []
+        if predictions:
+            create_annotation(ls, int(task["id"]), predictions[-1]["result"])
+            created += 1
+    return created
+
+
 def create_annotation(ls: LabelStudio, task_id: int, result: list[dict[str, Any]]) -> int:
     """Submit an annotation with `result` on a task (as the token's user); return its id."""
     annotation = ls.annotations.create(id=int(task_id), result=result, was_cancelled=False)

@@ -174,3 +174,22 @@ def sync_identity_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Confi
               "notes": outcome.notes}
     write_json_atomic(Path(run_dir) / "identity_review.json", report)
     return report
+
+
+def name_clusters(ls: Any, run_dir: Path, cfg: Config) -> int:
+    """Demo reviewer: name every unreviewed cluster task of the run by its default name (decision "name")."""
+    run = relative_to_workspace(Path(run_dir))
+    title = str(cfg.get("labelstudio.identity_clusters_title"))
+    project = next((p for p in ls.projects.list() if p.title == title), None)
+    created = 0
+    for task in client.list_tasks(ls, int(project.id)) if project is not None else []:
+        data = task.get("data") or {}
+        if data.get("castlab_run") != run or client.latest_annotation(task):
+            continue
+        name = default_name(int(data["cluster"]))
+        client.create_annotation(ls, int(task["id"]), [
+            _choice("decision", "sheet", "name"),
+            {"from_name": "name", "to_name": "sheet", "type": "textarea", "value": {"text": [name]}},
+        ])
+        created += 1
+    return created

@@ -228,20 +228,8 @@ def reviewed_instances(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 def accept_predictions(ls: Any, manifest: Manifest) -> int:
-    """Demo reviewer: for each task of the run without an annotation, submit its prediction as-is.
-
-    Used only by ``castlab demo`` so the whole path runs unattended; real reviews happen in the UI.
-    Tasks that already carry an annotation are left alone, so re-running adds nothing.
-    """
-    created = 0
+    """Demo reviewer: accept the predictions of the run's frame tasks (:func:`client.accept_predictions`)."""
     project_ids = {r["ls_project_id"] for r in manifest.rows(kind="frame") if r.get("ls_project_id") is not None}
     keys = {r["row_id"] for r in manifest.rows(kind="frame")}
-    for project_id in project_ids:
-        for task in client.list_tasks(ls, int(project_id)):
-            if (task.get("data") or {}).get("castlab_key") not in keys or client.latest_annotation(task):
-                continue
-            predictions = task.get("predictions") or []
-            if predictions:
-                client.create_annotation(ls, int(task["id"]), predictions[-1]["result"])
-                created += 1
-    return created
+    return sum(client.accept_predictions(ls, int(pid), lambda t: (t.get("data") or {}).get("castlab_key") in keys)
+               for pid in project_ids)

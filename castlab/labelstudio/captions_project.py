@@ -1,0 +1,163 @@
+"""The captions review project (``label_configs/captions.xml``): one task per captioned instance.
+
+A task shows the instance crop, its reviewed identity with the identity's cluster description, the QC flags
+and the model's own sentence; its prediction pre-fills the caption TextArea and the per-field Choices the
+caption was built from. Flagged captions are imported first (highest review priority first) and carry a
+lower prediction score, so both the default order and "sort by prediction score" put them first.
+
+Task keys carry the run name (``caption:<run>:<row id>``): pushing again (or re-captioning with
+``--force``) adds no task. ``sync_caption_reviews`` reads each task's latest annotation: an edited text
+is the reviewed caption; an unchanged text with corrected Choices is rebuilt from the corrected fields;
+otherwise the prediction is accepted. It writes ``caption`` (what the dataset uses), ``caption_state``
+and ``caption_edited`` on the instance, and the reviewed/edited fields of ``captions.jsonl`` and the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from castlab.caption_schema import CHOICE_FIELDS, get_field
+from castlab.caption_text import caption_from_choices
+from castlab.captions import CAPTIONS_DIR, label_text, read_labels, read_records, write_records
+from castlab.config import PROJECT_ROOT, Config
+from castlab.labelstudio import client
+from castlab.manifest import Manifest
+from castlab.workspace import relative_to_workspace, resolve_in_workspace, write_json_atomic
+
+LABEL_CONFIG = PROJECT_ROOT / "label_configs" / "captions.xml"
+PUSH_NAME = "captions_push.json"
+# schema field path → the Choices control that shows it (Label Studio names cannot hold dots)
+CONTROLS = {"view": "view", "camera.shot_size": "shot_size", "camera.angle": "angle",
+            "lighting.key": "key_light", "lighting.rim": "rim_light", "lighting.fill": "fill_light"}
+
+
+def _rid(*parts: str) -> str:
+    return hashlib.sha1(":".join(parts).encode()).hexdigest()[:10]
+
+
+def prediction_result(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """TextArea (the caption) + one Choices per closed-vocabulary field, as a Label Studio result."""
+    row = str(record["row_id"])
+    result = [{"id": _rid(row, "caption"), "from_name": "caption", "to_name": "crop", "type": "textarea",
+               "value": {"text": [record["caption"]]}}]
+    for path, control in CONTROLS.items():
+        value = get_field(record["fields"], path)
+        if value in CHOICE_FIELDS[path]:
+            result.append({"id": _rid(row, control), "from_name": control, "to_name": "crop", "type": "choices",
+                           "value": {"choices": [value]}})
+    return result
+
+
+def build_caption_tasks(records: list[dict[str, Any]], manifest: Manifest, run_dir: Path,
+                        labels: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tasks for the captioned (status ok) records, most flagged first."""
+    run, run_rel = Path(run_dir).name, relative_to_workspace(Path(run_dir))
+    rows = {r["row_id"]: r for r in manifest.rows(kind="instance")}
+    ready = [r for r in records if r.get("status") == "ok" and r.get("caption") and r["row_id"] in rows]
+    ready.sort(key=lambda r: (-int(r.get("priority") or 0), r["row_id"]))
+    tasks = []
+    for record in ready:
+        identity = str(record["identity"])
+        tasks.append({
+            "data": {
+                "image": client.local_file_url(Path(str(rows[record["row_id"]]["crop_path"]))),
+                "castlab_key": f"caption:{run}:{record['row_id']}", "castlab_run": run_rel,
+                "instance": record["row_id"], "identity": identity,
+                "identity_description": label_text(labels.get(identity)) or "(no description)",
+                "qc_flags": ", ".join(record["flags"]) or "none", "priority": int(record.get("priority") or 0),
+                "model_sentence": str(get_field(record["fields"], "final_caption") or ""),
+                "style": record.get("style"),
+            },
+            "predictions": [{"result": prediction_result(record), "model_version": record["model_version"],
+                             "score": round(1.0 / (1 + int(record.get("priority") or 0)), 4)}],
+        })  # fmt: skip
+    return tasks
+
+
+def push_captions(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config) -> dict[str, Any]:
+    """Create/reuse the captions project, serve the crops, push new tasks; writes ``captions_push.json``."""
+    records = read_records(run_dir)
+    tasks = build_caption_tasks(records, manifest, run_dir, read_labels(run_dir))
+    title = str(cfg.get("labelstudio.captions_title"))
+    project_id = client.ensure_project(ls, title, LABEL_CONFIG.read_text(encoding="utf-8"))
+    folders = {Path(t["data"]["image"].split("?d=", 1)[-1]).parent for t in tasks}
+    for folder in sorted(folders):
+        client.ensure_local_storage(ls, project_id, resolve_in_workspace(str(folder)))
+    mapping = client.push_tasks(ls, project_id, tasks)
+    summary = {"project_id": int(project_id), "title": title, "tasks": len(mapping), "new_tasks": len(mapping.created),
+               "flagged_first": sum(1 for t in tasks if t["data"]["priority"] > 0)}
+    write_json_atomic(Path(run_dir) / CAPTIONS_DIR / PUSH_NAME, summary)
+    return summary
+
+
+def annotation_answer(annotation: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """(caption text, {field path: chosen value}) of a captions annotation."""
+    text, choices = "", {}
+    paths = {control: path for path, control in CONTROLS.items()}
+    for result in annotation.get("result") or []:
+        value = result.get("value") or {}
+        name = result.get("from_name")
+        if name == "caption" and value.get("text"):
+            text = " ".join(str(t) for t in value["text"]).strip()
+        elif name in paths and value.get("choices"):
+            choices[paths[name]] = str(value["choices"][0])
+    return text, choices
+
+
+def reviewed_caption(record: dict[str, Any], annotation: dict[str, Any], cfg: Config,
+                     usual: dict[str, str] | None) -> tuple[str, bool]:
+    """(reviewed caption, edited?) from the record's prediction and the reviewer's annotation."""
+    text, choices = annotation_answer(annotation)
+    predicted = str(record.get("caption") or "")
+    changed = {p: v for p, v in choices.items() if v != get_field(record["fields"], p)}
+    if text and " ".join(text.split()) != " ".join(predicted.split()):
+        return text, True
+    if changed:
+        rebuilt = caption_from_choices(record["fields"], changed, cfg, record.get("style"), usual)
+        return rebuilt.text, rebuilt.text != predicted
+    return predicted, False
+
+
+def sync_caption_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config) -> dict[str, Any]:
+    """Apply the latest annotation of every captions task of this run (see module doc); rewrites the report."""
+    from castlab.caption_report import write_caption_report
+
+    run_dir = Path(run_dir)
+    run = relative_to_workspace(run_dir)
+    records = read_records(run_dir)
+    by_row = {r["row_id"]: r for r in records}
+    labels = read_labels(run_dir)
+    title = str(cfg.get("labelstudio.captions_title"))
+    project = next((p for p in ls.projects.list() if p.title == title), None)
+    reviewed = edited = 0
+    for task in client.list_tasks(ls, int(project.id)) if project is not None else []:
+        data = task.get("data") or {}
+        annotation = client.latest_annotation(task)
+        record = by_row.get(str(data.get("instance")))
+        if data.get("castlab_run") != run or annotation is None or record is None or not record.get("fields"):
+            continue
+        usual = (labels.get(str(record["identity"])) or {}).get("usual")
+        text, was_edited = reviewed_caption(record, annotation, cfg, usual)
+        record.update(reviewed_caption=text, edited=was_edited)
+        manifest.update(record["row_id"], caption=text, caption_state="reviewed", caption_edited=was_edited)
+        reviewed += 1
+        edited += int(was_edited)
+    manifest.save()
+    out = run_dir / CAPTIONS_DIR
+    write_records(out, records)
+    trigger = [str(cfg.get("dataset.trigger_token")), str(cfg.get("dataset.class_word"))]
+    write_caption_report(out, records, cfg.profile, int(cfg.get("dataset.caption_min_tokens")),
+                         int(cfg.get("dataset.caption_max_tokens")), trigger)
+    return {"reviewed": reviewed, "edited": edited}
+
+
+def accept_caption_predictions(ls: Any, run_dir: Path, cfg: Config) -> int:
+    """Demo reviewer: accept the caption predictions of the run's tasks as they are."""
+    run = relative_to_workspace(Path(run_dir))
+    title = str(cfg.get("labelstudio.captions_title"))
+    project = next((p for p in ls.projects.list() if p.title == title), None)
+    if project is None:
+        return 0
+    return client.accept_predictions(ls, int(project.id), lambda t: (t.get("data") or {}).get("castlab_run") == run)

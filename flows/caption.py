@@ -1,0 +1,46 @@
+"""caption: VLM schema captions for the identified instances → QC → the Label Studio captions project."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from castlab.manifest import Manifest
+from castlab.workspace import Run
+from flows.common import config_from_dict, labelstudio, resolve_config
+
+
+@task(name="caption-instances")
+def caption_task(run_dir: str, style: str | None, force: bool, sequences: bool,
+                 cfg_data: dict[str, Any]) -> dict[str, Any]:
+    from castlab.captions import caption_run
+
+    cfg = config_from_dict(cfg_data)
+    return caption_run(Path(run_dir), Manifest.for_run(Path(run_dir)), cfg, style=style, force=force,
+                       sequences=sequences)
+
+
+@task(name="push-captions")
+def push_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, Any]:
+    from castlab.labelstudio.captions_project import push_captions
+
+    cfg = config_from_dict(cfg_data)
+    return push_captions(labelstudio(cfg), Manifest.for_run(Path(run_dir)), Path(run_dir), cfg)
+
+
+@flow(name="caption")
+def caption(
+    run_dir: str, push: bool = True, style: str | None = None, force: bool = False, sequences: bool = False,
+    config_files: list[str] | None = None, preset: str | None = None, profile: str | None = None,
+) -> dict[str, Any]:
+    """Caption the run's identified instances, flag them, and push the captions review project."""
+    cfg = resolve_config(config_files, preset, profile)
+    run = Run.open(run_dir, cfg)
+    summary = caption_task(str(run.path), style, force, sequences, cfg.data)
+    if push:
+        summary["labelstudio"] = push_task(str(run.path), cfg.data)
+    get_run_logger().info("caption %s: %d instances %s, %d flagged", run.path.name, summary["instances"],
+                          summary["status"], summary["flagged"])
+    return summary

@@ -1,0 +1,174 @@
+"""Caption suggestions for the captions project: on demand (one task) and in batches (many tasks).
+
+A task needs an ``image`` and a reviewed identity: ``data.identity`` (what castlab pushes), else the
+instance's identity in its run's manifest (``castlab_run`` + ``instance``). Tasks are captioned
+``captions.batch_size`` at a time with the same code the caption flow uses (schema → neutral terms →
+assembly → QC, the run's usual identity traits from ``cluster_labels.json``). Every task gets an entry:
+a prediction (TextArea + Choices), an error entry (no image, unreadable image, no identity, output failing
+the schema), or, past the batch budget, an entry without ``result`` that Label Studio asks for again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from castlab.captions import (
+    CaptionSettings,
+    base_record,
+    finish_records,
+    generate_fields,
+    identified,
+    read_labels,
+)
+from castlab.config import Config
+from castlab.errors import CastlabError
+from castlab.faces import square_on_background
+from castlab.labelstudio.captions_project import prediction_result
+from castlab.manifest import Manifest
+from castlab.workspace import resolve_in_workspace
+from ml_backend.errors import BackendError
+from ml_backend.images import load_image
+
+logger = logging.getLogger("ml_backend")
+
+ImageLoader = Callable[[Any], np.ndarray]  # task data value → RGBA array
+
+
+def is_caption_config(label_config: str | None) -> bool:
+    return bool(label_config) and "<TextArea" in label_config and 'name="caption"' in label_config
+
+
+class CaptionService:
+    def __init__(self, cfg: Config, captioner_factory: Callable[[Config], Any] | None = None,
+                 embedder_factory: Callable[[Config], Any] | None = None) -> None:
+        self.cfg = cfg
+        self.settings = CaptionSettings.from_config(cfg)
+        self._captioner_factory = captioner_factory
+        self._embedder_factory = embedder_factory
+        self._models: tuple[Any, Any] | None = None
+        self._lock = threading.Lock()
+        self._runs: dict[str, tuple[dict[str, Any], dict[str, str], list[str]]] = {}
+        self.captioned = 0  # captions suggested since the start (shown by /health)
+
+    @property
+    def loaded(self) -> bool:
+        return self._models is not None
+
+    def models(self) -> tuple[Any, Any]:
+        """(captioner, open_clip embedder), loaded once on first use."""
+        if self._models is None:
+            with self._lock:
+                if self._models is None:
+                    from castlab.models.captioner import load_captioner
+                    from castlab.models.embedder import load_embedder
+
+                    captioner = (self._captioner_factory or load_captioner)(self.cfg)
+                    embedder = (self._embedder_factory or load_embedder)(self.cfg)
+                    logger.info("captioner ready: %s", captioner.model_version)
+                    self._models = (captioner, embedder)
+        return self._models
+
+    @property
+    def model_version(self) -> str:
+        return str(self.models()[0].model_version)
+
+    def _run(self, run_rel: Any) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+        """(instance rows, usual traits per identity, known identities) of a run; empty without a run."""
+        if not isinstance(run_rel, str) or not run_rel:
+            return {}, {}, []
+        with self._lock:
+            if run_rel not in self._runs:
+                try:
+                    run_dir = resolve_in_workspace(run_rel)
+                except CastlabError as exc:
+                    raise BackendError(403, f"caption task: run {run_rel!r} is outside the media root") from exc
+                if not (run_dir / "manifest.parquet").is_file():
+                    raise BackendError(404, f"caption task: run {run_rel!r} has no manifest")
+                rows = {r["row_id"]: r for r in Manifest.for_run(run_dir).rows(kind="instance")}
+                labels = read_labels(Path(run_dir))
+                usual = {name: label.get("usual") or {} for name, label in labels.items()}
+                known = sorted({i for r in rows.values() if (i := identified(r))})
+                self._runs[run_rel] = (rows, usual, known)
+            return self._runs[run_rel]
+
+    def _prepare(self, task: Any, n: int, load: ImageLoader) -> tuple[dict[str, Any], Image.Image]:
+        """(record, image) of one task, or BackendError saying what is missing."""
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            raise BackendError(400, f"tasks[{n}]: expected an object with 'data'")
+        data = task["data"]
+        if "image" not in data:
+            raise BackendError(400, f"tasks[{n}] (id {task.get('id')}): data has no 'image' to caption")
+        rows, _, _ = self._run(data.get("castlab_run"))
+        identity = str(data.get("identity") or "").strip() or None
+        row = rows.get(str(data.get("instance")))
+        if identity is None and row is not None:
+            identity = identified(row)
+        if identity is None:
+            raise BackendError(422, f"tasks[{n}] (id {task.get('id')}): instance has no reviewed identity "
+                               "(review identities, then review-sync)")
+        rgba = load(data["image"])
+        if rgba.ndim != 3 or min(rgba.shape[:2]) < 2 or (rgba.shape[2] == 4 and not rgba[..., 3].any()):
+            raise BackendError(422, f"tasks[{n}] (id {task.get('id')}): image is empty")
+        image = square_on_background(Image.fromarray(rgba).convert("RGBA"), self.settings.background)
+        record = base_record(str(data.get("instance") or task.get("id")), identity, self.settings, "")
+        return record, image
+
+    def predict(self, tasks: list[Any], source: Any, budget_s: float) -> tuple[list[dict[str, Any]], int]:
+        """One entry per task, in order, and the number of tasks that failed."""
+        started = time.monotonic()
+        captioner, embedder = self.models()
+        version = str(captioner.model_version)
+
+        def load(reference: Any) -> np.ndarray:
+            return load_image(reference, source, mode="RGBA")
+
+        entries: list[dict[str, Any] | None] = [None] * len(tasks)
+        ready: list[tuple[int, dict[str, Any], Image.Image]] = []
+        failed = 0
+        for n, task in enumerate(tasks):
+            try:
+                record, image = self._prepare(task, n, load)
+                ready.append((n, record, image))
+            except BackendError as exc:
+                failed += 1
+                logger.warning("caption task %s: %s", task.get("id") if isinstance(task, dict) else None, exc.message)
+                entries[n] = {"result": [], "score": 0.0, "model_version": version, "error": exc.message}
+        size = max(1, self.settings.batch_size)
+        for start in range(0, len(ready), size):
+            chunk = ready[start : start + size]
+            if start and time.monotonic() - started > budget_s:
+                for n, _, _ in ready[start:]:  # no "result": Label Studio asks again next time
+                    entries[n] = {"model_version": version, "error": f"not captioned within ml_backend.batch_budget_s"
+                                  f" ({budget_s:g} s); retrieve predictions again"}
+                logger.info("caption predict: %d tasks left for a later request", len(ready) - start)
+                break
+            failed += self._caption_chunk(chunk, tasks, entries, captioner, embedder, version)
+        return [e or {} for e in entries], failed
+
+    def _caption_chunk(self, chunk: list[tuple[int, dict[str, Any], Image.Image]], tasks: list[Any],
+                       entries: list[dict[str, Any] | None], captioner: Any, embedder: Any, version: str) -> int:
+        records, images = [r for _, r, _ in chunk], [im for _, _, im in chunk]
+        for record in records:
+            record["model_version"] = version
+        generate_fields(captioner, images, records, self.settings, self.cfg)
+        failed = 0
+        for (n, record, image) in chunk:
+            if record["status"] != "ok":
+                failed += 1
+                entries[n] = {"result": [], "score": 0.0, "model_version": version, "error": record["error"]}
+                continue
+            _, usual, known = self._run((tasks[n].get("data") or {}).get("castlab_run"))
+            finish_records([record], [image], self.cfg, self.settings, usual, known or [record["identity"]],
+                           embedder)
+            self.captioned += 1
+            entries[n] = {"result": prediction_result(record), "model_version": version,
+                          "score": round(1.0 / (1 + len(record["flags"])), 4), "flags": record["flags"]}
+        return failed
