@@ -76,6 +76,14 @@ class CaptionService:
                     self._models = (captioner, embedder)
         return self._models
 
+    def warm_up(self) -> None:
+        """Load the models and compile the caption schema's token index (the slow part of a first call)."""
+        from castlab.caption_schema import CaptionFields
+
+        captioner, _ = self.models()
+        if hasattr(captioner, "schema_index"):
+            captioner.schema_index(CaptionFields)
+
     @property
     def model_version(self) -> str:
         return str(self.models()[0].model_version)

@@ -115,10 +115,13 @@ class Backend:
         return self.segmenter().model_version
 
     def warm_up(self) -> None:
-        """Load the segmenter and run one tiny prompt, so the first real request pays no start-up cost."""
+        """Load the segmenter and run one tiny prompt (and, with ``ml_backend.preload_captioner``, load the
+        captioner and compile its schema), so the first real request pays no start-up cost."""
         seg = self.segmenter()
         seg.predict_image(np.zeros((32, 32, 3), np.uint8), points=[(16.0, 16.0)], labels=[1])
         self.characters()
+        if self.cfg.get("ml_backend.preload_captioner"):
+            self.captions.warm_up()
 
     def labelstudio_source(self) -> LabelStudioSource | None:
         """The Label Studio instance remote images may come from (looked up when needed, kept once found)."""

@@ -14,7 +14,10 @@ Profiles (``models.<profile>.captioner``):
 Decoding is constrained: the JSON schema of the pydantic model is compiled (outlines-core, the engine of
 outlines' JSON generation) into a token index, and a logits processor masks every token the schema does
 not allow at each step, for every row of a batch. The mask is applied with plain tensor ops, so no
-``torch.compile`` runs (outlines-core's own torch kernel is compiled on first use: a ~80 s stall on CPU).
+``torch.compile`` runs (outlines-core's own torch kernel is compiled on first use: a 20-80 s stall on CPU).
+A schema's index is compiled once per captioner; its cost grows with schema states (every ``maxLength``
+position of a string is a state) times vocabulary: ~0.2 s for the tiny tokenizer, ~15-20 s and ~1.5 GB of
+memory for ``CaptionFields`` with a 150k-token vocabulary such as Qwen's.
 """
 
 from __future__ import annotations
@@ -40,13 +43,26 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 TINY_ARCH = "tiny-qwen2-vl"
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>")  # fmt: skip
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 TINY_VOCAB = 2048
 TINY_MIN_PIXELS, TINY_MAX_PIXELS = 56 * 56, 112 * 112
-TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "max_position_embeddings": 4096,
-             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}}  # fmt: skip
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+}
 TINY_VISION = {"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2}
 # Qwen2-VL's chat template: a default system turn, images as <|vision_start|><|image_pad|><|vision_end|>
 CHAT_TEMPLATE = (
@@ -111,8 +127,10 @@ def _corpus() -> list[str]:
     lines = [" ".join(words), " ".join(keys)]
     for i in range(600):
         phrase = " ".join(words[(i * k * 7 + k) % len(words)] for k in range(1, 4 + i % 5))
-        obj = {key: " ".join(words[(i * 13 + j * 31 + n) % len(words)] for n in range(1 + (i + j) % 3))
-               for j, key in enumerate(keys[(i % 4) :: 2])}  # fmt: skip
+        obj = {
+            key: " ".join(words[(i * 13 + j * 31 + n) % len(words)] for n in range(1 + (i + j) % 3))
+            for j, key in enumerate(keys[(i % 4) :: 2])
+        }
         lines += [phrase.capitalize() + ".", json.dumps(obj, separators=(",", ":") if i % 2 else (", ", ": "))]
     return lines
 
@@ -120,9 +138,18 @@ def _corpus() -> list[str]:
 def _recipe(seed: int) -> dict[str, Any]:
     import transformers
 
-    return {"text": TINY_TEXT, "vision": TINY_VISION, "vocab": TINY_VOCAB, "special": SPECIAL_TOKENS,
-            "words": [_WORDS, _SCHEMA_TEXT], "template": CHAT_TEMPLATE, "pixels": [TINY_MIN_PIXELS, TINY_MAX_PIXELS],
-            "seed": seed, "transformers": transformers.__version__, "recipe": 1}  # fmt: skip
+    return {
+        "text": TINY_TEXT,
+        "vision": TINY_VISION,
+        "vocab": TINY_VOCAB,
+        "special": SPECIAL_TOKENS,
+        "words": [_WORDS, _SCHEMA_TEXT],
+        "template": CHAT_TEMPLATE,
+        "pixels": [TINY_MIN_PIXELS, TINY_MAX_PIXELS],
+        "seed": seed,
+        "transformers": transformers.__version__,
+        "recipe": 1,
+    }
 
 
 def _train_tokenizer() -> Any:
@@ -134,26 +161,50 @@ def _train_tokenizer() -> Any:
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = probe.backend_tokenizer.normalizer
     bpe.pre_tokenizer = probe.backend_tokenizer.pre_tokenizer
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=list(SPECIAL_TOKENS), min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=list(SPECIAL_TOKENS),
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     bpe.train_from_iterator(_corpus(), trainer=trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return Qwen2Tokenizer(vocab=model["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                          extra_special_tokens=list(SPECIAL_TOKENS[1:]), model_max_length=32768)  # fmt: skip
+    return Qwen2Tokenizer(
+        vocab=model["vocab"],
+        merges=merges,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=list(SPECIAL_TOKENS[1:]),
+        model_max_length=32768,
+    )
 
 
 def _build_tiny(folder: Path, seed: int) -> None:
-    from transformers import (GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
-                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)  # fmt: skip
+    from transformers import (
+        GenerationConfig,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     tokenizer = _train_tokenizer()
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     pixels = {"min_pixels": TINY_MIN_PIXELS, "max_pixels": TINY_MAX_PIXELS}
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
-                                 video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=CHAT_TEMPLATE)  # fmt: skip
-    special = {"bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-               "pad_token_id": ids["<|endoftext|>"]}  # fmt: skip
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        chat_template=CHAT_TEMPLATE,
+    )
+    special = {
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
     config = Qwen2VLConfig(
         text_config={**TINY_TEXT, "vocab_size": len(tokenizer), **special},
         vision_config=TINY_VISION,
@@ -194,11 +245,12 @@ def tiny_model_dir(seed: int) -> Path:
 
 
 def token_bytes(tokenizer: Any) -> dict[bytes, list[int]]:
-    """Every ordinary (not added, not special) token as the exact bytes it decodes to."""
-    byte_level = "ByteLevel" in type(tokenizer.backend_tokenizer.decoder).__name__ or "ByteLevel" in str(
-        tokenizer.backend_tokenizer.decoder
-    )
-    table = _unicode_to_byte() if byte_level else {}
+    """Every ordinary token (not added, not special) → the exact bytes it stands for: byte-level BPE
+    (GPT-2/Qwen) or SentencePiece (``▁`` for spaces, ``<0xHH>`` byte fallback) vocabularies."""
+    from castlab.models.tokenizers import _bytes_to_unicode
+
+    byte_level = "ByteLevel" in str(getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None))
+    table = {char: byte for byte, char in _bytes_to_unicode().items()}
     skip = set(tokenizer.added_tokens_decoder) | set(tokenizer.all_special_ids)
     out: dict[bytes, list[int]] = {}
     for token, token_id in tokenizer.get_vocab().items():
@@ -215,18 +267,6 @@ def token_bytes(tokenizer: Any) -> dict[bytes, list[int]]:
         if raw:
             out.setdefault(raw, []).append(token_id)
     return out
-
-
-def _unicode_to_byte() -> dict[str, int]:
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 class JsonConstraint:
@@ -258,7 +298,7 @@ class JsonConstraint:
         for i, guide in enumerate(self.guides):
             row = self.bits[i : i + 1]
             guide.write_mask_into(row.data_ptr(), row.numel(), row.element_size())
-        words = self.bits.to(scores.device, non_blocking=True)
+        words = self.bits.to(scores.device)
         allowed = ((words.unsqueeze(-1) >> self.shifts) & 1).bool().view(rows, -1)[:, :vocab]
         return scores.masked_fill(~allowed, float("-inf"))
 
@@ -299,15 +339,23 @@ class Captioner:
         return self._indexes[text]
 
     def prompt_text(self, n_images: int, prompt: str, schema: type[BaseModel]) -> str:
-        """The chat-templated prompt for one item: its images, the instruction and the JSON schema."""
+        """The chat-templated prompt for one item: its images, then the instruction and the JSON schema."""
         instruction = f"{prompt.strip()}\n{SCHEMA_INSTRUCTION}{json.dumps(schema.model_json_schema())}"
-        content = [{"type": "image"}] * n_images + [{"type": "text", "text": instruction}]
+        content: list[dict[str, str]] = [{"type": "image"} for _ in range(n_images)]
+        content.append({"type": "text", "text": instruction})
         messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     @torch.inference_mode()
-    def generate(self, items: Sequence[Sequence[Image.Image]], prompt: str, schema: type[BaseModel],
-                 max_new_tokens: int, batch_size: int = 4, progress: bool = False) -> list[str]:  # fmt: skip
+    def generate(
+        self,
+        items: Sequence[Sequence[Image.Image]],
+        prompt: str,
+        schema: type[BaseModel],
+        max_new_tokens: int,
+        batch_size: int = 4,
+        progress: bool = False,
+    ) -> list[str]:
         """For each item (one or more images) the JSON text generated under `schema`, in order.
 
         Greedy decoding, `batch_size` items per ``model.generate`` call (left padding). A generation cut off
@@ -318,6 +366,8 @@ class Captioner:
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not items:
+            return []
         index = self.schema_index(schema)
         out: list[str] = []
         bar = tqdm(total=len(items), desc="captions", unit="item", disable=not progress)
@@ -327,8 +377,6 @@ class Captioner:
             flat = [im for images in chunk for im in images]
             inputs = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
             inputs = inputs.to(self.model.device)
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
             generated = self.model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
@@ -376,24 +424,21 @@ def _load_full(settings: dict[str, Any]) -> Captioner:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = _torch_dtype(str(settings.get("dtype") or "auto"), device)
-    kwargs = {"revision": revision, "local_files_only": local_only}
+    kwargs: dict[str, Any] = {"revision": revision, "local_files_only": local_only}
     try:
         processor = AutoProcessor.from_pretrained(source, **kwargs)
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, device_map=device, **kwargs)
     except OSError as exc:
-        hint = (
-            "download it first or set local_files_only: false to allow downloading"
-            if local_only
-            else "check the hub id and the network"
-        )
+        where = "in the local Hugging Face cache" if local_only else "on the hub"
         raise ConfigError(
-            f"{prefix}.model: {source!r} is not available locally ({hint}); set {prefix}.model to a local "
-            f"model folder or a cached hub id; castlab never falls back to random weights ({exc})"
+            f"{prefix}.model: {source!r} is not {where} ({str(exc).splitlines()[0]}). Set {prefix}.model to a "
+            f"local model folder, or set {prefix}.local_files_only: false to allow downloading it; "
+            "castlab never falls back to random weights"
         ) from exc
-    max_pixels = settings.get("max_pixels")
-    if max_pixels:
-        size = processor.image_processor.size
-        size["longest_edge"] = int(max_pixels)
+    if settings.get("max_pixels"):  # the largest image (pixels) the vision encoder sees; crops are resized to fit
+        for part in (getattr(processor, "image_processor", None), getattr(processor, "video_processor", None)):
+            if part is not None and "longest_edge" in part.size:
+                part.size["longest_edge"] = int(settings["max_pixels"])
     version = f"{name}@{revision}" if revision else name
     return Captioner(model, processor, version, "full", device)
 

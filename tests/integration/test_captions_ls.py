@@ -101,11 +101,13 @@ def test_backend_suggests_captions_through_label_studio(ls_server, tmp_path: Pat
     run = _run(Path(ls_server.workspace), "captions-backend-it", n=3)
     ls = client.connect(ls_server.url, ls_server.token)
     project_id = client.ensure_project(ls, "captions backend it", LABEL_CONFIG.read_text(encoding="utf-8"))
-    client.ensure_local_storage(ls, project_id, run / "crops")
     rows = Manifest.for_run(run).rows(kind="instance")
+    client.ensure_local_storage(ls, project_id, Path(rows[0]["crop_path"]).parent)
     tasks = [{"data": {"image": client.local_file_url(Path(r["crop_path"])), "castlab_key": f"cb:{r['row_id']}",
                        "castlab_run": f"runs/{run.name}", "instance": r["row_id"]}} for r in rows]
-    tasks.append({"data": {"castlab_key": "cb:no-image", "castlab_run": f"runs/{run.name}", "instance": "x"}})
+    # Label Studio refuses a task without the image key; an empty reference reaches the backend
+    tasks.append({"data": {"image": "", "castlab_key": "cb:no-image", "castlab_run": f"runs/{run.name}",
+                           "instance": rows[0]["row_id"]}})
     mapping = client.push_tasks(ls, project_id, tasks)
     assert load_config(profile="tiny").get("captions.batch_size") >= 2
     with _backend(ls_server, tmp_path) as url:
