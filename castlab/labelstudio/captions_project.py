@@ -20,7 +20,8 @@ from typing import Any
 
 from castlab.caption_schema import CHOICE_FIELDS, get_field
 from castlab.caption_text import caption_from_choices
-from castlab.captions import CAPTIONS_DIR, label_text, read_labels, read_records, write_records
+from castlab.caption_qc import review_priority
+from castlab.captions import CAPTIONS_DIR, identified, label_text, read_labels, read_records, write_records
 from castlab.config import PROJECT_ROOT, Config
 from castlab.labelstudio import client
 from castlab.manifest import Manifest
@@ -52,14 +53,18 @@ def prediction_result(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def build_caption_tasks(records: list[dict[str, Any]], manifest: Manifest, run_dir: Path,
                         labels: dict[str, Any]) -> list[dict[str, Any]]:
-    """Tasks for the captioned (status ok) records, most flagged first."""
+    """Tasks for the captioned (status ok) records, most flagged first; a record whose identity changed since
+    it was captioned (re-reviewed) is flagged ``character_mismatch``."""
     run, run_rel = Path(run_dir).name, relative_to_workspace(Path(run_dir))
     rows = {r["row_id"]: r for r in manifest.rows(kind="instance")}
     ready = [r for r in records if r.get("status") == "ok" and r.get("caption") and r["row_id"] in rows]
-    ready.sort(key=lambda r: (-int(r.get("priority") or 0), r["row_id"]))
     tasks = []
     for record in ready:
         identity = str(record["identity"])
+        current = identified(rows[record["row_id"]])
+        if current != identity:  # the identity was re-reviewed after captioning: this caption names the wrong one
+            record = {**record, "flags": sorted({*record["flags"], "character_mismatch"})}
+            record["priority"] = review_priority(record["flags"])
         tasks.append({
             "data": {
                 "image": client.local_file_url(Path(str(rows[record["row_id"]]["crop_path"]))),
@@ -73,7 +78,7 @@ def build_caption_tasks(records: list[dict[str, Any]], manifest: Manifest, run_d
             "predictions": [{"result": prediction_result(record), "model_version": record["model_version"],
                              "score": round(1.0 / (1 + int(record.get("priority") or 0)), 4)}],
         })  # fmt: skip
-    return tasks
+    return sorted(tasks, key=lambda t: (-t["data"]["priority"], t["data"]["instance"]))
 
 
 def push_captions(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config) -> dict[str, Any]:

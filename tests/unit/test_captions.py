@@ -122,6 +122,10 @@ def test_tasks_put_flagged_captions_first_and_answers_come_back(tmp_path, monkey
     assert tasks[0]["data"]["identity_description"].startswith("a grey rabbit")
     assert tasks[0]["data"]["image"].startswith("/data/local-files/?d=run/")
     assert all(t["data"]["castlab_key"].startswith("caption:run:") for t in tasks)
+    renamed = Manifest.for_run(run)
+    renamed.update("inst:v:0:0", identity="Carl")  # re-reviewed after captioning
+    tasks = build_caption_tasks(records, renamed, run, read_labels(run))
+    assert tasks[0]["data"]["instance"] == "inst:v:0:0" and "character_mismatch" in tasks[0]["data"]["qc_flags"]
     record = next(r for r in records if r["row_id"] == "inst:v:0:0")
     result = prediction_result(record)
     text, choices = annotation_answer({"result": result})
