@@ -29,13 +29,11 @@ from castlab.captions import (
     read_labels,
 )
 from castlab.config import Config
-from castlab.errors import CastlabError
 from castlab.faces import square_on_background
 from castlab.labelstudio.captions_project import prediction_result
 from castlab.manifest import Manifest
-from castlab.workspace import resolve_in_workspace
 from ml_backend.errors import BackendError
-from ml_backend.images import load_image
+from ml_backend.images import load_image, task_run_dir
 
 logger = logging.getLogger("ml_backend")
 
@@ -94,12 +92,7 @@ class CaptionService:
             return {}, {}, []
         with self._lock:
             if run_rel not in self._runs:
-                try:
-                    run_dir = resolve_in_workspace(run_rel)
-                except CastlabError as exc:
-                    raise BackendError(403, f"caption task: run {run_rel!r} is outside the media root") from exc
-                if not (run_dir / "manifest.parquet").is_file():
-                    raise BackendError(404, f"caption task: run {run_rel!r} has no manifest")
+                run_dir = task_run_dir(run_rel, "caption")
                 rows = {r["row_id"]: r for r in Manifest.for_run(run_dir).rows(kind="instance")}
                 labels = read_labels(Path(run_dir))
                 usual = {name: label.get("usual") or {} for name, label in labels.items()}

@@ -20,12 +20,10 @@ from typing import Any
 import numpy as np
 
 from castlab.config import Config
-from castlab.errors import CastlabError
 from castlab.identity_suggest import IdentityIndex
 from castlab.labelstudio.identity_project import instance_decision
 from castlab.manifest import Manifest
-from castlab.workspace import resolve_in_workspace
-from ml_backend.errors import BackendError
+from ml_backend.images import task_run_dir
 
 logger = logging.getLogger("ml_backend")
 
@@ -61,18 +59,11 @@ class IdentityService:
         self.learnt = 0  # answers learnt from webhooks since the start (shown by /health)
 
     def _run(self, run_rel: Any) -> _Run:
-        if not isinstance(run_rel, str) or not run_rel:
-            raise BackendError(400, "identity task: data has no 'castlab_run'")
         with self._lock:
-            state = self._runs.get(run_rel)
+            state = self._runs.get(run_rel) if isinstance(run_rel, str) else None
             if state is not None:
                 return state
-            try:
-                run_dir = resolve_in_workspace(run_rel)
-            except CastlabError as exc:
-                raise BackendError(403, f"identity task: run {run_rel!r} is outside the media root") from exc
-            if not (run_dir / "manifest.parquet").is_file():
-                raise BackendError(404, f"identity task: run {run_rel!r} has no manifest")
+            run_dir = task_run_dir(run_rel, "identity")
             index = IdentityIndex(int(self.cfg.get("identity.suggest_k")),
                                   float(self.cfg.get("identity.suggest_min_similarity")))
             vectors = self._loader(run_dir)

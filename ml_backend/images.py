@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -184,3 +185,16 @@ def load_image(
         return read_local_file(rel, mode)
     resolved = source() if callable(source) else source
     return download(reference, resolved, mode)
+
+
+def task_run_dir(run_rel: Any, what: str) -> Path:
+    """The run folder a task names (``castlab_run``, relative to the media root), with a manifest."""
+    if not isinstance(run_rel, str) or not run_rel:
+        raise BackendError(400, f"{what} task: data has no 'castlab_run'")
+    try:
+        run_dir = resolve_in_workspace(run_rel)
+    except CastlabError as exc:
+        raise BackendError(403, f"{what} task: run {run_rel!r} is outside the media root") from exc
+    if not (run_dir / "manifest.parquet").is_file():
+        raise BackendError(404, f"{what} task: run {run_rel!r} has no manifest")
+    return run_dir

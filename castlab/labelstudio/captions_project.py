@@ -18,9 +18,9 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from castlab.caption_qc import review_priority
 from castlab.caption_schema import CHOICE_FIELDS, get_field
 from castlab.caption_text import caption_from_choices
-from castlab.caption_qc import review_priority
 from castlab.captions import CAPTIONS_DIR, identified, label_text, read_labels, read_records, write_records
 from castlab.config import PROJECT_ROOT, Config
 from castlab.labelstudio import client
