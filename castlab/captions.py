@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,8 @@ class CaptionSettings:
     cluster_samples: int
     sequence_frames: int
     background: tuple[int, int, int]
+    chunk_size: int = 64
+    max_side: int = 512
 
     @classmethod
     def from_config(cls, cfg: Config, style: str | None = None) -> CaptionSettings:
@@ -81,7 +83,8 @@ class CaptionSettings:
             raise ConfigError(f"captions.sequence_frames must be 8-12, got {frames}")
         return cls(style=style, prompt=str(cfg.get("captions.prompt")), batch_size=int(cfg.get("captions.batch_size")),
                    max_new_tokens=int(cfg.get("captions.max_new_tokens")), cluster_samples=samples,
-                   sequence_frames=frames, background=tuple(int(c) for c in cfg.get("dataset.background_rgb")))
+                   sequence_frames=frames, background=tuple(int(c) for c in cfg.get("dataset.background_rgb")),
+                   chunk_size=int(cfg.get("captions.chunk_size")), max_side=int(cfg.get("captions.max_side")))
 
 
 def identified(row: dict[str, Any]) -> str | None:
@@ -90,9 +93,9 @@ def identified(row: dict[str, Any]) -> str | None:
     return identity if identity and row_text(row.get("identity_state")) in IDENTIFIED_STATES else None
 
 
-def load_crop(value: Any, background: tuple[int, int, int]) -> Image.Image:
-    """An instance's RGBA crop composited on `background` (square, RGB); :class:`InputError` when it is
-    missing, unreadable or empty (no visible pixel)."""
+def load_crop(value: Any, background: tuple[int, int, int], max_side: int | None = None) -> Image.Image:
+    """An instance's RGBA crop composited on `background` (square, RGB, at most `max_side` pixels a side);
+    :class:`InputError` when it is missing, unreadable or empty (no visible pixel)."""
     text = row_text(value)
     if not text:
         raise InputError("-", "instance has no crop_path")
@@ -108,7 +111,8 @@ def load_crop(value: Any, background: tuple[int, int, int]) -> Image.Image:
         raise InputError(path, f"instance crop is not a readable image ({exc})") from exc
     if min(crop.size) < 2 or crop.getchannel("A").getextrema()[1] == 0:
         raise InputError(path, f"instance crop is empty ({crop.width}x{crop.height}, no visible pixel)")
-    return square_on_background(crop, background)
+    square = square_on_background(crop, background)
+    return _fit(square, max_side) if max_side else square
 
 
 def base_record(row_id: str, identity: str | None, settings: CaptionSettings, model_version: str) -> dict[str, Any]:
@@ -154,22 +158,20 @@ def finish_records(records: Sequence[dict[str, Any]], images: Sequence[Image.Ima
         record.update(clip_score=score, flags=sorted(set(record["flags"]) | set(flags)))
 
 
-def cluster_labels(captioner: Any, by_identity: dict[str, list[tuple[dict[str, Any], Image.Image]]],
-                   usual: dict[str, dict[str, str]], settings: CaptionSettings, seed: int) -> dict[str, Any]:
-    """Per identity: 3-5 view-balanced instances described together (``description`` etc.), its usual
-    field values, and the sampled row ids. A description failing the schema is recorded with its error."""
+def cluster_labels(captioner: Any, by_identity: dict[str, list[dict[str, Any]]], usual: dict[str, dict[str, str]],
+                   settings: CaptionSettings, seed: int, crop: Callable[[str], Image.Image]) -> dict[str, Any]:
+    """Per identity: 3-5 view-balanced instances (``crop(row_id)`` loads each) described together
+    (``description`` etc.), its usual field values and the sampled row ids. A description failing the
+    schema is recorded with its error."""
     names = sorted(by_identity)
-    samples = {}
-    for name in names:
-        rows = [{**rec, "view": rec.get("view")} for rec, _ in by_identity[name]]
-        picked = {r["row_id"] for r in view_balanced_sample(rows, settings.cluster_samples, seed)}
-        samples[name] = [(rec, im) for rec, im in by_identity[name] if rec["row_id"] in picked]
-    texts = captioner.generate([[im for _, im in samples[n]] for n in names], CLUSTER_PROMPT, ClusterDescription,
-                               settings.max_new_tokens, batch_size=settings.batch_size) if names else []
+    samples = {n: [r["row_id"] for r in view_balanced_sample(by_identity[n], settings.cluster_samples, seed)]
+               for n in names}
+    texts = captioner.generate([[crop(row_id) for row_id in samples[n]] for n in names], CLUSTER_PROMPT,
+                               ClusterDescription, settings.max_new_tokens, batch_size=settings.batch_size)
     labels: dict[str, Any] = {}
     for name, text in zip(names, texts, strict=True):
-        entry: dict[str, Any] = {"samples": [rec["row_id"] for rec, _ in samples[name]],
-                                 "usual": usual.get(name, {}), "instances": len(by_identity[name])}
+        entry: dict[str, Any] = {"samples": samples[name], "usual": usual.get(name, {}),
+                                 "instances": len(by_identity[name])}
         try:
             entry.update(parse_fields(text, ClusterDescription), status="ok")
         except SchemaError as exc:
@@ -211,7 +213,12 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
         from castlab.models.embedder import load_embedder
 
         embedder = load_embedder(cfg)
-    records, todo, images = [], [], []
+    crop_paths = {str(r["row_id"]): r.get("crop_path") for r in rows}
+
+    def crop(row_id: str) -> Image.Image:
+        return load_crop(crop_paths[row_id], settings.background, settings.max_side)
+
+    records, todo = [], []
     for row in rows:
         record = base_record(str(row["row_id"]), identified(row), settings, captioner.model_version)
         record["view"] = row_text(row.get("view")) or None
@@ -219,23 +226,31 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
         if record["identity"] is None:
             state = row_text(row.get("identity_state")) or "none"
             record.update(status="no_identity", error=f"no reviewed identity (identity_state {state})")
-            continue
-        try:
-            images.append(load_crop(row.get("crop_path"), settings.background))
-        except InputError as exc:
-            record.update(status="image_error", error=str(exc))
-            continue
-        todo.append(record)
-    generate_fields(captioner, images, todo, settings, cfg, progress=True)
-    ok = [(r, im) for r, im in zip(todo, images, strict=True) if r["status"] == "ok"]
+        else:
+            todo.append(record)
+    # crops are loaded a chunk at a time (a film has tens of thousands): fields first, then assembly + QC,
+    # which need every caption of an identity (its usual traits) before any caption is flagged
+    with tqdm(total=len(todo), desc="captions", unit="instance") as bar:
+        for chunk in _chunks(todo, settings.chunk_size):
+            live, images = [], []
+            for record in chunk:
+                try:
+                    images.append(crop(record["row_id"]))
+                    live.append(record)
+                except InputError as exc:
+                    record.update(status="image_error", error=str(exc))
+            generate_fields(captioner, images, live, settings, cfg)
+            bar.update(len(chunk))
+    ok = [r for r in todo if r["status"] == "ok"]
     usual_paths = [*cfg.get("captions.invariant_fields"), "outfit"]
-    usual = identity_majorities([r["fields"] for r, _ in ok], usual_paths, cfg=cfg)
+    usual = identity_majorities([r["fields"] for r in ok], usual_paths, cfg=cfg)
     known = sorted({str(r["identity"]) for r in records if r["identity"]})
-    finish_records([r for r, _ in ok], [im for _, im in ok], cfg, settings, usual, known, embedder)
-    by_identity: dict[str, list[tuple[dict[str, Any], Image.Image]]] = {}
-    for record, image in ok:
-        by_identity.setdefault(record["identity"], []).append((record, image))
-    labels = cluster_labels(captioner, by_identity, usual, settings, int(cfg.get("seed")))
+    for chunk in tqdm(list(_chunks(ok, settings.chunk_size)), desc="caption QC", unit="chunk", leave=False):
+        finish_records(chunk, [crop(r["row_id"]) for r in chunk], cfg, settings, usual, known, embedder)
+    by_identity: dict[str, list[dict[str, Any]]] = {}
+    for record in ok:
+        by_identity.setdefault(record["identity"], []).append(record)
+    labels = cluster_labels(captioner, by_identity, usual, settings, int(cfg.get("seed")), crop)
     out.mkdir(parents=True, exist_ok=True)
     for record in records:
         record["priority"] = review_priority(record["flags"]) if record["status"] == "ok" else 0
@@ -261,6 +276,11 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
         summary["sequences"] = summarise_sequences(run_dir, manifest, captioner, settings)
     write_json_atomic(out / "caption_summary.json", summary)
     return summary
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), max(1, size)):
+        yield items[start : start + size]
 
 
 def write_records(out: Path, records: Sequence[dict[str, Any]]) -> Path:

@@ -90,6 +90,15 @@ def test_caption_run_records_every_outcome(tmp_path, monkeypatch):
         caption_run(run, manifest, cfg, captioner=captioner, embedder=FixedScores())
 
 
+def test_crops_are_loaded_a_chunk_at_a_time(tmp_path, monkeypatch):
+    run, manifest = _run(tmp_path, monkeypatch)
+    cfg = load_config(profile="tiny", extra={"captions": {"chunk_size": 3, "batch_size": 2}})
+    captioner = ScriptedCaptioner()
+    summary = caption_run(run, manifest, cfg, captioner=captioner, embedder=FixedScores())
+    assert summary["status"]["ok"] == 7
+    assert captioner.batches[:5] == [2, 1, 2, 1, 2]  # 8 identified instances in chunks of 3, batches of 2
+
+
 def test_sequences_describe_each_shot(tmp_path, monkeypatch):
     run, manifest = _run(tmp_path, monkeypatch)
     cfg = load_config(profile="tiny")
