@@ -10,6 +10,8 @@ Task keys carry the run name (``caption:<run>:<row id>``): pushing again (or re-
 is the reviewed caption; an unchanged text with corrected Choices is rebuilt from the corrected fields;
 otherwise the prediction is accepted. It writes ``caption`` (what the dataset uses), ``caption_state``
 and ``caption_edited`` on the instance, and the reviewed/edited fields of ``captions.jsonl`` and the report.
+A reviewed caption over ``dataset.caption_max_tokens`` CLIP tokens is kept as written and listed in the
+result (``over_max_tokens``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from castlab.caption_qc import review_priority
 from castlab.caption_schema import CHOICE_FIELDS, get_field
-from castlab.caption_text import caption_from_choices
+from castlab.caption_text import caption_from_choices, count_clip_tokens
 from castlab.captions import CAPTIONS_DIR, identified, label_text, read_labels, read_records, write_records
 from castlab.config import PROJECT_ROOT, Config
 from castlab.labelstudio import client
@@ -137,6 +139,8 @@ def sync_caption_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config
     title = str(cfg.get("labelstudio.captions_title"))
     project = next((p for p in ls.projects.list() if p.title == title), None)
     reviewed = edited = 0
+    too_long: list[str] = []
+    max_tokens = int(cfg.get("dataset.caption_max_tokens"))
     for task in client.list_tasks(ls, int(project.id)) if project is not None else []:
         data = task.get("data") or {}
         annotation = client.latest_annotation(task)
@@ -145,17 +149,21 @@ def sync_caption_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config
             continue
         usual = (labels.get(str(record["identity"])) or {}).get("usual")
         text, was_edited = reviewed_caption(record, annotation, cfg, usual)
-        record.update(reviewed_caption=text, edited=was_edited)
-        manifest.update(record["row_id"], caption=text, caption_state="reviewed", caption_edited=was_edited)
+        tokens = count_clip_tokens(text)
+        record.update(reviewed_caption=text, edited=was_edited, reviewed_tokens=tokens)
+        manifest.update(record["row_id"], caption=text, caption_state="reviewed", caption_edited=was_edited,
+                        caption_reviewed_tokens=tokens)
         reviewed += 1
         edited += int(was_edited)
+        if tokens > max_tokens:  # kept as the reviewer wrote it; CLIP will only see the first 77 tokens
+            too_long.append(record["row_id"])
     manifest.save()
     out = run_dir / CAPTIONS_DIR
     write_records(out, records)
     trigger = [str(cfg.get("dataset.trigger_token")), str(cfg.get("dataset.class_word"))]
     write_caption_report(out, records, cfg.profile, int(cfg.get("dataset.caption_min_tokens")),
                          int(cfg.get("dataset.caption_max_tokens")), trigger)
-    return {"reviewed": reviewed, "edited": edited}
+    return {"reviewed": reviewed, "edited": edited, "over_max_tokens": too_long}
 
 
 def accept_caption_predictions(ls: Any, run_dir: Path, cfg: Config) -> int:

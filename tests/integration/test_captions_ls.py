@@ -76,14 +76,19 @@ def test_caption_review_round_trip(ls_env, tmp_path: Path):
     corrected = [dict(r, value={"choices": ["back view"]}) if r["from_name"] == "view" else r
                  for r in second["predictions"][0]["result"]]
     client.create_annotation(ls, second["id"], corrected)
+    third = tasks[2]
+    rambling = "cstlb character, " + ", ".join(f"detail number {n}" for n in range(40))
+    client.create_annotation(ls, third["id"], [
+        {"from_name": "caption", "to_name": "crop", "type": "textarea", "value": {"text": [rambling]}}])
 
     counts = review_sync(run_dir=str(run), config_files=[str(override)])
-    assert counts["captions"] == {"reviewed": 2, "edited": 2}
+    assert counts["captions"] == {"reviewed": 3, "edited": 3, "over_max_tokens": [third["data"]["instance"]]}
     rows = {r["row_id"]: r for r in Manifest.for_run(run).rows(kind="instance")}
     assert rows[first["data"]["instance"]]["caption"].endswith("hopping over a log, low angle")
     assert "back view" in rows[second["data"]["instance"]]["caption"]
     report = json.loads((run / "captions" / "caption_report.json").read_text())
-    assert report["review"]["reviewed"] == 2 and report["review"]["edited_share"] == 1.0
+    assert report["review"]["reviewed"] == 3 and report["review"]["edited_share"] == 1.0
+    assert rows[third["data"]["instance"]]["caption_reviewed_tokens"] > 77  # kept as written, recorded
 
     out = tmp_path / "dataset"
     data = dataset(run_dir=str(run), out_dir=str(out), config_files=[str(override)])
