@@ -53,7 +53,7 @@ class CaptionService:
         self._embedder_factory = embedder_factory
         self._models: tuple[Any, Any] | None = None
         self._lock = threading.Lock()
-        self._runs: dict[str, tuple[dict[str, Any], dict[str, str], list[str]]] = {}
+        self._runs: dict[str, tuple[int, tuple[dict[str, Any], dict[str, Any], list[str]]]] = {}
         self.captioned = 0  # captions suggested since the start (shown by /health)
 
     @property
@@ -91,14 +91,16 @@ class CaptionService:
         if not isinstance(run_rel, str) or not run_rel:
             return {}, {}, []
         with self._lock:
-            if run_rel not in self._runs:
-                run_dir = task_run_dir(run_rel, "caption")
+            run_dir = task_run_dir(run_rel, "caption")
+            stamp = (run_dir / "manifest.parquet").stat().st_mtime_ns
+            cached = self._runs.get(run_rel)
+            if cached is None or cached[0] != stamp:  # read again after review-sync or caption rewrote it
                 rows = {r["row_id"]: r for r in Manifest.for_run(run_dir).rows(kind="instance")}
                 labels = read_labels(Path(run_dir))
                 usual = {name: label.get("usual") or {} for name, label in labels.items()}
                 known = sorted({i for r in rows.values() if (i := identified(r))})
-                self._runs[run_rel] = (rows, usual, known)
-            return self._runs[run_rel]
+                self._runs[run_rel] = cached = (stamp, (rows, usual, known))
+            return cached[1]
 
     def _prepare(self, task: Any, n: int, load: ImageLoader) -> tuple[dict[str, Any], Image.Image]:
         """(record, image) of one task, or BackendError saying what is missing."""

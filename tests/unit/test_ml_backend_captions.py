@@ -86,6 +86,19 @@ def test_a_batch_gives_every_task_its_outcome(scripted):
     assert health["captioner_loaded"] and health["captions_suggested"] == 2
 
 
+def test_an_identity_reviewed_later_is_seen_without_a_restart(scripted, media):
+    client, _ = scripted
+    assert "no reviewed identity" in _predict(client, [_task(1, "red.png", instance="i2")]).json()["error"]
+    manifest = Manifest.for_run(media["root"] / "runs" / "r1")
+    manifest.update("i2", identity="Cleo", identity_state="reviewed")
+    manifest.save()  # review-sync rewrote the manifest
+    try:
+        assert _predict(client, [_task(1, "red.png", instance="i2")]).status_code == 200
+    finally:
+        manifest.update("i2", identity="character_2", identity_state="unreviewed")
+        manifest.save()
+
+
 def test_a_request_whose_tasks_all_fail_is_an_error_and_the_service_stays_up(scripted):
     client, _ = scripted
     response = _predict(client, [_task(1, None, instance="i1")])
