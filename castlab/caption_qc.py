@@ -1,6 +1,6 @@
 """Caption quality control: recorded flags (``reason`` or ``reason:detail``) that order the review.
 
-Reasons: ``uncertain:<field>`` (from :func:`neutralise`), ``character_mismatch``,
+Reasons: ``uncertain:<field>`` (from :func:`neutralise` and :func:`neutralise_unsure`), ``character_mismatch``,
 ``invariant_disagrees:<field>``, ``low_clip_score``, ``hallucination_term:<term>``, ``too_short``,
 ``too_long``. :func:`review_priority` turns a record's flags into a sort key (higher = review first).
 """
@@ -8,6 +8,8 @@ Reasons: ``uncertain:<field>`` (from :func:`neutralise`), ``character_mismatch``
 from __future__ import annotations
 
 import copy
+import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -46,6 +48,55 @@ def neutralise(fields: dict[str, Any], cfg: Config) -> tuple[dict[str, Any], lis
         if is_uncertain(value, terms, whole_only=path == "final_caption"):
             set_field(out, path, neutral.get(path, ""))
             flags.append(f"uncertain:{path}")
+    return out, flags
+
+
+_LEAF = re.compile(r'"(\w+)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_LEAF_PATHS = {path.rsplit(".", 1)[-1]: path for path in CAPTION_PATHS}
+
+
+def field_confidence(generation: Any) -> dict[str, float]:
+    """Field path → how sure the model was of its value: the lowest probability of a token of a closed-
+    vocabulary value (the token where it chose), the geometric mean over a free-text value's tokens.
+    `generation` is a :class:`castlab.models.captioner.Generation` (text + token probabilities)."""
+    out: dict[str, float] = {}
+    for match in _LEAF.finditer(generation.text):
+        path = _LEAF_PATHS.get(match.group(1))
+        probs = [max(p, 1e-12) for p in generation.span_probs(match.start(2), match.end(2))]
+        if path is None or not probs:
+            continue
+        if path in CHOICE_FIELDS:
+            out[path] = round(min(probs), 4)
+        else:
+            out[path] = round(math.exp(sum(math.log(p) for p in probs) / len(probs)), 4)
+    return out
+
+
+def confidence_thresholds(cfg: Config) -> tuple[float | None, float | None]:
+    """(closed-vocabulary, free-text) minimum confidences; the profile's captioner may override (None = off)."""
+    model = cfg.model("captioner")
+    values = []
+    for key in ("min_choice_confidence", "min_text_confidence"):
+        value = model[key] if key in model else cfg.get(f"captions.{key}", None)
+        values.append(None if value is None else float(value))
+    return values[0], values[1]
+
+
+def neutralise_unsure(fields: dict[str, Any], confidence: dict[str, float], cfg: Config
+                      ) -> tuple[dict[str, Any], list[str]]:
+    """Replace the fields the model was unsure of (confidence below :func:`confidence_thresholds`) with their
+    neutral terms, as :func:`neutralise` does for "unknown"-like answers; returns a new dict and the
+    ``uncertain:<field>`` flags. ``final_caption`` is never replaced (it is not part of the caption)."""
+    out = copy.deepcopy(fields)
+    choice_min, text_min = confidence_thresholds(cfg)
+    neutral = _neutral_terms(cfg)
+    flags = []
+    for path, value in sorted(confidence.items()):
+        limit = choice_min if path in CHOICE_FIELDS else text_min
+        if path == "final_caption" or limit is None or value >= limit:
+            continue
+        set_field(out, path, neutral.get(path, ""))
+        flags.append(f"uncertain:{path}")
     return out, flags
 
 

@@ -4,8 +4,9 @@ For every kept instance with a reviewed identity (``identity_state`` reviewed or
 
 1. the captioner fills :class:`~castlab.caption_schema.CaptionFields` for its crop under constrained
    decoding; output that still fails the schema is recorded as ``schema_error``;
-2. uncertain fields are replaced with neutral terms (:func:`castlab.caption_qc.neutralise`), ``character``
-   is set to the reviewed identity (never asked of the model);
+2. uncertain fields — an "unknown"-like answer, or a value the model gave a low probability
+   (``captions.min_choice_confidence`` / ``min_text_confidence``) — are replaced with neutral terms
+   (:mod:`castlab.caption_qc`); ``character`` is set to the reviewed identity (never asked of the model);
 3. per identity, the majority of its invariant fields (and its usual outfit) is computed, and 3-5
    view-balanced instances are described together (the cluster label reviewers see next to the identity);
 4. the caption is assembled (trigger + class word first, then what varies; 40-77 CLIP tokens), scored
@@ -30,7 +31,14 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from castlab.caption_qc import identity_majorities, neutralise, qc_flags, review_priority
+from castlab.caption_qc import (
+    field_confidence,
+    identity_majorities,
+    neutralise,
+    neutralise_unsure,
+    qc_flags,
+    review_priority,
+)
 from castlab.caption_schema import (
     CaptionFields,
     ClusterDescription,
@@ -125,18 +133,22 @@ def generate_fields(captioner: Any, images: Sequence[Image.Image], records: Sequ
                     settings: CaptionSettings, cfg: Config, progress: bool = False) -> None:
     """Fill each record's ``fields`` (with ``character`` = its identity) and uncertain flags, or mark it
     ``schema_error`` with the problem and the start of the raw output."""
-    texts = captioner.generate([[im] for im in images], settings.prompt, CaptionFields, settings.max_new_tokens,
-                               batch_size=settings.batch_size, progress=progress)
-    for record, text in zip(records, texts, strict=True):
+    generations = captioner.generate_scored([[im] for im in images], settings.prompt, CaptionFields,
+                                            settings.max_new_tokens, batch_size=settings.batch_size,
+                                            progress=progress)
+    for record, generation in zip(records, generations, strict=True):
         try:
-            fields = parse_fields(text)
+            fields = parse_fields(generation.text)
         except SchemaError as exc:
             record.update(status="schema_error", error=f"model output fails the caption schema: {exc}",
-                          raw_output=text[:400])
+                          raw_output=generation.text[:400])
             continue
+        confidence = field_confidence(generation)
         fields, uncertain = neutralise(fields, cfg)
+        fields, unsure = neutralise_unsure(fields, confidence, cfg)
         record["fields"] = caption_record(fields, str(record["identity"]))
-        record["flags"] = list(uncertain)
+        record["flags"] = sorted({*uncertain, *unsure})
+        record["confidence"] = confidence
 
 
 def finish_records(records: Sequence[dict[str, Any]], images: Sequence[Image.Image], cfg: Config,

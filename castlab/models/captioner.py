@@ -29,6 +29,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -283,6 +284,7 @@ class JsonConstraint:
         self.started = False
         self.bits: torch.Tensor | None = None
         self.shifts: torch.Tensor | None = None
+        self.choice_probs: list[torch.Tensor] = []  # per step: (rows,) probability of the chosen token
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows, vocab = scores.shape
@@ -300,10 +302,32 @@ class JsonConstraint:
             guide.write_mask_into(row.data_ptr(), row.numel(), row.element_size())
         words = self.bits.to(scores.device)
         allowed = ((words.unsqueeze(-1) >> self.shifts) & 1).bool().view(rows, -1)[:, :vocab]
-        return scores.masked_fill(~allowed, float("-inf"))
+        masked = scores.masked_fill(~allowed, float("-inf"))
+        # greedy decoding takes the arg-max: record its probability among the tokens the schema allows
+        self.choice_probs.append(torch.softmax(masked.float(), dim=-1).amax(dim=-1).cpu())
+        return masked
 
 
 # --- the captioner ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Generation:
+    """One generated text; ``pieces`` are its decoded tokens with their probabilities, ``lead`` the number of
+    whitespace characters stripped from the front of ``text``."""
+
+    text: str
+    pieces: list[tuple[str, float]] = field(default_factory=list)
+    lead: int = 0
+
+    def span_probs(self, start: int, end: int) -> list[float]:
+        """Probabilities of the tokens overlapping ``text[start:end]``."""
+        out, pos = [], -self.lead
+        for piece, prob in self.pieces:
+            if pos < end and pos + len(piece) > start:
+                out.append(prob)
+            pos += len(piece)
+        return out
 
 
 class Captioner:
@@ -346,7 +370,6 @@ class Captioner:
         messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    @torch.inference_mode()
     def generate(
         self,
         items: Sequence[Sequence[Image.Image]],
@@ -361,6 +384,20 @@ class Captioner:
         Greedy decoding, `batch_size` items per ``model.generate`` call (left padding). A generation cut off
         by `max_new_tokens` is returned as it is (the caller's schema validation reports it).
         """
+        return [g.text for g in self.generate_scored(items, prompt, schema, max_new_tokens, batch_size, progress)]
+
+    @torch.inference_mode()
+    def generate_scored(
+        self,
+        items: Sequence[Sequence[Image.Image]],
+        prompt: str,
+        schema: type[BaseModel],
+        max_new_tokens: int,
+        batch_size: int = 4,
+        progress: bool = False,
+    ) -> list[Generation]:
+        """:meth:`generate`, with every generated piece of text and the probability the model gave it among
+        the tokens the schema allowed (1.0 where the schema left one choice)."""
         from tqdm.auto import tqdm
         from transformers import LogitsProcessorList
 
@@ -369,7 +406,7 @@ class Captioner:
         if not items:
             return []
         index = self.schema_index(schema)
-        out: list[str] = []
+        out: list[Generation] = []
         bar = tqdm(total=len(items), desc="captions", unit="item", disable=not progress)
         for start in range(0, len(items), batch_size):
             chunk = [[im.convert("RGB") for im in item] for item in items[start : start + batch_size]]
@@ -377,6 +414,7 @@ class Captioner:
             flat = [im for images in chunk for im in images]
             inputs = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
             inputs = inputs.to(self.model.device)
+            constraint = JsonConstraint(index, len(chunk))
             generated = self.model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
@@ -384,15 +422,34 @@ class Captioner:
                 temperature=None,
                 top_p=None,
                 top_k=None,
-                logits_processor=LogitsProcessorList([JsonConstraint(index, len(chunk))]),
+                logits_processor=LogitsProcessorList([constraint]),
                 eos_token_id=self.stop_ids,
                 pad_token_id=self.pad_token_id,
             )
-            new = generated[:, inputs["input_ids"].shape[1] :]
-            out += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+            new = generated[:, inputs["input_ids"].shape[1] :].tolist()
+            probs = torch.stack(constraint.choice_probs, dim=1).tolist() if constraint.choice_probs else []
+            out += [self._pieces(ids, row_probs) for ids, row_probs in zip(new, probs or [[]] * len(new), strict=True)]
             bar.update(len(chunk))
         bar.close()
         return out
+
+    def _pieces(self, ids: list[int], probs: list[float]) -> Generation:
+        """Decode one row token by token (up to its stop token) into (piece, probability) pairs."""
+        stop = set(self.stop_ids)
+        pieces: list[tuple[str, float]] = []
+        decoded = ""
+        for k, token in enumerate(ids):
+            if token in stop:
+                break
+            text = self.tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
+            prob = float(probs[k]) if k < len(probs) else 1.0
+            while pieces and not text.startswith(decoded):  # a multi-byte character completed: merge its pieces
+                piece, earlier = pieces.pop()
+                decoded, prob = decoded[: len(decoded) - len(piece)], min(prob, earlier)
+            pieces.append((text[len(decoded) :], prob))
+            decoded = text
+        lead = len(decoded) - len(decoded.lstrip())
+        return Generation(decoded.strip(), pieces, lead)
 
 
 def _torch_dtype(name: str, device: str) -> torch.dtype:

@@ -28,8 +28,24 @@ class ScriptedCaptioner:
     model_version = "scripted-vlm"
     profile = "tiny"
 
-    def __init__(self) -> None:
+    def __init__(self, unsure: dict[str, float] | None = None) -> None:
         self.batches: list[int] = []
+        self.unsure = unsure or {}  # a value's text -> the probability the "model" gave its tokens
+
+    def generate_scored(self, items, prompt, schema, max_new_tokens, batch_size=4, progress=False):
+        """Each text as pieces: certain (1.0) except the values listed in ``unsure``."""
+        from castlab.models.captioner import Generation
+
+        out = []
+        for text in self.generate(items, prompt, schema, max_new_tokens, batch_size, progress):
+            pieces, rest = [], text
+            for value, prob in sorted(self.unsure.items(), key=lambda kv: text.find(f'"{kv[0]}"')):
+                head, found, tail = rest.partition(f'"{value}"')
+                if found:
+                    pieces += [(head + '"', 1.0), (value, prob)]
+                    rest = '"' + tail
+            out.append(Generation(text, [*pieces, (rest, 1.0)]))
+        return out
 
     def generate(self, items, prompt, schema, max_new_tokens, batch_size=4, progress=False):
         for start in range(0, len(items), batch_size):

@@ -158,3 +158,20 @@ def test_first_call_compiles_nothing():
     seconds, compiled_frames = done.stdout.split()[-2:]
     assert int(compiled_frames) == 0
     assert float(seconds) < 15
+
+
+def test_scored_generations_give_a_confidence_per_field(captioner):
+    from castlab.caption_qc import field_confidence
+    from castlab.caption_schema import CHOICE_FIELDS, TEXT_FIELDS
+
+    generations = captioner.generate_scored([[im] for im in crops(2, seed=5)], "Describe.", CaptionFields, 320,
+                                            batch_size=2)
+    assert [g.text for g in generations] == captioner.generate([[im] for im in crops(2, seed=5)], "Describe.",
+                                                               CaptionFields, 320, batch_size=2)
+    for generation in generations:
+        assert "".join(piece for piece, _ in generation.pieces).strip() == generation.text
+        probs = [p for _, p in generation.pieces]
+        assert all(0.0 < p <= 1.0 for p in probs) and min(probs) < 0.5 < max(probs)  # forced syntax vs choices
+        confidence = field_confidence(generation)
+        assert set(confidence) == {*CHOICE_FIELDS, *TEXT_FIELDS}
+        assert all(0.0 < c <= 1.0 for c in confidence.values())

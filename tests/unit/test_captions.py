@@ -90,6 +90,24 @@ def test_caption_run_records_every_outcome(tmp_path, monkeypatch):
         caption_run(run, manifest, cfg, captioner=captioner, embedder=FixedScores())
 
 
+def test_values_the_model_was_unsure_of_are_neutralised(tmp_path, monkeypatch):
+    run, manifest = _run(tmp_path, monkeypatch)
+    cfg = load_config(profile="full", extra={"models": {"full": {"captioner": {}}}})  # thresholds on
+    captioner = ScriptedCaptioner(unsure={"medium shot": 0.1, "waving at the camera": 0.05, "smiling": 0.9})
+    caption_run(run, manifest, cfg, captioner=captioner, embedder=FixedScores())
+    record = next(r for r in read_records(run) if r["row_id"] == "inst:v:0:0")
+    assert record["confidence"]["camera.shot_size"] == pytest.approx(0.1)
+    assert record["confidence"]["view"] == 1.0 and record["confidence"]["expression"] == pytest.approx(0.9)
+    assert {"uncertain:camera.shot_size", "uncertain:action"} <= set(record["flags"])
+    assert "uncertain:expression" not in record["flags"] and "uncertain:view" not in record["flags"]
+    assert "medium shot" not in record["caption"] and "waving" not in record["caption"]
+    assert record["fields"]["action"] == "standing"  # the neutral term
+    tiny = load_config(profile="tiny")  # random weights: thresholds off, confidences still recorded
+    caption_run(run, manifest, tiny, captioner=captioner, embedder=FixedScores(), force=True)
+    record = next(r for r in read_records(run) if r["row_id"] == "inst:v:0:0")
+    assert "uncertain:action" not in record["flags"] and record["confidence"]["action"] == pytest.approx(0.05)
+
+
 def test_crops_are_loaded_a_chunk_at_a_time(tmp_path, monkeypatch):
     run, manifest = _run(tmp_path, monkeypatch)
     cfg = load_config(profile="tiny", extra={"captions": {"chunk_size": 3, "batch_size": 2}})
