@@ -72,14 +72,16 @@ def field_confidence(generation: Any) -> dict[str, float]:
     return out
 
 
+def _threshold(cfg: Config, key: str) -> float | None:
+    """``captions.<key>``, or the profile captioner's own ``<key>`` when it has one (None = off)."""
+    captioner = cfg.get(f"models.{cfg.profile}.captioner", {}) or {}
+    value = captioner[key] if key in captioner else cfg.get(f"captions.{key}", None)
+    return None if value is None else float(value)
+
+
 def confidence_thresholds(cfg: Config) -> tuple[float | None, float | None]:
-    """(closed-vocabulary, free-text) minimum confidences; the profile's captioner may override (None = off)."""
-    model = cfg.model("captioner")
-    values = []
-    for key in ("min_choice_confidence", "min_text_confidence"):
-        value = model[key] if key in model else cfg.get(f"captions.{key}", None)
-        values.append(None if value is None else float(value))
-    return values[0], values[1]
+    """(closed-vocabulary, free-text) minimum confidences (None = off)."""
+    return _threshold(cfg, "min_choice_confidence"), _threshold(cfg, "min_text_confidence")
 
 
 def neutralise_unsure(fields: dict[str, Any], confidence: dict[str, float], cfg: Config
@@ -151,9 +153,7 @@ def identity_majorities(
 def min_clip_score(cfg: Config) -> float | None:
     """The low_clip_score threshold: the captioner model's ``min_clip_score`` when it has the key (the tiny
     profile sets None), else ``captions.min_clip_score``; None = off."""
-    captioner = cfg.get(f"models.{cfg.profile}.captioner", {}) or {}
-    value = captioner["min_clip_score"] if "min_clip_score" in captioner else cfg.get("captions.min_clip_score", None)
-    return None if value is None else float(value)
+    return _threshold(cfg, "min_clip_score")
 
 
 def _names_other_identity(texts: list[str], identity: str, known_identities: Sequence[str]) -> bool:
