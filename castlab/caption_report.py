@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from castlab.pictures import font, save_png
+from castlab.pictures import TINY_STAMP, font, save_png
 from castlab.workspace import write_json_atomic, write_text_atomic
 
 REPORT_JSON = "caption_report.json"
@@ -25,7 +25,6 @@ TOKENS_PNG = "caption_tokens.png"
 STATUSES = ("ok", "schema_error", "image_error", "no_identity")
 BIN_WIDTH, BIN_TOP = 5, 80
 NO_IDENTITY = "(no identity)"
-TINY_STAMP = " - TINY PROFILE, random weights"  # the suffix castlab.clustering.write_cluster_outputs uses
 CHART_SIZE = (900, 420)
 
 STOP_WORDS = frozenset("""
@@ -85,6 +84,12 @@ def _final_text(record: dict[str, Any]) -> str | None:
     return text if text is not None else record.get("caption")
 
 
+def _final_tokens(record: dict[str, Any]) -> int | None:
+    """CLIP tokens of the reviewed caption where there is one, else of the caption prediction."""
+    tokens = record.get("reviewed_tokens")
+    return tokens if tokens is not None else record.get("tokens")
+
+
 def _edited(record: dict[str, Any]) -> bool | None:
     """Whether a reviewer changed the text; None when not reviewed (``edited`` wins over comparing texts)."""
     if record.get("edited") is not None:
@@ -121,8 +126,7 @@ def caption_counts(
         "records": len(records),
         "status": {**{s: status.get(s, 0) for s in STATUSES}, **{s: c for s, c in sorted(status.items())
                                                                  if s not in STATUSES}},
-        "tokens": token_histogram((r["tokens"] for r in records if r.get("tokens") is not None), min_tokens,
-                                  max_tokens),
+        "tokens": token_histogram((t for t in map(_final_tokens, records) if t is not None), min_tokens, max_tokens),
         "flagged": sum(bool(r.get("flags")) for r in records),
         "flags": dict(sorted(flags.items(), key=lambda kv: (-kv[1], kv[0]))),
         "flag_details": {reason: dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))

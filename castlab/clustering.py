@@ -59,7 +59,7 @@ from tqdm import tqdm
 from castlab.config import PROJECT_ROOT, Config
 from castlab.errors import ConfigError, InputError
 from castlab.layers import safe_name
-from castlab.pictures import font, save_png
+from castlab.pictures import TINY_STAMP, font, save_png
 from castlab.workspace import write_json_atomic
 
 METHODS = ("hdbscan", "kmeans", "agglomerative")
@@ -819,7 +819,7 @@ def write_cluster_outputs(
         placed[i] = dst
 
     order = _confident_first(result)
-    stamp = " - TINY PROFILE, random weights" if _profile_of(rows, profile) == "tiny" else ""
+    stamp = TINY_STAMP if _profile_of(rows, profile) == "tiny" else ""
     clusters = []
     for k, folder in enumerate(folders):
         members = order[k]

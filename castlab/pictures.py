@@ -9,6 +9,8 @@ from PIL import Image, ImageFont, UnidentifiedImageError
 
 from castlab.workspace import atomic_path
 
+TINY_STAMP = " - TINY PROFILE, random weights"  # appended to picture titles made under the tiny profile
+
 
 def font(size: int) -> Any:
     """Pillow's bundled font at `size` (a fixed-size bitmap font on Pillow builds without FreeType)."""
