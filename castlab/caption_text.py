@@ -108,10 +108,14 @@ def field_order(cfg: Config) -> list[str]:
     return order
 
 
-def _style(cfg: Config, style: str | None) -> str:
+def resolve_style(cfg: Config, style: str | None = None) -> str:
+    """`style`, else ``captions.style``; ``auto`` follows the base model (SD1.x → tags, otherwise natural)."""
     chosen = style if style is not None else str(cfg.get("captions.style"))
+    if chosen == "auto":
+        arch = str((cfg.model("base_model") or {}).get("arch") or "").lower()
+        chosen = "tags" if arch.startswith(("sd15", "sd1", "sd-1")) else "natural"
     if chosen not in STYLES:
-        raise ConfigError(f"captions.style must be one of {STYLES}, got {chosen!r}")
+        raise ConfigError(f"captions.style must be auto or one of {STYLES}, got {chosen!r}")
     return chosen
 
 
@@ -184,7 +188,7 @@ def assemble_caption(
 
     `usual`: the identity's majority values (field path → value); an outfit equal to its usual one is left out.
     """
-    chosen = _style(cfg, style)
+    chosen = resolve_style(cfg, style)
     lead = f"{cfg.get('dataset.trigger_token')} {cfg.get('dataset.class_word')}".strip()
     head = [t for t in (lead, _clean(str(cfg.get("dataset.caption_prefix", "") or ""))) if t]
     min_tokens, max_tokens = int(cfg.get("dataset.caption_min_tokens")), int(cfg.get("dataset.caption_max_tokens"))

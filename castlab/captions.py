@@ -47,7 +47,7 @@ from castlab.caption_schema import (
     caption_record,
     parse_fields,
 )
-from castlab.caption_text import assemble_caption
+from castlab.caption_text import assemble_caption, resolve_style
 from castlab.config import Config
 from castlab.errors import ConfigError, InputError
 from castlab.faces import square_on_background, view_balanced_sample
@@ -59,7 +59,6 @@ RECORDS_NAME = "captions.jsonl"
 LABELS_NAME = "cluster_labels.json"
 SEQUENCES_NAME = "sequences.json"
 IDENTIFIED_STATES = ("reviewed", "cluster")
-STYLES = ("natural", "tags")
 CLUSTER_PROMPT = ("These images show one 3D animated character. Describe what it usually wears, its look and "
                   "the typical lighting, in short phrases.")
 SEQUENCE_PROMPT = ("These frames come from one shot of a 3D animated film, in order. Describe how the character "
@@ -80,9 +79,7 @@ class CaptionSettings:
 
     @classmethod
     def from_config(cls, cfg: Config, style: str | None = None) -> CaptionSettings:
-        style = style or str(cfg.get("captions.style"))
-        if style not in STYLES:
-            raise ConfigError(f"captions.style must be one of {STYLES}, got {style!r}")
+        style = resolve_style(cfg, style)
         samples = int(cfg.get("captions.cluster_samples"))
         frames = int(cfg.get("captions.sequence_frames"))
         if not 3 <= samples <= 5:

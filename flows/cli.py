@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an earlier identity/ output of this run")
     p = add("caption", cmd_caption, "identified instances → VLM schema captions → QC flags → Label Studio review")
     p.add_argument("run", help="curate run folder (after identify and review-sync)")
-    p.add_argument("--style", choices=["natural", "tags"], help="caption style (default from captions.style)")
+    p.add_argument("--style", choices=["natural", "tags", "auto"], help="caption style (default: captions.style)")
     p.add_argument("--sequences", action="store_true", help="also describe each shot's motion (8-12 frames)")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p.add_argument("--force", action="store_true", help="replace an earlier captions/ output of this run")

@@ -28,7 +28,7 @@ FIELDS = {
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config(profile="tiny")
+    return load_config(profile="tiny", extra={"captions": {"style": "natural"}})  # tests pick tags explicitly
 
 
 def _fields(**changes: str) -> dict:
@@ -155,3 +155,13 @@ def test_config_errors(cfg):
         broken = load_config(profile="tiny", extra={"captions": {"field_order": ["view", bad]}})
         with pytest.raises(ConfigError, match="field_order"):
             assemble_caption(FIELDS, broken)
+
+
+def test_auto_style_follows_the_base_model():
+    from castlab.caption_text import resolve_style
+
+    assert resolve_style(load_config(profile="tiny")) == "tags"  # tiny SD1.5
+    sdxl = load_config(profile="full", extra={"models": {"full": {"base_model": {"arch": "sdxl"}}}})
+    assert resolve_style(sdxl) == "natural" and resolve_style(sdxl, "tags") == "tags"
+    with pytest.raises(ConfigError, match="captions.style"):
+        resolve_style(sdxl, "poetry")
