@@ -36,38 +36,30 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from PIL import Image
+from sample_frames import CACHE, frames
 
 from castlab.caption_schema import CaptionFields, SchemaError, parse_fields
 from castlab.config import PROJECT_ROOT, Config, load_config
 from castlab.errors import CastlabError, ConfigError
 from castlab.models import captioner as captioner_module
 from castlab.models.captioner import Captioner, load_captioner
-from castlab.sample_media import big_buck_bunny
 
-CACHE = PROJECT_ROOT / ".cache" / "bench"
 BATCHES = (1, 4, 8)
 GOAL = 1.5
 
 
 def bench_crops(n: int, seed: int = 0) -> list[Image.Image]:
-    """`n` square crops (160-400 px) from Big Buck Bunny frames spread over the clip (PNG-cached)."""
-    folder = CACHE / "caption_crops"
-    paths = [folder / f"crop_{n}_{seed}_{i}.png" for i in range(n)]
-    if not all(p.is_file() for p in paths):
-        folder.mkdir(parents=True, exist_ok=True)
-        with av.open(str(big_buck_bunny(CACHE / "sample"))) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        rng = np.random.default_rng(seed)
-        for i, path in enumerate(paths):
-            frame = frames[int((i + 0.5) * len(frames) / n)]
-            side = int(rng.integers(160, 401))
-            y, x = int(rng.integers(0, frame.shape[0] - side)), int(rng.integers(0, frame.shape[1] - side))
-            Image.fromarray(frame[y : y + side, x : x + side]).save(path)
-    return [Image.open(p).convert("RGB") for p in paths]
+    """`n` square crops (160-400 px) from Big Buck Bunny frames spread over the clip."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for frame in frames(n, CACHE / "caption_frames", "bbb"):
+        side = int(rng.integers(160, 401))
+        y, x = int(rng.integers(0, frame.shape[0] - side)), int(rng.integers(0, frame.shape[1] - side))
+        crops.append(Image.fromarray(frame[y : y + side, x : x + side]))
+    return crops
 
 
 @dataclass

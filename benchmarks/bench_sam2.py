@@ -33,16 +33,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import av
 import numpy as np
 import torch
-from PIL import Image
+from sample_frames import CACHE, frames
 
-from castlab.config import PROJECT_ROOT, Config, load_config
+from castlab.config import Config, load_config
 from castlab.models.segmenter import Segmenter, load_segmenter
-from castlab.sample_media import big_buck_bunny
 
-CACHE = PROJECT_ROOT / ".cache" / "bench"
 ARCH, IMAGE_SIZE = "sam2.1_hiera_t", 1024
 GOAL = 10.0
 Prompt = dict[str, list[tuple[float, float]] | list[int] | tuple[float, float, float, float] | None]
@@ -50,15 +47,7 @@ Prompt = dict[str, list[tuple[float, float]] | list[int] | tuple[float, float, f
 
 def bench_frames(count: int) -> list[np.ndarray]:
     """`count` RGB frames of Big Buck Bunny at evenly spread decode positions (PNG-cached)."""
-    folder = CACHE / "sam2_frames"
-    paths = [folder / f"bbb_{count}_{i}.png" for i in range(count)]
-    if not all(p.is_file() for p in paths):
-        folder.mkdir(parents=True, exist_ok=True)
-        with av.open(str(big_buck_bunny(CACHE / "sample"))) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        for i, path in enumerate(paths):
-            Image.fromarray(frames[int((i + 0.5) * len(frames) / count)]).save(path)
-    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return frames(count, CACHE / "sam2_frames", "bbb")
 
 
 def click_prompts(n: int, height: int, width: int, seed: int = 0) -> list[Prompt]:
