@@ -29,6 +29,7 @@ from castlab.captions import (
     read_labels,
 )
 from castlab.config import Config
+from castlab.errors import CastlabError
 from castlab.faces import square_on_background
 from castlab.labelstudio.captions_project import prediction_result
 from castlab.manifest import Manifest
@@ -55,6 +56,7 @@ class CaptionService:
         self._lock = threading.Lock()
         self._runs: dict[str, tuple[int, tuple[dict[str, Any], dict[str, Any], list[str]]]] = {}
         self.captioned = 0  # captions suggested since the start (shown by /health)
+        self.load_error: str | None = None
 
     @property
     def loaded(self) -> bool:
@@ -75,10 +77,18 @@ class CaptionService:
         return self._models
 
     def warm_up(self) -> None:
-        """Load the models and compile the caption schema's token index (the slow part of a first call)."""
+        """Load the models and compile the caption schema's token index (the slow part of a first call).
+
+        A captioner that cannot be loaded (e.g. ``models.full.captioner.model`` not set) does not stop the
+        backend: masks and identities still work; caption requests answer the error, /health shows it."""
         from castlab.caption_schema import CaptionFields
 
-        captioner, _ = self.models()
+        try:
+            captioner, _ = self.models()
+        except CastlabError as exc:
+            self.load_error = str(exc)
+            logger.warning("captioner not loaded, caption requests will fail until it is: %s", exc)
+            return
         if hasattr(captioner, "schema_index"):
             captioner.schema_index(CaptionFields)
 

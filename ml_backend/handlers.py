@@ -142,6 +142,8 @@ class Backend:
         body["identity_learnt"] = self.identity.learnt
         body["captioner_loaded"] = self.captions.loaded
         body["captions_suggested"] = self.captions.captioned
+        if self.captions.load_error:
+            body["captioner_error"] = self.captions.load_error
         if seg is not None:
             body["model_version"] = seg.model_version
             body["embedding_cache"] = {

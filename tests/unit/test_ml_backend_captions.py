@@ -130,3 +130,20 @@ def test_the_real_tiny_captioner_suggests_schema_captions(media):
         text = next(r for r in entry["result"] if r["from_name"] == "caption")["value"]["text"][0]
         assert text.startswith("cstlb character, 3d animated character")
         assert np.isfinite(entry["score"])
+
+
+def test_a_captioner_that_cannot_load_does_not_stop_the_backend(media):
+    from castlab.errors import ConfigError
+
+    def broken(cfg):
+        raise ConfigError("models.full.captioner.model is not set")
+
+    app = create_app(load_config(profile="tiny"), labelstudio=lambda: None, captioner_factory=broken,
+                     segmenter_factory=lambda c: None)
+    backend = app.state.backend
+    backend.captions.warm_up()  # what `python -m ml_backend` runs at start (with ml_backend.preload_captioner)
+    with TestClient(app) as client:
+        health = client.get("/health").json()
+        assert health["status"] == "UP" and "captioner.model" in health["captioner_error"]
+        response = _predict(client, [_task(1, "red.png", instance="i1")])
+        assert response.status_code == 500 and "captioner.model" in response.json()["error"]
