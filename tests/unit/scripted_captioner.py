@@ -30,6 +30,7 @@ class ScriptedCaptioner:
 
     def __init__(self, unsure: dict[str, float] | None = None) -> None:
         self.batches: list[int] = []
+        self.images_per_item: list[int] = []
         self.unsure = unsure or {}  # a value's text -> the probability the "model" gave its tokens
 
     def generate_scored(self, items, prompt, schema, max_new_tokens, batch_size=4, progress=False):
@@ -50,6 +51,7 @@ class ScriptedCaptioner:
     def generate(self, items, prompt, schema, max_new_tokens, batch_size=4, progress=False):
         for start in range(0, len(items), batch_size):
             self.batches.append(len(items[start : start + batch_size]))
+        self.images_per_item += [len(images) for images in items]
         out = []
         for images in items:
             if schema.__name__ == "ClusterDescription":

@@ -127,6 +127,41 @@ def test_sequences_describe_each_shot(tmp_path, monkeypatch):
     assert shots["v/s1"]["status"] == "video_error" and "shots.json" in shots["v/s1"]["error"]
 
 
+def test_sequences_from_real_shots(tmp_path, monkeypatch):
+    from synthetic_media import make_video
+
+    from castlab.frames import extract_frames
+
+    monkeypatch.setenv("CASTLAB_WORKSPACE", str(tmp_path))
+    video = make_video(tmp_path / "two shots.mp4", shots=("sharp", "smooth"), frames_per_shot=(20, 9))
+    run = tmp_path / "run"
+    cfg = load_config(profile="tiny")
+    extract_frames(video, run, cfg, mode="scene")  # writes shots.json
+    (video_id, entry), = json.loads((run / "shots.json").read_text())["videos"].items()
+    shots = entry["shots"]
+    assert len(shots) == 2
+    manifest = Manifest.for_run(run)
+    mask = np.zeros((96, 96), bool)
+    mask[10:90, 20:76] = True
+    for shot in shots:  # one identified instance per shot
+        layers = write_instance_layers(np.full((96, 96, 3), 200, np.uint8), mask, run, f"inst:{shot['shot_id']}")
+        manifest.add_rows([{"row_id": f"inst:{shot['shot_id']}", "kind": "instance", "status": "kept",
+                            "identity": "Bob", "identity_state": "reviewed", "video_id": video_id,
+                            "shot_id": shot["shot_id"], **layers}])
+    manifest.save()
+    captioner = ScriptedCaptioner()
+    summary = caption_run(run, manifest, cfg, captioner=captioner, embedder=FixedScores(), sequences=True)
+    assert summary["sequences"] == {"shots": 2, "ok": 2}
+    entries = json.loads((run / "captions" / "sequences.json").read_text())["shots"]
+    for shot in shots:
+        entry = entries[f"{video_id}/{shot['shot_id']}"]
+        assert entry["motion"] == "hops from left to right"
+        n = min(10, shot["frames"])  # captions.sequence_frames, fewer when the shot is shorter
+        assert len(entry["frames"]) == n and entry["frames"][0] == shot["start_frame"]
+        assert entry["frames"][-1] == shot["end_frame"] - 1 and entry["frames"] == sorted(set(entry["frames"]))
+    assert sorted(captioner.images_per_item[-2:]) == [9, 10]  # all frames of a shot in one item
+
+
 def test_no_identified_instance_is_a_clear_error(tmp_path, monkeypatch):
     run, manifest = _run(tmp_path, monkeypatch)
     for row in manifest.rows(kind="instance"):
