@@ -142,6 +142,12 @@ def cmd_demo(args: argparse.Namespace) -> Any:
     return result
 
 
+def _captions_line(captions: dict[str, Any]) -> str:
+    if captions.get("skipped"):
+        return f"skipped ({captions['skipped']})"
+    return f"{captions.get('status')}, {captions.get('flagged')} flagged ({captions.get('report')})"
+
+
 def demo_summary(result: dict[str, Any]) -> str:
     """Where every output of a demo run is, for people (the JSON goes to stdout for scripts)."""
     backend = result.get("ml_backend") or {}
@@ -159,9 +165,7 @@ def demo_summary(result: dict[str, Any]) -> str:
         f" {sync.get('corrected', 0)} corrected / {sync.get('added', 0)} added instances",
         f"  identities           : {(result.get('identities') or {}).get('clusters')} clusters,"
         f" {(result.get('identities') or {}).get('noise')} noise ({(result.get('identities') or {}).get('report')})",
-        f"  captions             : {(result.get('captions') or {}).get('status')},"
-        f" {(result.get('captions') or {}).get('flagged')} flagged"
-        f" ({(result.get('captions') or {}).get('report')})",
+        "  captions             : " + _captions_line(result.get("captions") or {}),
         f"  dataset              : {result.get('dataset')}",
         f"  training TOML        : {result.get('training_toml')}",
         f"  LoRA checkpoints     : {', '.join(result.get('checkpoints') or [])}",

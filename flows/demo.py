@@ -94,11 +94,16 @@ def demo(
     accepted = demo_review_task(cfg.data, run_dir)
     synced = review_sync(run_dir=run_dir, **kwargs)
     identities = identify(run_dir=run_dir, **kwargs)
-    named = demo_name_clusters_task(cfg.data, run_dir)
-    review_sync(run_dir=run_dir, **kwargs)
-    captions = caption(run_dir=run_dir, **kwargs)
-    accepted_captions = demo_accept_captions_task(cfg.data, run_dir)
-    review_sync(run_dir=run_dir, **kwargs)
+    named = accepted_captions = 0
+    captions: dict[str, Any] = {"skipped": "no identity cluster, so no reviewed identity to caption"}
+    if identities.get("clusters"):
+        named = demo_name_clusters_task(cfg.data, run_dir)
+        review_sync(run_dir=run_dir, **kwargs)
+        captions = caption(run_dir=run_dir, **kwargs)
+        accepted_captions = demo_accept_captions_task(cfg.data, run_dir)
+        review_sync(run_dir=run_dir, **kwargs)
+    else:
+        logger.warning("caption skipped: %s", captions["skipped"])
     data = dataset(run_dir=run_dir, **kwargs)
     checkpoints = train(training_toml=data["training_toml"], **kwargs)
     report = evaluate(checkpoints=checkpoints, **kwargs)
@@ -118,7 +123,8 @@ def demo(
         "review_sync": synced,
         "identities": {k: identities.get(k) for k in ("instances", "routes", "clusters", "noise", "reason", "report")},
         "clusters_named": named,
-        "captions": {k: captions.get(k) for k in ("instances", "status", "flagged", "style", "report", "labelstudio")},
+        "captions": {k: captions.get(k) for k in ("instances", "status", "flagged", "style", "report", "labelstudio",
+                                                  "skipped") if k in captions},
         "captions_accepted": accepted_captions,
         "dataset": data["out_dir"],
         "training_toml": data["training_toml"],
