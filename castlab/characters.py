@@ -27,6 +27,7 @@ from PIL import Image
 
 from castlab.config import Config
 from castlab.errors import ConfigError
+from castlab.layers import mask_bbox
 from castlab.models.segmenter import Instance
 
 EVIDENCE_KINDS = ("face", "person")
@@ -169,11 +170,11 @@ class CharacterScorer:
 
     def crop(self, image: np.ndarray, mask: np.ndarray) -> Image.Image:
         """The instance on the neutral backdrop, cut to its box (what the dataset will train on)."""
-        ys, xs = np.nonzero(mask)
-        if len(xs) == 0:
+        x0, y0, w, h = mask_bbox(mask)
+        if w == 0:
             return Image.fromarray(np.zeros((8, 8, 3), np.uint8) + self.background)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        patch = np.where(mask[y0:y1, x0:x1, None], image[y0:y1, x0:x1], self.background)
+        box = (slice(y0, y0 + h), slice(x0, x0 + w))
+        patch = np.where(mask[box][..., None], image[box], self.background)
         return Image.fromarray(patch.astype(np.uint8))
 
     def scores(self, image: np.ndarray, masks: list[np.ndarray]) -> list[float]:

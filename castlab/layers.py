@@ -19,11 +19,12 @@ def safe_name(row_id: str) -> str:
 
 def mask_bbox(mask: np.ndarray) -> list[int]:
     """Tight ``[x, y, w, h]`` box of a boolean mask (zeros for an empty mask)."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
+    if not rows.any():
         return [0, 0, 0, 0]
-    x0, y0 = int(xs.min()), int(ys.min())
-    return [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
+    y0, y1 = np.flatnonzero(rows)[[0, -1]]
+    x0, x1 = np.flatnonzero(cols)[[0, -1]]
+    return [int(x0), int(y0), int(x1 - x0 + 1), int(y1 - y0 + 1)]
 
 
 def soft_alpha(alpha: np.ndarray, mask: np.ndarray, row_id: str = "") -> np.ndarray:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from castlab.config import Config
 from castlab.errors import ConfigError, InputError
+from castlab.layers import mask_bbox
 from castlab.models import file_sha1
 
 
@@ -61,15 +62,6 @@ def logit(p: float) -> float:
     if not 0.0 < p < 1.0:
         raise ConfigError(f"segmentation alpha_threshold must be in (0, 1), got {p}")
     return math.log(p / (1.0 - p))
-
-
-def _bbox(mask: np.ndarray) -> list[int]:
-    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
-    if not rows.any():
-        return [0, 0, 0, 0]
-    y0, y1 = np.flatnonzero(rows)[[0, -1]]
-    x0, x1 = np.flatnonzero(cols)[[0, -1]]
-    return [int(x0), int(y0), int(x1 - x0 + 1), int(y1 - y0 + 1)]
 
 
 class Segmenter:
@@ -250,7 +242,7 @@ class Segmenter:
             self.set_image(image)
             mask, prob, score = self.predict_soft(points, labels, box)
         point = points[0] if points else None
-        return Instance(mask, _bbox(mask), int(mask.sum()), score, point, alpha=prob)
+        return Instance(mask, mask_bbox(mask), int(mask.sum()), score, point, alpha=prob)
 
     # -- automatic instances ---------------------------------------------------------------------
     def min_side(self, height: int) -> float:
@@ -293,7 +285,7 @@ class Segmenter:
             if area == 0:
                 continue
             point = (float(grid[origins[idx]][0]), float(grid[origins[idx]][1]))
-            instances.append(Instance(mask, _bbox(mask), area, float(all_scores[idx]), point, alpha=prob))
+            instances.append(Instance(mask, mask_bbox(mask), area, float(all_scores[idx]), point, alpha=prob))
         return instances
 
     def _select(self, logits: torch.Tensor, scores: torch.Tensor, height: int, width: int) -> list[int]:
