@@ -2,7 +2,9 @@
 look like a character.
 
 1. **Evidence** (:class:`EvidenceDetector`): face and person boxes from OpenCV's bundled Haar cascades
-   (offline, real detectors; frontal + profile faces, full and upper bodies). Each face becomes a SAM2
+   (offline, real detectors; frontal + profile faces, full and upper bodies) and, with ``insightface`` in
+   ``segmentation.evidence``, the InsightFace detector of the identity stage (``models.<profile>.faces``;
+   stronger on stylised faces than Haar when its pack is good at them). Each face becomes a SAM2
    prompt: a positive point on the face and a box around the body such a face implies
    (``segmentation.body_box``: widths and heights of the face), clipped to the frame; a person box is
    prompted as it is. Overlapping evidence is merged first, so one character gives one prompt.
@@ -30,7 +32,7 @@ from castlab.errors import ConfigError
 from castlab.layers import mask_bbox
 from castlab.models.segmenter import Instance
 
-EVIDENCE_KINDS = ("face", "person")
+EVIDENCE_KINDS = ("face", "person", "insightface")
 DETECT_SIDE = 640  # the cascades look at a copy this large: faces of a few % of the frame stay findable
 CASCADES = {
     "face": ("haarcascade_frontalface_default.xml", "haarcascade_profileface.xml"),
@@ -71,16 +73,20 @@ class Prompter(Protocol):
 
 # -- evidence -------------------------------------------------------------------------------------------
 class EvidenceDetector:
-    """Face and person boxes from OpenCV's Haar cascades (shipped inside the opencv wheel)."""
+    """Face and person boxes from OpenCV's Haar cascades (shipped inside the opencv wheel) and, for the
+    ``insightface`` kind, faces from a face analyzer (:class:`castlab.models.faces.FaceAnalyzer`)."""
 
-    def __init__(self, kinds: tuple[str, ...], min_face_fraction: float = 0.04) -> None:
+    def __init__(self, kinds: tuple[str, ...], min_face_fraction: float = 0.04, face_analyzer: Any = None) -> None:
         unknown = [k for k in kinds if k not in EVIDENCE_KINDS]
         if unknown:
             raise ConfigError(f"segmentation.evidence: unknown kind(s) {unknown}; known: {list(EVIDENCE_KINDS)}")
+        if "insightface" in kinds and face_analyzer is None:
+            raise ConfigError("segmentation.evidence: 'insightface' needs a face analyzer (models.<profile>.faces)")
         self.kinds = kinds
         self.min_face_fraction = min_face_fraction
+        self.face_analyzer = face_analyzer if "insightface" in kinds else None
         self._cascades: dict[str, list[cv2.CascadeClassifier]] = {}
-        for kind in kinds:
+        for kind in (k for k in kinds if k in CASCADES):
             loaded = []
             for name in CASCADES[kind]:
                 path = Path(cv2.data.haarcascades) / name
@@ -95,28 +101,42 @@ class EvidenceDetector:
         kinds = cfg.get("segmentation.evidence") or []
         if isinstance(kinds, str):
             kinds = [kinds]
-        return cls(tuple(str(k) for k in kinds), float(cfg.get("segmentation.min_face_fraction")))
+        analyzer = None
+        if "insightface" in kinds:
+            from castlab.models.faces import load_face_analyzer
+
+            analyzer = load_face_analyzer(cfg)
+        return cls(tuple(str(k) for k in kinds), float(cfg.get("segmentation.min_face_fraction")), analyzer)
 
     def detect(self, image_rgb: np.ndarray) -> list[Evidence]:
-        """Boxes in `image_rgb` pixels; the cascades run on a copy at most ``DETECT_SIDE`` pixels wide."""
+        """Boxes in `image_rgb` pixels; the cascades run on a copy at most ``DETECT_SIDE`` pixels wide. Faces
+        from the cascades and the face analyzer are merged (one box per face)."""
         grey = cv2.equalizeHist(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY))
         scale = min(1.0, DETECT_SIDE / max(grey.shape))
         if scale < 1.0:
             grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         height, width = grey.shape
-        found: list[Evidence] = []
+        face_side = max(24, int(self.min_face_fraction * min(height, width)))
+        boxes: dict[str, list[tuple[float, float, float, float]]] = {}
         for kind, cascades in self._cascades.items():
-            side = max(24, int(self.min_face_fraction * min(height, width))) if kind == "face" else 48
-            boxes: list[tuple[float, float, float, float]] = []
+            side = face_side if kind == "face" else 48
             for cascade in cascades:
                 for flip in (False, True) if cascade is cascades[-1] and kind == "face" else (False,):
                     src = cv2.flip(grey, 1) if flip else grey  # the profile cascade only sees left profiles
                     hits = cascade.detectMultiScale(src, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
                     for x, y, w, h in np.asarray(hits).reshape(-1, 4).tolist():
                         x0 = width - x - w if flip else x
-                        boxes.append((x0 / scale, y / scale, (x0 + w) / scale, (y + h) / scale))
-            found.extend(Evidence(kind, box) for box in merge_boxes(boxes))
-        return found
+                        boxes.setdefault(kind, []).append((x0 / scale, y / scale, (x0 + w) / scale, (y + h) / scale))
+        if self.face_analyzer is not None:
+            boxes.setdefault("face", []).extend(self._analyzer_faces(image_rgb, face_side / scale))
+        return [Evidence(kind, box) for kind, found in boxes.items() for box in merge_boxes(found)]
+
+    def _analyzer_faces(self, image_rgb: np.ndarray, min_side: float) -> list[tuple[float, float, float, float]]:
+        """Face boxes at least `min_side` pixels wide from the face analyzer (none without one)."""
+        if self.face_analyzer is None:
+            return []
+        faces = self.face_analyzer.detect(np.ascontiguousarray(image_rgb))
+        return [f.bbox for f in faces if min(f.bbox[2] - f.bbox[0], f.bbox[3] - f.bbox[1]) >= min_side]
 
 
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

@@ -143,3 +143,34 @@ def test_real_scorer_on_the_tiny_embedder():
     assert crop.shape == (30, 35, 3)
     with pytest.raises(ConfigError, match="non_character_prompts"):
         CharacterScorer(scorer.embedder, "a character", [], (127, 127, 127))
+
+
+class _Faces:
+    """A face analyzer that sees the faces it is given (boxes in image pixels)."""
+
+    def __init__(self, *boxes):
+        from castlab.models.faces import Face
+
+        self.faces = [Face(tuple(float(v) for v in b), 0.9, np.zeros((5, 2), np.float32)) for b in boxes]
+
+    def detect(self, image_rgb, region=None):
+        return list(self.faces)
+
+
+def test_insightface_evidence_adds_the_faces_haar_misses():
+    frame = np.full((480, 640, 3), 90, np.uint8)  # nothing for the cascades
+    analyzer = _Faces((300, 100, 360, 170), (10, 10, 14, 14))  # a face, and one far below min_face_fraction
+    found = EvidenceDetector(("insightface",), face_analyzer=analyzer).detect(frame)
+    assert found == [Evidence("face", (300.0, 100.0, 360.0, 170.0))]
+    both = EvidenceDetector(("face", "insightface"), face_analyzer=_Faces((300, 100, 360, 170), (302, 98, 361, 171)))
+    assert len(both.detect(frame)) == 1  # one face seen twice is one piece of evidence
+    with pytest.raises(ConfigError, match="insightface"):
+        EvidenceDetector(("insightface",))
+
+
+def test_insightface_evidence_from_config_uses_the_profile_face_models():
+    cfg = load_config(profile="tiny", extra={"segmentation": {"evidence": ["insightface", "person"]}})
+    detector = EvidenceDetector.from_config(cfg)
+    assert detector.face_analyzer is not None and detector.face_analyzer.profile == "tiny"
+    evidence = detector.detect(skdata.astronaut())
+    assert all(e.kind in ("face", "person") for e in evidence)  # random tiny weights: noise faces, real plumbing
