@@ -144,7 +144,7 @@ def generate_fields(captioner: Any, images: Sequence[Image.Image], records: Sequ
         fields, uncertain = neutralise(fields, cfg)
         fields, unsure = neutralise_unsure(fields, confidence, cfg)
         record["fields"] = caption_record(fields, str(record["identity"]))
-        record["flags"] = sorted({*uncertain, *unsure})
+        record["field_flags"] = sorted({*uncertain, *unsure})
         record["confidence"] = confidence
 
 
@@ -164,7 +164,7 @@ def finish_records(records: Sequence[dict[str, Any]], images: Sequence[Image.Ima
         assembled = record.pop("_assembled")
         flags = qc_flags(record["fields"], identity=record["identity"], known_identities=known,
                          usual=usual.get(record["identity"]), clip_score=score, caption=assembled, cfg=cfg)
-        record.update(clip_score=score, flags=sorted(set(record["flags"]) | set(flags)))
+        record.update(clip_score=score, flags=sorted(set(record.get("field_flags") or []) | set(flags)))
 
 
 def cluster_labels(captioner: Any, by_identity: dict[str, list[dict[str, Any]]], usual: dict[str, dict[str, str]],
@@ -200,14 +200,17 @@ def label_text(label: dict[str, Any] | None) -> str:
 
 def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any = None, embedder: Any = None,
                 style: str | None = None, force: bool = False, sequences: bool = False) -> dict[str, Any]:
-    """Caption every kept instance of the run (see module doc); returns the summary."""
+    """Caption every kept instance of the run (see module doc); returns the summary.
+
+    Run again, it generates only what is new: an instance captioned before with the same identity, style and
+    model keeps its fields (and its review); identity traits, QC flags, cluster labels and the report are
+    computed again over all. ``force`` generates every caption again."""
     from castlab.caption_report import REPORT_MD, write_caption_report
 
     run_dir = Path(run_dir).resolve()
     out = run_dir / CAPTIONS_DIR
     settings = CaptionSettings.from_config(cfg, style)
-    if (out / RECORDS_NAME).is_file() and not force:
-        raise InputError(out / RECORDS_NAME, "exists already (use --force to caption again)")
+    previous = {r["row_id"]: r for r in read_records(run_dir)} if (out / RECORDS_NAME).is_file() else {}
     rows = manifest.rows(kind="instance", status="kept")
     if not rows:
         raise InputError(run_dir / "manifest.parquet", "has no kept instances to caption (run curate first)")
@@ -227,7 +230,7 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
     def crop(row_id: str) -> Image.Image:
         return load_crop(crop_paths[row_id], settings.background, settings.max_side)
 
-    records, todo = [], []
+    records, todo, reused = [], [], 0
     for row in rows:
         record = base_record(str(row["row_id"]), identified(row), settings, captioner.model_version)
         record["view"] = row_text(row.get("view")) or None
@@ -235,6 +238,9 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
         if record["identity"] is None:
             state = row_text(row.get("identity_state")) or "none"
             record.update(status="no_identity", error=f"no reviewed identity (identity_state {state})")
+        elif not force and _reusable(previous.get(record["row_id"]), record):
+            record.update({k: previous[record["row_id"]].get(k) for k in REUSED_KEYS})
+            reused += 1
         else:
             todo.append(record)
     # crops are loaded a chunk at a time (a film has tens of thousands): fields first, then assembly + QC,
@@ -250,7 +256,7 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
                     record.update(status="image_error", error=str(exc))
             generate_fields(captioner, images, live, settings, cfg)
             bar.update(len(chunk))
-    ok = [r for r in todo if r["status"] == "ok"]
+    ok = [r for r in records if r["status"] == "ok"]
     usual_paths = [*cfg.get("captions.invariant_fields"), "outfit"]
     usual = identity_majorities([r["fields"] for r in ok], usual_paths, cfg=cfg)
     known = sorted({str(r["identity"]) for r in records if r["identity"]})
@@ -277,6 +283,7 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
                                   int(cfg.get("dataset.caption_max_tokens")), trigger)
     summary: dict[str, Any] = {
         "instances": len(records), "status": dict(Counter(r["status"] for r in records)),
+        "captioned_now": len(todo), "reused": reused,
         "flagged": sum(1 for r in records if r["flags"]), "identities": len(labels), "style": settings.style,
         "model_version": captioner.model_version, "profile": cfg.profile, "records": str(out / RECORDS_NAME),
         "report": report["files"][REPORT_MD],
@@ -285,6 +292,15 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
         summary["sequences"] = summarise_sequences(run_dir, manifest, captioner, settings)
     write_json_atomic(out / "caption_summary.json", summary)
     return summary
+
+
+REUSED_KEYS = ("fields", "field_flags", "confidence", "reviewed_caption", "edited", "reviewed_tokens")
+
+
+def _reusable(previous: dict[str, Any] | None, record: dict[str, Any]) -> bool:
+    """An earlier caption of the same instance, identity, style and model: its fields need no new generation."""
+    return bool(previous) and previous.get("status") == "ok" and bool(previous.get("fields")) and all(
+        previous.get(k) == record[k] for k in ("identity", "style", "model_version"))
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", choices=["natural", "tags", "auto"], help="caption style (default: captions.style)")
     p.add_argument("--sequences", action="store_true", help="also describe each shot's motion (8-12 frames)")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
-    p.add_argument("--force", action="store_true", help="replace an earlier captions/ output of this run")
+    p.add_argument("--force", action="store_true",
+                   help="caption every instance again (default: only new or re-identified ones)")
     p = add("propagate", cmd_propagate, "carry an instance's mask through its shot (SAM2 video) → Label Studio")
     p.add_argument("run", help="curate run folder")
     p.add_argument("instance", help="instance row id, e.g. inst:<video>:<frame>:0")

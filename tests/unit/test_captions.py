@@ -86,8 +86,28 @@ def test_caption_run_records_every_outcome(tmp_path, monkeypatch):
     assert labels["Bob"]["usual"].get("materials.skin") == "soft grey fur"
     report = json.loads((run / "captions" / "caption_report.json").read_text())
     assert report["status"]["schema_error"] == 1 and (run / "captions" / "caption_tokens.png").is_file()
-    with pytest.raises(InputError, match="force"):
-        caption_run(run, manifest, cfg, captioner=captioner, embedder=FixedScores())
+
+
+def test_running_again_captions_only_what_is_new(tmp_path, monkeypatch):
+    run, manifest = _run(tmp_path, monkeypatch)
+    cfg = load_config(profile="tiny")
+    first = caption_run(run, manifest, cfg, captioner=ScriptedCaptioner(), embedder=FixedScores())
+    assert first["captioned_now"] == 8 and first["reused"] == 0
+    before = {r["row_id"]: r for r in read_records(run)}
+    manifest.update("inst:v:7:0", identity_state="reviewed")  # identified since
+    manifest.update("inst:v:6:0", identity="Bob")  # re-reviewed: another identity
+    manifest.save()
+    captioner = ScriptedCaptioner()
+    again = caption_run(run, Manifest.for_run(run), cfg, captioner=captioner, embedder=FixedScores())
+    assert again["captioned_now"] == 3 and again["reused"] == 6  # new, re-identified, and the schema error again
+    assert captioner.images_per_item[:3] == [1, 1, 1] and sum(captioner.batches[:-1]) == 3  # then cluster labels
+    after = {r["row_id"]: r for r in read_records(run)}
+    assert after["inst:v:7:0"]["status"] == "ok" and after["inst:v:6:0"]["fields"]["character"] == "Bob"
+    assert after["inst:v:0:0"]["fields"] == before["inst:v:0:0"]["fields"]
+    assert "uncertain:view" in after["inst:v:4:0"]["flags"]  # field flags survive reuse
+    forced = caption_run(run, Manifest.for_run(run), cfg, captioner=ScriptedCaptioner(), embedder=FixedScores(),
+                         force=True)
+    assert forced["captioned_now"] == 9 and forced["reused"] == 0
 
 
 def test_values_the_model_was_unsure_of_are_neutralised(tmp_path, monkeypatch):
