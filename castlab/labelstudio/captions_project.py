@@ -6,12 +6,13 @@ caption was built from. Flagged captions are imported first (highest review prio
 lower prediction score, so both the default order and "sort by prediction score" put them first.
 
 Task keys carry the run name (``caption:<run>:<row id>``): pushing again (or re-captioning with
-``--force``) adds no task. ``sync_caption_reviews`` reads each task's latest annotation: an edited text
-is the reviewed caption; an unchanged text with corrected Choices is rebuilt from the corrected fields;
-otherwise the prediction is accepted. It writes ``caption`` (what the dataset uses), ``caption_state``
-and ``caption_edited`` on the instance, and the reviewed/edited fields of ``captions.jsonl`` and the report.
-A reviewed caption over ``dataset.caption_max_tokens`` CLIP tokens is kept as written and listed in the
-result (``over_max_tokens``).
+``--force``) adds no task; a task not yet annotated whose caption changed gets the new prediction.
+
+``sync_caption_reviews`` reads each task's latest annotation: an edited text is the reviewed caption; an
+unchanged text with corrected Choices is rebuilt from the corrected fields; otherwise the prediction is
+accepted. It writes ``caption`` (what the dataset uses), ``caption_state`` and ``caption_edited`` on the
+instance, and the reviewed/edited fields of ``captions.jsonl`` and the report. A reviewed caption over
+``dataset.caption_max_tokens`` CLIP tokens is kept as written and listed in the result (``over_max_tokens``).
 """
 
 from __future__ import annotations
@@ -93,10 +94,32 @@ def push_captions(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config) -> di
     for folder in sorted(folders):
         client.ensure_local_storage(ls, project_id, resolve_in_workspace(str(folder)))
     mapping = client.push_tasks(ls, project_id, tasks)
+    updated = refresh_predictions(ls, project_id, tasks, set(mapping.created))
     summary = {"project_id": int(project_id), "title": title, "tasks": len(mapping), "new_tasks": len(mapping.created),
-               "flagged_first": sum(1 for t in tasks if t["data"]["priority"] > 0)}
+               "updated_predictions": updated, "flagged_first": sum(1 for t in tasks if t["data"]["priority"] > 0)}
     write_json_atomic(Path(run_dir) / CAPTIONS_DIR / PUSH_NAME, summary)
     return summary
+
+
+def _caption_of(result: list[dict[str, Any]]) -> str:
+    return next((" ".join(r["value"]["text"]) for r in result if r.get("from_name") == "caption"), "")
+
+
+def refresh_predictions(ls: Any, project_id: int, tasks: list[dict[str, Any]], created: set[str]) -> int:
+    """Existing, not yet annotated tasks whose caption changed (a later caption run) get the new prediction."""
+    wanted = {t["data"]["castlab_key"]: t for t in tasks if t["data"]["castlab_key"] not in created}
+    updated = 0
+    for task in client.list_tasks(ls, project_id) if wanted else []:
+        fresh = wanted.get(str((task.get("data") or {}).get("castlab_key")))
+        if fresh is None or client.latest_annotation(task) is not None:
+            continue
+        current = (task.get("predictions") or [{}])[-1].get("result") or []
+        prediction = fresh["predictions"][0]
+        if _caption_of(current) != _caption_of(prediction["result"]):
+            ls.predictions.create(task=int(task["id"]), result=prediction["result"], score=prediction["score"],
+                                  model_version=prediction["model_version"])
+            updated += 1
+    return updated
 
 
 def annotation_answer(annotation: dict[str, Any]) -> tuple[str, dict[str, str]]:

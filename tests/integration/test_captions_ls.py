@@ -62,19 +62,22 @@ def test_caption_review_round_trip(ls_env, tmp_path: Path):
     assert summary["labelstudio"]["new_tasks"] == ok and summary["model_version"].startswith("tiny-qwen2-vl")
     again = caption(run_dir=str(run), force=True, config_files=[str(override)])
     assert again["labelstudio"]["new_tasks"] == 0  # re-captioning adds no task
+    restyled = caption(run_dir=str(run), force=True, style="natural", config_files=[str(override)])
+    assert restyled["labelstudio"]["new_tasks"] == 0  # ... but the changed captions reach the tasks
+    assert restyled["labelstudio"]["updated_predictions"] == ok
 
     ls = client.connect(ls_env.url, ls_env.token)
     tasks = client.list_tasks(ls, summary["labelstudio"]["project_id"])
     priorities = [t["data"]["priority"] for t in sorted(tasks, key=lambda t: t["id"])]
     assert priorities == sorted(priorities, reverse=True)  # flagged captions were imported first
     first, second = tasks[0], tasks[1]
-    prediction = first["predictions"][0]["result"]
+    prediction = first["predictions"][-1]["result"]
     assert _texts(prediction).startswith("cstlb character, 3d animated character")
     client.create_annotation(ls, first["id"], [
         {"from_name": "caption", "to_name": "crop", "type": "textarea",
          "value": {"text": ["cstlb character, 3d animated character, hopping over a log, low angle"]}}])
     corrected = [dict(r, value={"choices": ["back view"]}) if r["from_name"] == "view" else r
-                 for r in second["predictions"][0]["result"]]
+                 for r in second["predictions"][-1]["result"]]
     client.create_annotation(ls, second["id"], corrected)
     third = tasks[2]
     rambling = "cstlb character, " + ", ".join(f"detail number {n}" for n in range(40))
