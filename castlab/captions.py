@@ -51,8 +51,9 @@ from castlab.caption_text import assemble_caption, resolve_style
 from castlab.config import Config
 from castlab.errors import ConfigError, InputError
 from castlab.faces import square_on_background, view_balanced_sample
+from castlab.layers import media_path, open_rgba
 from castlab.manifest import Manifest, row_text
-from castlab.workspace import resolve_in_workspace, write_json_atomic, write_text_atomic
+from castlab.workspace import write_json_atomic, write_text_atomic
 
 CAPTIONS_DIR = "captions"
 RECORDS_NAME = "captions.jsonl"
@@ -101,21 +102,17 @@ def identified(row: dict[str, Any]) -> str | None:
 def load_crop(value: Any, background: tuple[int, int, int], max_side: int | None = None) -> Image.Image:
     """An instance's RGBA crop composited on `background` (square, RGB, at most `max_side` pixels a side);
     :class:`InputError` when it is missing, unreadable or empty (no visible pixel)."""
-    text = row_text(value)
-    if not text:
-        raise InputError("-", "instance has no crop_path")
-    path = Path(text).expanduser()
-    path = path if path.is_absolute() else resolve_in_workspace(text)
-    if not path.is_file():
-        raise InputError(path, "instance crop does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            crop = im.convert("RGBA")
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"instance crop is not a readable image ({exc})") from exc
+    path = media_path(value)
+    return caption_image(open_rgba(path, "instance crop"), background, max_side, path or "-")
+
+
+def caption_image(crop: Image.Image, background: tuple[int, int, int], max_side: int | None,
+                  where: Path | str) -> Image.Image:
+    """What the captioner sees of an RGBA crop: composited on `background`, square, at most `max_side` pixels
+    a side; :class:`InputError` (naming `where`) when the crop is empty (no visible pixel)."""
+    crop = crop.convert("RGBA")
     if min(crop.size) < 2 or crop.getchannel("A").getextrema()[1] == 0:
-        raise InputError(path, f"instance crop is empty ({crop.width}x{crop.height}, no visible pixel)")
+        raise InputError(where, f"instance crop is empty ({crop.width}x{crop.height}, no visible pixel)")
     square = square_on_background(crop, background)
     return _fit(square, max_side) if max_side else square
 

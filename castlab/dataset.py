@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from castlab.config import PROJECT_ROOT, Config
 from castlab.errors import ConfigError, InputError
-from castlab.layers import safe_name
+from castlab.layers import media_path, open_rgba, safe_name
 from castlab.manifest import row_text
 from castlab.splits import row_splits, shot_key
-from castlab.workspace import atomic_path, resolve_in_workspace, write_json_atomic, write_text_atomic
+from castlab.workspace import atomic_path, write_json_atomic, write_text_atomic
 
 try:
     import tomllib
@@ -163,23 +163,6 @@ def _prepare_out_dir(out_dir: Path, force: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _crop_path(value: str) -> Path:
-    """Absolute paths as they are; relative ones are relative to the workspace root (the media root)."""
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else resolve_in_workspace(value)
-
-
-def _open_crop(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise InputError(path, "instance crop does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(path, f"instance crop is not a readable image ({exc})") from exc
-
-
 def assemble_dataset(
     rows: list[dict[str, Any]], out_dir: Path, cfg: Config, base_model: str | None = None, force: bool = False
 ) -> dict[str, Any]:
@@ -214,8 +197,8 @@ def assemble_dataset(
     max_tokens = int(cfg.get("dataset.caption_max_tokens"))
     entries = []
     for row, name in tqdm(list(zip(rows, _unique_names(rows), strict=True)), desc="dataset", unit="img"):
-        crop_path = _crop_path(row_text(row["crop_path"]))
-        crop = _open_crop(crop_path)
+        crop_path = media_path(row["crop_path"])
+        crop = open_rgba(crop_path, "instance crop")
         image = letterbox(crop, size, background)
         caption = build_caption(row, cfg)
         split = splits[shot_key(row)]

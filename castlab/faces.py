@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from castlab.config import Config
 from castlab.errors import InputError
+from castlab.layers import media_path, open_rgba
 from castlab.manifest import row_text
 from castlab.models.faces import ARCFACE_TEMPLATE, Face
-from castlab.workspace import atomic_path, resolve_in_workspace, write_json_atomic
+from castlab.workspace import atomic_path, write_json_atomic
 
 ROUTES = ("face", "clip", "missing")
 VIEWS = ("front", "three_quarter", "profile", "back", "unknown")
@@ -145,31 +146,6 @@ class ImageModel(Protocol):
     def encode_images(self, images: list[Any]) -> np.ndarray: ...
 
 
-def _resolve(value: Any, base_dir: Path | None) -> Path | None:
-    text = row_text(value)
-    if not text:
-        return None
-    path = Path(text).expanduser()
-    if path.is_absolute():
-        return path
-    if base_dir is not None:
-        return Path(base_dir) / path
-    return resolve_in_workspace(text)
-
-
-def _open_rgba(path: Path | None, what: str) -> Image.Image:
-    if path is None:
-        raise InputError("-", f"no {what} path")
-    if not path.is_file():
-        raise InputError(path, f"{what} does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGBA")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(path, f"{what} is not a readable image ({exc})") from exc
-
-
 def square_on_background(crop: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """The RGBA crop composited on `background`, padded to a square (open_clip centre-crops otherwise)."""
     side = max(crop.size)
@@ -212,7 +188,7 @@ class _FrameCache:
         if key != self.key:
             self.key, self.image, self.error = key, None, None
             try:
-                self.image = np.asarray(_open_rgba(path, "frame").convert("RGB"))
+                self.image = np.asarray(open_rgba(path, "frame").convert("RGB"))
             except InputError as exc:
                 self.error = str(exc)
         return self.image, self.error
@@ -258,7 +234,7 @@ def embed_instances(
                 "embedding_model": None, "clip_model": None,
             })
             try:
-                crop = _open_rgba(_resolve(row.get("crop_path"), base_dir), "instance crop")
+                crop = open_rgba(media_path(row.get("crop_path"), base_dir), "instance crop")
             except InputError as exc:
                 update["embedding_reason"] = str(exc)
                 continue
@@ -293,13 +269,13 @@ def _find_face(
     frame = frames.get(parent)
     if frame is None:
         return None, None, f"frame {parent or '?'} not given: no face search"
-    image, error = cache.get(parent, _resolve(frame.get("path"), base_dir))
+    image, error = cache.get(parent, media_path(frame.get("path"), base_dir))
     if image is None:
         return None, None, f"{error}: no face search"
     box = _search_box(row.get("bbox"), margin, image.shape)
     mask, note = None, ""
     try:
-        mask_image = _open_rgba(_resolve(row.get("mask_path"), base_dir), "instance mask")
+        mask_image = open_rgba(media_path(row.get("mask_path"), base_dir), "instance mask")
         mask = np.asarray(mask_image.convert("L")) > 0
         if mask.shape != image.shape[:2]:
             mask, note = None, " (mask size differs from the frame: box used)"

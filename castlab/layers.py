@@ -7,7 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from castlab.errors import InputError
+from castlab.manifest import row_text
+from castlab.workspace import resolve_in_workspace
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -15,6 +19,34 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def safe_name(row_id: str) -> str:
     """File-system-safe name for a manifest row id (``inst:ab12:000042:0`` → ``inst_ab12_000042_0``)."""
     return _UNSAFE.sub("_", row_id)
+
+
+def media_path(value: Any, base_dir: Path | None = None) -> Path | None:
+    """A manifest path value as a file path: absolute as it is, relative to `base_dir` when given, else
+    relative to the workspace (the media root; InputError outside it); None when the value is empty."""
+    text = row_text(value)
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        return path
+    if base_dir is not None:
+        return Path(base_dir) / path
+    return resolve_in_workspace(text)
+
+
+def open_rgba(path: Path | None, what: str) -> Image.Image:
+    """The image at `path` as RGBA; InputError naming `what` when there is no path, no file or no image."""
+    if path is None:
+        raise InputError("-", f"no {what} path")
+    if not path.is_file():
+        raise InputError(path, f"{what} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGBA")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(path, f"{what} is not a readable image ({exc})") from exc
 
 
 def mask_bbox(mask: np.ndarray) -> list[int]:

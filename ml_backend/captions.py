@@ -23,14 +23,14 @@ from PIL import Image
 from castlab.captions import (
     CaptionSettings,
     base_record,
+    caption_image,
     finish_records,
     generate_fields,
     identified,
     read_labels,
 )
 from castlab.config import Config
-from castlab.errors import CastlabError
-from castlab.faces import square_on_background
+from castlab.errors import CastlabError, InputError
 from castlab.labelstudio.captions_project import prediction_result
 from castlab.manifest import Manifest
 from ml_backend.errors import BackendError
@@ -127,10 +127,11 @@ class CaptionService:
         if identity is None:
             raise BackendError(422, f"tasks[{n}] (id {task.get('id')}): instance has no reviewed identity "
                                "(review identities, then review-sync)")
-        rgba = load(data["image"])
-        if rgba.ndim != 3 or min(rgba.shape[:2]) < 2 or (rgba.shape[2] == 4 and not rgba[..., 3].any()):
-            raise BackendError(422, f"tasks[{n}] (id {task.get('id')}): image is empty")
-        image = square_on_background(Image.fromarray(rgba).convert("RGBA"), self.settings.background)
+        try:
+            image = caption_image(Image.fromarray(load(data["image"])), self.settings.background,
+                                  self.settings.max_side, f"tasks[{n}] (id {task.get('id')})")
+        except InputError as exc:
+            raise BackendError(422, str(exc)) from exc
         record = base_record(str(data.get("instance") or task.get("id")), identity, self.settings, "")
         return record, image
 
