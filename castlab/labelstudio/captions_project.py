@@ -159,16 +159,14 @@ def sync_caption_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config
     records = read_records(run_dir)
     by_row = {r["row_id"]: r for r in records}
     labels = read_labels(run_dir)
-    title = str(cfg.get("labelstudio.captions_title"))
-    project = next((p for p in ls.projects.list() if p.title == title), None)
     reviewed = edited = 0
     too_long: list[str] = []
     max_tokens = int(cfg.get("dataset.caption_max_tokens"))
-    for task in client.list_tasks(ls, int(project.id)) if project is not None else []:
+    for task in client.run_tasks(ls, str(cfg.get("labelstudio.captions_title")), run):
         data = task.get("data") or {}
         annotation = client.latest_annotation(task)
         record = by_row.get(str(data.get("instance")))
-        if data.get("castlab_run") != run or annotation is None or record is None or not record.get("fields"):
+        if annotation is None or record is None or not record.get("fields"):
             continue
         usual = (labels.get(str(record["identity"])) or {}).get("usual")
         text, was_edited = reviewed_caption(record, annotation, cfg, usual)
@@ -192,8 +190,7 @@ def sync_caption_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config
 def accept_caption_predictions(ls: Any, run_dir: Path, cfg: Config) -> int:
     """Demo reviewer: accept the caption predictions of the run's tasks as they are."""
     run = relative_to_workspace(Path(run_dir))
-    title = str(cfg.get("labelstudio.captions_title"))
-    project = next((p for p in ls.projects.list() if p.title == title), None)
-    if project is None:
+    project_id = client.find_project(ls, str(cfg.get("labelstudio.captions_title")))
+    if project_id is None:
         return 0
-    return client.accept_predictions(ls, int(project.id), lambda t: (t.get("data") or {}).get("castlab_run") == run)
+    return client.accept_predictions(ls, project_id, lambda t: (t.get("data") or {}).get("castlab_run") == run)

@@ -40,9 +40,19 @@ def _api_problem(exc: ApiError) -> str:
     return f"HTTP {exc.status_code}: {details}"
 
 
+def _titled(ls: LabelStudio, title: str) -> list[Any]:
+    return [p for p in ls.projects.list(title=title, page_size=_PAGE_SIZE) if p.title == title]
+
+
+def find_project(ls: LabelStudio, title: str) -> int | None:
+    """Id of the (first) project titled exactly `title`, None when there is none."""
+    matches = _titled(ls, title)
+    return int(matches[0].id) if matches else None
+
+
 def ensure_project(ls: LabelStudio, title: str, label_config: str) -> int:
     """Id of the project titled exactly `title`; created if missing, its label config updated if changed."""
-    matches = [p for p in ls.projects.list(title=title, page_size=_PAGE_SIZE) if p.title == title]
+    matches = _titled(ls, title)
     if len(matches) > 1:
         ids = ", ".join(str(p.id) for p in matches)
         raise StackError(f"Label Studio has {len(matches)} projects titled {title!r} (ids {ids}); keep one")
@@ -160,6 +170,14 @@ def push_tasks(
 def list_tasks(ls: LabelStudio, project_id: int) -> list[dict[str, Any]]:
     """Every task of the project as a plain dict, with its annotations and predictions."""
     return [_dump(t) for t in ls.tasks.list(project=project_id, fields="all", page_size=_PAGE_SIZE)]
+
+
+def run_tasks(ls: LabelStudio, title: str, run: str) -> list[dict[str, Any]]:
+    """The tasks of one castlab run (``data.castlab_run``) in the project titled `title` ([] without one)."""
+    project_id = find_project(ls, title)
+    if project_id is None:
+        return []
+    return [t for t in list_tasks(ls, project_id) if (t.get("data") or {}).get("castlab_run") == run]
 
 
 def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:

@@ -145,14 +145,10 @@ def sync_identity_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Confi
     clusters: dict[int, ClusterDecision] = {}
     instances: dict[str, InstanceDecision] = {}
     for kind in ("clusters", "instances"):
-        title = str(cfg.get(f"labelstudio.identity_{kind}_title"))
-        project = next((p for p in ls.projects.list() if p.title == title), None)
-        if project is None:
-            continue
-        for task in client.list_tasks(ls, int(project.id)):
+        for task in client.run_tasks(ls, str(cfg.get(f"labelstudio.identity_{kind}_title")), run):
             data = task.get("data") or {}
             annotation = client.latest_annotation(task)
-            if data.get("castlab_run") != run or annotation is None:
+            if annotation is None:
                 continue
             if kind == "clusters":
                 decision = cluster_decision(annotation)
@@ -179,12 +175,10 @@ def sync_identity_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Confi
 def name_clusters(ls: Any, run_dir: Path, cfg: Config) -> int:
     """Demo reviewer: name every unreviewed cluster task of the run by its default name (decision "name")."""
     run = relative_to_workspace(Path(run_dir))
-    title = str(cfg.get("labelstudio.identity_clusters_title"))
-    project = next((p for p in ls.projects.list() if p.title == title), None)
     created = 0
-    for task in client.list_tasks(ls, int(project.id)) if project is not None else []:
+    for task in client.run_tasks(ls, str(cfg.get("labelstudio.identity_clusters_title")), run):
         data = task.get("data") or {}
-        if data.get("castlab_run") != run or client.latest_annotation(task):
+        if client.latest_annotation(task):
             continue
         name = default_name(int(data["cluster"]))
         client.create_annotation(ls, int(task["id"]), [
