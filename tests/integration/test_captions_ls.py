@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from run_builder import instance_run
 from test_ml_backend_ls import _api, _backend
 
 from castlab.labelstudio import client
-from castlab.layers import write_instance_layers
 from castlab.manifest import Manifest
 
 pytestmark = pytest.mark.integration
@@ -23,23 +21,9 @@ pytestmark = pytest.mark.integration
 def _run(workspace: Path, name: str, n: int = 6) -> Path:
     """A run whose instances have reviewed identities (two characters) and accepted masks."""
     run = workspace / "runs" / name
-    manifest = Manifest.for_run(run)
-    rng = np.random.default_rng(7)
-    rows = []
-    for f in range(n):
-        frame = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
-        path = run / "frames" / f"f{f}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frame).save(path)
-        rows.append({"row_id": f"frame:c:{f}", "kind": "frame", "status": "kept", "path": str(path)})
-        mask = np.zeros(frame.shape[:2], bool)
-        mask[8:90, 20:100] = True
-        layers = write_instance_layers(frame, mask, run, f"inst:c:{f}:0")
-        rows.append({"row_id": f"inst:c:{f}:0", "kind": "instance", "status": "kept", "parent_id": f"frame:c:{f}",
-                     "identity": "Bunny" if f % 2 else "Squirrel", "identity_state": "reviewed",
-                     "review_state": "accepted", "video_id": "c", "shot_id": f"s{f // 3}", **layers})
-    manifest.add_rows(rows)
-    manifest.save()
+    instance_run(run, n, "c", seed=7, size=(96, 128), box=(8, 90, 20, 100), fields=lambda f: {
+        "identity": "Bunny" if f % 2 else "Squirrel", "identity_state": "reviewed", "review_state": "accepted",
+        "video_id": "c", "shot_id": f"s{f // 3}"})
     return run
 
 

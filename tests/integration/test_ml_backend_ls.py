@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from run_builder import instance_run
 
 from castlab.config import PROJECT_ROOT
 from castlab.labelstudio import client
@@ -235,26 +236,9 @@ def test_identity_suggestions_learn_from_label_studio_annotations(ls_server, tmp
     from castlab.config import load_config
     from castlab.identity import build_identities
     from castlab.labelstudio.identity_project import push_identity_review
-    from castlab.layers import write_instance_layers
-    from castlab.manifest import Manifest
 
     run = Path(ls_server.workspace) / "runs" / "identity-backend-it"
-    manifest = Manifest.for_run(run)
-    rng = np.random.default_rng(4)
-    rows = []
-    for f in range(4):
-        frame = rng.integers(0, 255, (96, 160, 3), dtype=np.uint8)
-        path = run / "frames" / f"f{f}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frame).save(path)
-        rows.append({"row_id": f"frame:b:{f}", "kind": "frame", "status": "kept", "path": str(path)})
-        mask = np.zeros(frame.shape[:2], bool)
-        mask[10:80, 30:90] = True
-        layers = write_instance_layers(frame, mask, run, f"inst:b:{f}:0")
-        rows.append({"row_id": f"inst:b:{f}:0", "kind": "instance", "status": "kept", "parent_id": f"frame:b:{f}",
-                     **layers})
-    manifest.add_rows(rows)
-    manifest.save()
+    manifest = instance_run(run, 4, "b", seed=4, size=(96, 160), box=(10, 80, 30, 90))
     titles = {"identity_instances_title": "ids backend it", "identity_clusters_title": "idc backend it"}
     cfg = load_config(profile="tiny", extra={"labelstudio": titles, "clustering": {"min_cluster_size": 2}})
     summary = build_identities(run, manifest, cfg)
