@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from castlab.captions import (
 )
 from castlab.config import Config
 from castlab.errors import CastlabError, InputError
-from castlab.labelstudio.captions_project import prediction_result
+from castlab.labelstudio.captions_project import prediction
 from castlab.manifest import Manifest
 from ml_backend.errors import BackendError
 from ml_backend.images import load_image, task_run_dir
@@ -39,6 +40,18 @@ from ml_backend.images import load_image, task_run_dir
 logger = logging.getLogger("ml_backend")
 
 ImageLoader = Callable[[Any], np.ndarray]  # task data value → RGBA array
+
+
+@dataclass
+class _Ready:
+    """A task ready to caption: its position, record, image and its run's context."""
+
+    n: int
+    record: dict[str, Any]
+    image: Image.Image
+    run: str
+    usual: dict[str, dict[str, str]]
+    known: list[str]
 
 
 def is_caption_config(label_config: str | None) -> bool:
@@ -112,14 +125,14 @@ class CaptionService:
                 self._runs[run_rel] = cached = (stamp, (rows, usual, known))
             return cached[1]
 
-    def _prepare(self, task: Any, n: int, load: ImageLoader) -> tuple[dict[str, Any], Image.Image]:
-        """(record, image) of one task, or BackendError saying what is missing."""
+    def _prepare(self, task: Any, n: int, load: ImageLoader, version: str) -> _Ready:
+        """One task's record, image and run context, or BackendError saying what is missing."""
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             raise BackendError(400, f"tasks[{n}]: expected an object with 'data'")
         data = task["data"]
         if "image" not in data:
             raise BackendError(400, f"tasks[{n}] (id {task.get('id')}): data has no 'image' to caption")
-        rows, _, _ = self._run(data.get("castlab_run"))
+        rows, usual, known = self._run(data.get("castlab_run"))
         identity = str(data.get("identity") or "").strip() or None
         row = rows.get(str(data.get("instance")))
         if identity is None and row is not None:
@@ -132,8 +145,8 @@ class CaptionService:
                                   self.settings.max_side, f"tasks[{n}] (id {task.get('id')})")
         except InputError as exc:
             raise BackendError(422, str(exc)) from exc
-        record = base_record(str(data.get("instance") or task.get("id")), identity, self.settings, "")
-        return record, image
+        record = base_record(str(data.get("instance") or task.get("id")), identity, self.settings, version)
+        return _Ready(n, record, image, str(data.get("castlab_run") or ""), usual, known or [identity])
 
     def predict(self, tasks: list[Any], source: Any, budget_s: float) -> tuple[list[dict[str, Any]], int]:
         """One entry per task, in order, and the number of tasks that failed."""
@@ -145,44 +158,42 @@ class CaptionService:
             return load_image(reference, source, mode="RGBA")
 
         entries: list[dict[str, Any] | None] = [None] * len(tasks)
-        ready: list[tuple[int, dict[str, Any], Image.Image]] = []
+        ready: list[_Ready] = []
         failed = 0
         for n, task in enumerate(tasks):
             try:
-                record, image = self._prepare(task, n, load)
-                ready.append((n, record, image))
+                ready.append(self._prepare(task, n, load, version))
             except BackendError as exc:
                 failed += 1
                 logger.warning("caption task %s: %s", task.get("id") if isinstance(task, dict) else None, exc.message)
                 entries[n] = {"result": [], "score": 0.0, "model_version": version, "error": exc.message}
         size = max(1, self.settings.batch_size)
         for start in range(0, len(ready), size):
-            chunk = ready[start : start + size]
             if start and time.monotonic() - started > budget_s:
-                for n, _, _ in ready[start:]:  # no "result": Label Studio asks again next time
-                    entries[n] = {"model_version": version, "error": f"not captioned within ml_backend.batch_budget_s"
-                                  f" ({budget_s:g} s); retrieve predictions again"}
+                for item in ready[start:]:  # no "result": Label Studio asks again next time
+                    entries[item.n] = {"model_version": version, "error": "not captioned within "
+                                       f"ml_backend.batch_budget_s ({budget_s:g} s); retrieve predictions again"}
                 logger.info("caption predict: %d tasks left for a later request", len(ready) - start)
                 break
-            failed += self._caption_chunk(chunk, tasks, entries, captioner, embedder, version)
+            failed += self._caption_chunk(ready[start : start + size], entries, captioner, embedder, version)
         return [e or {} for e in entries], failed
 
-    def _caption_chunk(self, chunk: list[tuple[int, dict[str, Any], Image.Image]], tasks: list[Any],
-                       entries: list[dict[str, Any] | None], captioner: Any, embedder: Any, version: str) -> int:
-        records, images = [r for _, r, _ in chunk], [im for _, _, im in chunk]
-        for record in records:
-            record["model_version"] = version
-        generate_fields(captioner, images, records, self.settings, self.cfg)
+    def _caption_chunk(self, chunk: list[_Ready], entries: list[dict[str, Any] | None], captioner: Any,
+                       embedder: Any, version: str) -> int:
+        generate_fields(captioner, [c.image for c in chunk], [c.record for c in chunk], self.settings, self.cfg)
         failed = 0
-        for (n, record, image) in chunk:
-            if record["status"] != "ok":
+        captioned: dict[tuple[str, tuple[str, ...]], list[_Ready]] = {}
+        for item in chunk:
+            if item.record["status"] == "ok":
+                captioned.setdefault((item.run, tuple(item.known)), []).append(item)
+            else:
                 failed += 1
-                entries[n] = {"result": [], "score": 0.0, "model_version": version, "error": record["error"]}
-                continue
-            _, usual, known = self._run((tasks[n].get("data") or {}).get("castlab_run"))
-            finish_records([record], [image], self.cfg, self.settings, usual, known or [record["identity"]],
-                           embedder)
-            self.captioned += 1
-            entries[n] = {"result": prediction_result(record), "model_version": version,
-                          "score": round(1.0 / (1 + len(record["flags"])), 4), "flags": record["flags"]}
+                entries[item.n] = {"result": [], "score": 0.0, "model_version": version, "error": item.record["error"]}
+        for items in captioned.values():  # assembled, scored and flagged together, one run's context each
+            first = items[0]
+            finish_records([c.record for c in items], [c.image for c in items], self.cfg, self.settings,
+                           first.usual, first.known, embedder)
+            for item in items:
+                self.captioned += 1
+                entries[item.n] = {**prediction(item.record), "flags": item.record["flags"]}
         return failed

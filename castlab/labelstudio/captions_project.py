@@ -54,6 +54,13 @@ def prediction_result(record: dict[str, Any]) -> list[dict[str, Any]]:
     return result
 
 
+def prediction(record: dict[str, Any]) -> dict[str, Any]:
+    """The Label Studio prediction of a captioned record; its score falls as its review priority rises."""
+    priority = review_priority(record["flags"])
+    return {"result": prediction_result(record), "model_version": record["model_version"],
+            "score": round(1.0 / (1 + priority), 4)}
+
+
 def build_caption_tasks(records: list[dict[str, Any]], manifest: Manifest, run_dir: Path,
                         labels: dict[str, Any]) -> list[dict[str, Any]]:
     """Tasks for the captioned (status ok) records, most flagged first; a record whose identity changed since
@@ -67,19 +74,17 @@ def build_caption_tasks(records: list[dict[str, Any]], manifest: Manifest, run_d
         current = identified(rows[record["row_id"]])
         if current != identity:  # the identity was re-reviewed after captioning: this caption names the wrong one
             record = {**record, "flags": sorted({*record["flags"], "character_mismatch"})}
-            record["priority"] = review_priority(record["flags"])
         tasks.append({
             "data": {
                 "image": client.local_file_url(Path(str(rows[record["row_id"]]["crop_path"]))),
                 "castlab_key": f"caption:{run}:{record['row_id']}", "castlab_run": run_rel,
                 "instance": record["row_id"], "identity": identity,
                 "identity_description": label_text(labels.get(identity)) or "(no description)",
-                "qc_flags": ", ".join(record["flags"]) or "none", "priority": int(record.get("priority") or 0),
+                "qc_flags": ", ".join(record["flags"]) or "none", "priority": review_priority(record["flags"]),
                 "model_sentence": str(get_field(record["fields"], "final_caption") or ""),
                 "style": record.get("style"),
             },
-            "predictions": [{"result": prediction_result(record), "model_version": record["model_version"],
-                             "score": round(1.0 / (1 + int(record.get("priority") or 0)), 4)}],
+            "predictions": [prediction(record)],
         })  # fmt: skip
     return sorted(tasks, key=lambda t: (-t["data"]["priority"], t["data"]["instance"]))
 
