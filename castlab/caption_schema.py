@@ -93,11 +93,6 @@ class SchemaError(ValueError):
     """Model output that is not valid JSON for the schema (the message says where)."""
 
 
-def json_schema(model: type[BaseModel] = CaptionFields) -> dict[str, Any]:
-    """The JSON schema constrained decoding follows."""
-    return model.model_json_schema()
-
-
 def parse_fields(text: str, model: type[BaseModel] = CaptionFields) -> dict[str, Any]:
     """Validate generated JSON; :class:`SchemaError` names the first problem."""
     try:
