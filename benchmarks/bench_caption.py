@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 from sample_frames import CACHE, frames
 
-from castlab.caption_schema import CaptionFields, SchemaError, parse_fields
+from castlab.captions.schema import CaptionFields, SchemaError, parse_fields
 from castlab.config import PROJECT_ROOT, Config, load_config
 from castlab.errors import CastlabError, ConfigError
 from castlab.models import captioner as captioner_module
@@ -90,7 +90,7 @@ def timed(fn, device: str) -> tuple[float, object]:
 def measure(res: Result, cap: Captioner, crops: list[Image.Image], cfg: Config, repeats: int) -> Result:
     from torch._dynamo.utils import counters
 
-    prompt, max_new = str(cfg.get("captions.prompt")), int(cfg.get("captions.max_new_tokens"))
+    prompt, max_new = str(cfg.captions.prompt), int(cfg.captions.max_new_tokens)
     frames_before = counters["frames"]["total"]
     res.index_s, _ = timed(lambda: cap.schema_index(CaptionFields), cap.device)
     one = [crops[:1]]
@@ -161,9 +161,9 @@ def run_tiny(crops: list[Image.Image], repeats: int) -> Result:
     res = Result("tiny profile, CPU: Qwen2VLForConditionalGeneration, 2 layers, random weights")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        captioner_module._build_tiny(Path(tmp) / "model", int(cfg.get("seed")))
+        captioner_module._build_tiny(Path(tmp) / "model", int(cfg.seed))
         res.build_s = time.perf_counter() - start
-    captioner_module.tiny_model_dir(int(cfg.get("seed")))  # the cached copy exists before load is timed
+    captioner_module.tiny_model_dir(int(cfg.seed))  # the cached copy exists before load is timed
     res.load_s = fresh_load_s()
     return measure(res, load_captioner(cfg), crops, cfg, repeats)
 

@@ -1,4 +1,5 @@
-"""Identity clustering: castlab.clustering (UMAP + HDBSCAN, k-means, agglomerative) on labelled ArcFace-like embeddings.
+"""Identity clustering: castlab.identity.cluster (UMAP + HDBSCAN, k-means, agglomerative) on labelled
+ArcFace-like embeddings.
 
 Synthetic 512-d face embeddings of K characters with the structure face embeddings have: a centre per
 identity; per-view sub-centres (front 50 %, three-quarter 35 %, profile 15 %; cosine 0.86 / 0.74 to the
@@ -105,7 +106,7 @@ def scores(truth: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 def run_method(x: np.ndarray, truth: np.ndarray, settings, name: str) -> dict:
-    from castlab.clustering import cluster_embeddings
+    from castlab.identity.cluster import cluster_embeddings
 
     start = time.perf_counter()
     result = cluster_embeddings(x, settings, progress=False)
@@ -115,10 +116,10 @@ def run_method(x: np.ndarray, truth: np.ndarray, settings, name: str) -> dict:
 
 
 def jit_worker(n: int) -> None:
-    """In a fresh process: time importing castlab.clustering and the first cluster_embeddings call."""
+    """In a fresh process: time importing castlab.identity.cluster and the first cluster_embeddings call."""
     start = time.perf_counter()
-    from castlab.clustering import ClusterSettings, cluster_embeddings
     from castlab.config import load_config
+    from castlab.identity.cluster import ClusterSettings, cluster_embeddings
 
     imported = time.perf_counter()
     x, _ = face_embeddings(n, k=5, seed=3)
@@ -159,15 +160,15 @@ def main() -> int:
         jit_worker(args.jit_worker)
         return 0
 
-    from castlab.clustering import ClusterSettings
     from castlab.config import load_config
+    from castlab.identity.cluster import ClusterSettings
 
     base = ClusterSettings.from_config(load_config())
     print(f"{args.identities} characters, 512-d, outliers {args.outliers:.0%}, {os.cpu_count()} CPUs; defaults: "
           f"min_cluster_size {base.min_cluster_size}, min_samples {base.min_samples}, metric {base.metric}, "
           f"PCA {base.pca_components} -> UMAP {base.umap_components} (neighbours {base.umap_neighbors}), "
           f"merge_similarity {base.merge_similarity}, member_min_similarity {base.member_min_similarity}")
-    from castlab.clustering import cluster_embeddings
+    from castlab.identity.cluster import cluster_embeddings
 
     start = time.perf_counter()  # numba compiles UMAP/pynndescent once a process: keep that out of the timings
     cluster_embeddings(face_embeddings(5000, k=5, seed=9)[0], base, progress=False)
@@ -205,7 +206,7 @@ def main() -> int:
         for method, by_n in totals.items():
             print(f"  {method:<14} {by_n[small]:7.1f} s -> {by_n[big]:7.1f} s  growth x{by_n[big] / by_n[small]:.1f}")
     if not args.no_jit:
-        print("\nfirst call in a fresh process (import castlab.clustering + first cluster_embeddings; numba JIT):")
+        print("\nfirst call in a fresh process (import castlab.identity.cluster + first clustering; numba JIT):")
         for n in args.jit_sizes:
             cold, warm = jit_costs(n)
             print(f"  {n} embeddings: empty cache import {cold['import']:.1f} s + first call {cold['first']:.1f} s; "

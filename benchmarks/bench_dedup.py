@@ -1,4 +1,4 @@
-"""Near-duplicate search over frame hashes: castlab.dedup.near_pairs vs imagededup's PHash.find_duplicates.
+"""Near-duplicate search over frame hashes: castlab.frames.dedup.near_pairs vs imagededup's PHash.find_duplicates.
 
 Synthetic film-shaped 64-bit pHashes: shots of 20–60 frames whose consecutive hashes differ by 0–4
 random bits (adjacent-frame duplicates, the ground truth) among unrelated shots. Both searches get the
@@ -49,7 +49,7 @@ def film_hashes(n: int, seed: int = 0) -> tuple[np.ndarray, set[tuple[int, int]]
 
 
 def castlab_pairs(hashes: np.ndarray) -> tuple[float, set[tuple[int, int]]]:
-    from castlab.dedup import near_pairs  # not at the top: the --worker process (.venv-bench) has no castlab
+    from castlab.frames.dedup import near_pairs  # not at the top: the --worker process (.venv-bench) has no castlab
 
     start = time.perf_counter()
     i, j, _ = near_pairs(hashes, THRESHOLD)
@@ -88,7 +88,7 @@ def worker(src: str, dst: str) -> None:
 
 def brute_force_count(hashes: np.ndarray, rows: int = 500) -> int:
     """Pairs within THRESHOLD by comparing every pair (in row blocks, to bound memory)."""
-    from castlab.dedup import hamming
+    from castlab.frames.dedup import hamming
 
     total = 0
     for s in range(0, len(hashes), rows):

@@ -36,8 +36,8 @@ from pathlib import Path
 import imageio_ffmpeg
 
 from castlab.config import PROJECT_ROOT, load_config
+from castlab.frames.scene_cuts import scene_detector_threshold
 from castlab.sample_media import big_buck_bunny
-from castlab.scene_cuts import scene_detector_threshold
 
 CACHE = PROJECT_ROOT / ".cache" / "bench"
 SCENEDETECT = Path(sys.executable).with_name("scenedetect")
@@ -47,7 +47,7 @@ import json, resource, sys, tempfile, time
 from pathlib import Path
 after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 from castlab.config import load_config
-from castlab.frames import extract_frames
+from castlab.frames.extract import extract_frames
 after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 workers = None if sys.argv[2] == "auto" else int(sys.argv[2])
 with tempfile.TemporaryDirectory() as out:
@@ -200,7 +200,7 @@ def agreement(found: list[float], reference: list[float], frame_s: float) -> tup
 
 def bench(video: Path, runs: int, alternatives: bool) -> bool:
     cfg = load_config()
-    threshold, min_len = scene_detector_threshold(cfg), int(cfg.get("frames.min_scene_length"))
+    threshold, min_len = scene_detector_threshold(cfg), int(cfg.frames.min_scene_length)
     workers = str(min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
     contenders = {
         "ffmpeg -i X -f null - (full decode)": [ffmpeg(), "-hide_banner", "-loglevel", "error", "-i", str(video),

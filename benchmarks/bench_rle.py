@@ -1,4 +1,4 @@
-"""Brush RLE codec: castlab.rle vs label-studio-sdk's converter.brush on a worst-case 640x480 mask.
+"""Brush RLE codec: castlab.labelstudio.rle vs label-studio-sdk's converter.brush on a worst-case 640x480 mask.
 
 Worst case = a checkerboard (every pixel its own run). Both codecs run in this process, on the same
 mask; the output must be identical before any time is reported.
@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from castlab import rle
+from castlab.labelstudio import rle
 
 HEIGHT, WIDTH = 480, 640
 

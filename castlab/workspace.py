@@ -19,8 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from castlab.config import Config
 from castlab.errors import InputError
 
@@ -99,12 +97,12 @@ class Run:
 
     @classmethod
     def create(cls, name: str, config: Config, root: Path | None = None) -> Run:
-        runs = root or workspace_root() / config.get("workspace.runs_dir")
+        runs = root or workspace_root() / config.workspace.runs_dir
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
         path = Path(runs) / f"{stamp}-{_SLUG.sub('_', name)}"
         path.mkdir(parents=True, exist_ok=False)
         run = cls(path=path, name=name, config=config)
-        write_text_atomic(path / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_text_atomic(path / "config.yaml", config.to_yaml())  # every value with the file it came from
         return run
 
     @classmethod

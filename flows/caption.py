@@ -7,26 +7,22 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from castlab.config import Config
 from castlab.manifest import Manifest
-from castlab.workspace import Run
-from flows.common import config_from_dict, labelstudio, resolve_config
+from castlab.workspace import Run, labelstudio, resolve_config
 
 
 @task(name="caption-instances")
 def caption_task(run_dir: str, style: str | None, force: bool, sequences: bool,
-                 cfg_data: dict[str, Any]) -> dict[str, Any]:
-    from castlab.captions import caption_run
-
-    cfg = config_from_dict(cfg_data)
+                 cfg: Config) -> dict[str, Any]:
+    from castlab.captions.stage import caption_run
     return caption_run(Path(run_dir), Manifest.for_run(Path(run_dir)), cfg, style=style, force=force,
                        sequences=sequences)
 
 
 @task(name="push-captions")
-def push_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, Any]:
-    from castlab.labelstudio.captions_project import push_captions
-
-    cfg = config_from_dict(cfg_data)
+def push_task(run_dir: str, cfg: Config) -> dict[str, Any]:
+    from castlab.labelstudio.projects.captions import push_captions
     return push_captions(labelstudio(cfg), Manifest.for_run(Path(run_dir)), Path(run_dir), cfg)
 
 
@@ -38,9 +34,9 @@ def caption(
     """Caption the run's identified instances, flag them, and push the captions review project."""
     cfg = resolve_config(config_files, preset, profile)
     run = Run.open(run_dir, cfg)
-    summary = caption_task(str(run.path), style, force, sequences, cfg.data)
+    summary = caption_task(str(run.path), style, force, sequences, cfg)
     if push:
-        summary["labelstudio"] = push_task(str(run.path), cfg.data)
+        summary["labelstudio"] = push_task(str(run.path), cfg)
     get_run_logger().info("caption %s: %d instances %s, %d flagged", run.path.name, summary["instances"],
                           summary["status"], summary["flagged"])
     return summary

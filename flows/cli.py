@@ -46,7 +46,7 @@ def _prefect(cfg: Config) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> Any:
-    from castlab import stack
+    from castlab.stack import services as stack
 
     services = ["labelstudio", "prefect"] + (["ml_backend"] if args.backend else [])
     if args.only:
@@ -55,13 +55,13 @@ def cmd_up(args: argparse.Namespace) -> Any:
 
 
 def cmd_down(args: argparse.Namespace) -> Any:
-    from castlab import stack
+    from castlab.stack import services as stack
 
     return stack.down(_config(args))
 
 
 def cmd_status(args: argparse.Namespace) -> Any:
-    from castlab import stack
+    from castlab.stack import services as stack
 
     return stack.status(_config(args))
 

@@ -16,14 +16,9 @@ def resolve_config(
     return load_config(overrides=list(config_files or []), preset=preset, profile=profile, extra=overrides)
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config inside a task (tasks receive plain, picklable dicts)."""
-    return Config(data, ["flow parameters"])
-
-
 def labelstudio(cfg: Config) -> Any:
     from castlab.labelstudio import client
-    from castlab.stack import labelstudio_connection
+    from castlab.stack.services import labelstudio_connection
 
     url, token = labelstudio_connection(cfg)
     return client.connect(url, token)

@@ -8,24 +8,22 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from castlab.config import Config
+from castlab.frames.report import REPORT_MD
 from castlab.manifest import Manifest
-from castlab.report import REPORT_MD
-from castlab.workspace import Run
-from flows.common import config_from_dict, labelstudio, resolve_config
+from castlab.workspace import Run, labelstudio, resolve_config
 
 
 @task(name="find-videos")
 def find_videos_task(video: str) -> list[str]:
-    from castlab.video import find_videos
+    from castlab.frames.video import find_videos
 
     return [str(p) for p in find_videos(Path(video))]
 
 
 @task(name="extract-frames")
-def extract_frames_task(video: str, run_dir: str, cfg_data: dict[str, Any], mode: str | None) -> dict[str, int]:
-    from castlab.frames import extract_frames
-
-    cfg = config_from_dict(cfg_data)
+def extract_frames_task(video: str, run_dir: str, cfg: Config, mode: str | None) -> dict[str, int]:
+    from castlab.frames.extract import extract_frames
     rows = extract_frames(Path(video), Path(run_dir), cfg, mode=mode)
     manifest = Manifest.for_run(Path(run_dir))
     manifest.add_rows(rows)
@@ -35,11 +33,9 @@ def extract_frames_task(video: str, run_dir: str, cfg_data: dict[str, Any], mode
 
 
 @task(name="deduplicate-frames")
-def dedup_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, int]:
+def dedup_task(run_dir: str, cfg: Config) -> dict[str, int]:
     """pHash + SSIM near-duplicate removal over every kept frame of the run (within and across shots)."""
-    from castlab.dedup import deduplicate
-
-    cfg = config_from_dict(cfg_data)
+    from castlab.frames.dedup import deduplicate
     manifest = Manifest.for_run(Path(run_dir))
     rows = manifest.rows(kind="frame")
     deduped = deduplicate(rows, cfg)
@@ -49,14 +45,12 @@ def dedup_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, int]:
 
 
 @task(name="split-and-report")
-def split_report_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, Any]:
+def split_report_task(run_dir: str, cfg: Config) -> dict[str, Any]:
     """Train/val by shot (seeded), then report.md / report.csv / contact_sheet.png for the frame stages."""
-    from castlab.report import write_report
-    from castlab.splits import assign_splits
-
-    cfg = config_from_dict(cfg_data)
+    from castlab.frames.report import write_report
+    from castlab.frames.splits import assign_splits
     manifest = Manifest.for_run(Path(run_dir))
-    rows = assign_splits(manifest.rows(kind="frame"), float(cfg.get("dataset.val_fraction")), int(cfg.get("seed")))
+    rows = assign_splits(manifest.rows(kind="frame"), float(cfg.dataset.val_fraction), int(cfg.seed))
     manifest.add_rows([{"row_id": r["row_id"], "split": r["split"]} for r in rows])
     manifest.save()
     return write_report(Path(run_dir), rows, profile=cfg.profile)
@@ -67,13 +61,11 @@ def _kept(rows: list[dict[str, Any]]) -> int:
 
 
 @task(name="segment-instances")
-def segment_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, Any]:
-    from castlab.characters import CharacterScorer, EvidenceDetector
+def segment_task(run_dir: str, cfg: Config) -> dict[str, Any]:
     from castlab.models.embedder import load_embedder
     from castlab.models.segmenter import load_segmenter
-    from castlab.segment import segment_frames
-
-    cfg = config_from_dict(cfg_data)
+    from castlab.segment.characters import CharacterScorer, EvidenceDetector
+    from castlab.segment.instances import segment_frames
     manifest = Manifest.for_run(Path(run_dir))
     segmenter = load_segmenter(cfg)
     detector = EvidenceDetector.from_config(cfg)
@@ -86,10 +78,8 @@ def segment_task(run_dir: str, cfg_data: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(name="push-masks-to-label-studio")
-def push_masks_task(run_dir: str, cfg_data: dict[str, Any], title: str | None) -> dict[str, Any]:
-    from castlab.labelstudio.masks_project import push_masks
-
-    cfg = config_from_dict(cfg_data)
+def push_masks_task(run_dir: str, cfg: Config, title: str | None) -> dict[str, Any]:
+    from castlab.labelstudio.projects.masks import push_masks
     manifest = Manifest.for_run(Path(run_dir))
     return push_masks(labelstudio(cfg), manifest, Path(run_dir), cfg, title=title)
 
@@ -111,18 +101,18 @@ def curate(
     logger.info("run folder %s (profile %s)", run.path, cfg.profile)
     summary: dict[str, Any] = {"run_dir": str(run.path), "profile": cfg.profile, "videos": []}
     for path in find_videos_task(video):
-        counts = extract_frames_task(path, str(run.path), cfg.data, mode)
+        counts = extract_frames_task(path, str(run.path), cfg, mode)
         summary["videos"].append({"video": path, **counts})
-    summary["dedup"] = dedup_task(str(run.path), cfg.data)
-    report = split_report_task(str(run.path), cfg.data)
+    summary["dedup"] = dedup_task(str(run.path), cfg)
+    report = split_report_task(str(run.path), cfg)
     summary["report"] = report["files"]
     summary["frames"] = {"stages": report["stages"], "reasons": report["reasons"]}
     create_markdown_artifact(key="curate-frames-report", markdown=report["markdown"],
                              description="castlab frame curation report (counts per stage and reason)")
     logger.info("frame report: %s", report["files"][REPORT_MD])
-    summary["segmentation"] = segment_task(str(run.path), cfg.data)
+    summary["segmentation"] = segment_task(str(run.path), cfg)
     if push:
-        summary["labelstudio"] = push_masks_task(str(run.path), cfg.data, project_title)
+        summary["labelstudio"] = push_masks_task(str(run.path), cfg, project_title)
     create_markdown_artifact(
         key="curate-summary",
         markdown=_markdown(summary),

@@ -23,8 +23,8 @@ def dataset(
     profile: str | None = None,
 ) -> dict[str, Any]:
     """Assemble a training dataset from the reviewed instances of a curate run."""
-    from castlab.dataset import assemble_dataset
-    from castlab.labelstudio.masks_project import reviewed_instances
+    from castlab.dataset.assemble import assemble_dataset
+    from castlab.labelstudio.projects.masks import reviewed_instances
 
     cfg = resolve_config(config_files, preset, profile)
     manifest = Manifest.load(Path(run_dir) / "manifest.parquet")

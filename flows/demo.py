@@ -12,10 +12,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from castlab.config import Config
 from castlab.manifest import Manifest
 from castlab.workspace import workspace_root
-from flows.caption import caption
-from flows.common import config_from_dict, labelstudio, resolve_config
+from flows.caption import caption, labelstudio, resolve_config
 from flows.curate import curate
 from flows.dataset import dataset
 from flows.evaluate import evaluate
@@ -25,12 +25,10 @@ from flows.train import train
 
 
 @task(name="connect-ml-backend")
-def connect_backend_task(cfg_data: dict[str, Any], project_id: int, run_dir: str) -> dict[str, Any]:
+def connect_backend_task(cfg: Config, project_id: int, run_dir: str) -> dict[str, Any]:
     """Connect the running castlab ML backend and make one interactive keypoint request."""
-    from castlab import stack
     from castlab.labelstudio import backends
-
-    cfg = config_from_dict(cfg_data)
+    from castlab.stack import services as stack
     backend = stack.status(cfg).get("ml_backend") or {}
     if not backend.get("healthy"):
         get_run_logger().warning("ML backend is not running (castlab up --backend); skipping")
@@ -49,26 +47,20 @@ def connect_backend_task(cfg_data: dict[str, Any], project_id: int, run_dir: str
 
 
 @task(name="demo-reviewer")
-def demo_review_task(cfg_data: dict[str, Any], run_dir: str) -> int:
-    from castlab.labelstudio.masks_project import accept_predictions
-
-    cfg = config_from_dict(cfg_data)
+def demo_review_task(cfg: Config, run_dir: str) -> int:
+    from castlab.labelstudio.projects.masks import accept_predictions
     return accept_predictions(labelstudio(cfg), Manifest.for_run(Path(run_dir)))
 
 
 @task(name="demo-identity-reviewer")
-def demo_name_clusters_task(cfg_data: dict[str, Any], run_dir: str) -> int:
-    from castlab.labelstudio.identity_project import name_clusters
-
-    cfg = config_from_dict(cfg_data)
+def demo_name_clusters_task(cfg: Config, run_dir: str) -> int:
+    from castlab.labelstudio.projects.identity import name_clusters
     return name_clusters(labelstudio(cfg), Path(run_dir), cfg)
 
 
 @task(name="demo-caption-reviewer")
-def demo_accept_captions_task(cfg_data: dict[str, Any], run_dir: str) -> int:
-    from castlab.labelstudio.captions_project import accept_caption_predictions
-
-    cfg = config_from_dict(cfg_data)
+def demo_accept_captions_task(cfg: Config, run_dir: str) -> int:
+    from castlab.labelstudio.projects.captions import accept_caption_predictions
     return accept_caption_predictions(labelstudio(cfg), Path(run_dir), cfg)
 
 
@@ -90,24 +82,24 @@ def demo(
     cur = curate(video=video, **kwargs)
     run_dir = cur["run_dir"]
     project_id = cur["labelstudio"]["project_id"]
-    backend = connect_backend_task(cfg.data, project_id, run_dir)
-    accepted = demo_review_task(cfg.data, run_dir)
+    backend = connect_backend_task(cfg, project_id, run_dir)
+    accepted = demo_review_task(cfg, run_dir)
     synced = review_sync(run_dir=run_dir, **kwargs)
     identities = identify(run_dir=run_dir, **kwargs)
     named = accepted_captions = 0
     captions: dict[str, Any] = {"skipped": "no identity cluster, so no reviewed identity to caption"}
     if identities.get("clusters"):
-        named = demo_name_clusters_task(cfg.data, run_dir)
+        named = demo_name_clusters_task(cfg, run_dir)
         review_sync(run_dir=run_dir, **kwargs)
         captions = caption(run_dir=run_dir, **kwargs)
-        accepted_captions = demo_accept_captions_task(cfg.data, run_dir)
+        accepted_captions = demo_accept_captions_task(cfg, run_dir)
         review_sync(run_dir=run_dir, **kwargs)
     else:
         logger.warning("caption skipped: %s", captions["skipped"])
     data = dataset(run_dir=run_dir, **kwargs)
     checkpoints = train(training_toml=data["training_toml"], **kwargs)
     report = evaluate(checkpoints=checkpoints, **kwargs)
-    from castlab import stack
+    from castlab.stack import services as stack
 
     ls_url, _ = stack.labelstudio_connection(cfg)
     return {

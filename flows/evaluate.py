@@ -21,7 +21,7 @@ def evaluate(
     profile: str | None = None,
 ) -> dict[str, Any]:
     """Render every checkpoint with the same prompts and seeds and rank them."""
-    from castlab.evaluate import evaluate_checkpoints
+    from castlab.evaluate.stage import evaluate_checkpoints
 
     cfg = resolve_config(config_files, preset, profile)
     target = Path(out_dir) if out_dir else Run.create("evaluate", cfg).path

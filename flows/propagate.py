@@ -7,17 +7,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from castlab.config import Config
 from castlab.errors import InputError
 from castlab.manifest import Manifest
-from castlab.workspace import Run
-from flows.common import config_from_dict, labelstudio, resolve_config
+from castlab.workspace import Run, labelstudio, resolve_config
 
 
 @task(name="propagate-mask")
-def propagate_task(run_dir: str, instance_id: str, force: bool, cfg_data: dict[str, Any]) -> dict[str, Any]:
-    from castlab.propagate import propagate_instance
-
-    cfg = config_from_dict(cfg_data)
+def propagate_task(run_dir: str, instance_id: str, force: bool, cfg: Config) -> dict[str, Any]:
+    from castlab.segment.propagate import propagate_instance
     manifest = Manifest.load(Path(run_dir) / "manifest.parquet")
     rows = [r for r in manifest.rows(kind="instance") if r["row_id"] == instance_id]
     if not rows:
@@ -26,10 +24,8 @@ def propagate_task(run_dir: str, instance_id: str, force: bool, cfg_data: dict[s
 
 
 @task(name="push-propagation")
-def push_task(result: dict[str, Any], run_dir: str, cfg_data: dict[str, Any]) -> dict[str, Any]:
-    from castlab.propagate import push_propagation
-
-    cfg = config_from_dict(cfg_data)
+def push_task(result: dict[str, Any], run_dir: str, cfg: Config) -> dict[str, Any]:
+    from castlab.segment.propagate import push_propagation
     return push_propagation(labelstudio(cfg), result, Path(run_dir), cfg)
 
 
@@ -41,10 +37,10 @@ def propagate(
     """SAM2 video propagation of `instance` through its shot; predictions on every frame in Label Studio."""
     cfg = resolve_config(config_files, preset, profile)
     run = Run.open(run_dir, cfg)
-    result = propagate_task(str(run.path), instance, force, cfg.data)
+    result = propagate_task(str(run.path), instance, force, cfg)
     summary = {"instance": instance, "frames": len(result["frames"]), "shot_id": result["shot_id"],
                "result": str(run.path / "propagation")}
     if push:
-        summary["labelstudio"] = push_task(result, str(run.path), cfg.data)
+        summary["labelstudio"] = push_task(result, str(run.path), cfg)
     get_run_logger().info("propagate %s: %s", instance, summary)
     return summary

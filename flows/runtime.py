@@ -23,7 +23,7 @@ def configure_prefect(cfg: Config) -> str:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     if os.environ.get("PREFECT_API_URL"):
         return f"server {os.environ['PREFECT_API_URL']}"
-    from castlab.stack import prefect_api_url
+    from castlab.stack.services import prefect_api_url
 
     url = prefect_api_url(cfg)
     if url:

@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     cfg = load_config(overrides=args.config, preset=args.preset, profile=args.profile)
-    host = args.host or str(cfg.get("ml_backend.host"))
-    port = args.port or int(cfg.get("ml_backend.port"))
+    host = args.host or str(cfg.ml_backend.host)
+    port = args.port or int(cfg.ml_backend.port)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

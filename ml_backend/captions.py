@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from castlab.captions import (
+from castlab.captions.stage import (
     CaptionSettings,
     base_record,
     caption_image,
@@ -32,7 +32,7 @@ from castlab.captions import (
 )
 from castlab.config import Config
 from castlab.errors import CastlabError, InputError
-from castlab.labelstudio.captions_project import prediction
+from castlab.labelstudio.projects.captions import prediction
 from castlab.manifest import Manifest
 from ml_backend.errors import BackendError
 from ml_backend.images import load_image, task_run_dir
@@ -94,7 +94,7 @@ class CaptionService:
 
         A captioner that cannot be loaded (e.g. ``models.full.captioner.model`` not set) does not stop the
         backend: masks and identities still work; caption requests answer the error, /health shows it."""
-        from castlab.caption_schema import CaptionFields
+        from castlab.captions.schema import CaptionFields
 
         try:
             captioner, _ = self.models()

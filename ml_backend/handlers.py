@@ -3,7 +3,7 @@
 - ``health()`` → ``{"status": "UP", "model_class": ...}``
 - ``setup(payload)`` → ``{"model_version": ...}`` (the same string every prediction carries)
 - ``predict(payload)`` → ``{"results": [...]}``, one entry per task, in order. Without a context: the
-  character instances curate would find (:func:`castlab.characters.character_instances`), one BrushLabels
+  character instances curate would find (:func:`castlab.segment.characters.character_instances`), one BrushLabels
   region each. With a context (smart keypoints/rectangles): one
   brush region per prompt group (see :mod:`ml_backend.prompts`). ``{"result": []}`` (the reviewer removed
   the last smart region) answers an empty result, which clears the suggestion in the editor.
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from castlab.characters import CharacterScorer, CharacterSettings, EvidenceDetector, character_instances
 from castlab.config import Config
 from castlab.labelstudio import client
 from castlab.models.segmenter import Segmenter, load_segmenter
+from castlab.segment.characters import CharacterScorer, CharacterSettings, EvidenceDetector, character_instances
 from ml_backend.captions import CaptionService, is_caption_config
 from ml_backend.errors import BackendError
 from ml_backend.identity import MODEL_VERSION as IDENTITY_VERSION
@@ -50,7 +50,7 @@ MODEL_CLASS = "castlab.SAM2Segmenter"
 
 def default_label_config() -> str:
     """The masks project's own labeling config (used when a request carries none)."""
-    from castlab.labelstudio.masks_project import LABEL_CONFIG
+    from castlab.labelstudio.projects.masks import LABEL_CONFIG
 
     return LABEL_CONFIG.read_text(encoding="utf-8")
 
@@ -120,7 +120,7 @@ class Backend:
         seg = self.segmenter()
         seg.predict_image(np.zeros((32, 32, 3), np.uint8), points=[(16.0, 16.0)], labels=[1])
         self.characters()
-        if self.cfg.get("ml_backend.preload_captioner"):
+        if self.cfg.ml_backend.preload_captioner:
             self.captions.warm_up()
 
     def labelstudio_source(self) -> LabelStudioSource | None:
@@ -177,7 +177,7 @@ class Backend:
         if not isinstance(tasks, list):
             raise BackendError(400, "predict: 'tasks' must be a list of task objects")
         label_config = payload.get("label_config") or default_label_config()
-        budget = float(self.cfg.get("ml_backend.batch_budget_s"))
+        budget = float(self.cfg.ml_backend.batch_budget_s)
         if is_caption_config(label_config):  # the captions project: batched VLM captions
             results, failed = self.captions.predict(tasks, self.labelstudio_source, budget)
             if tasks and failed == len(tasks):

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from castlab.config import Config
-from castlab.identity_suggest import IdentityIndex
-from castlab.labelstudio.identity_project import instance_decision
+from castlab.identity.suggest import IdentityIndex
+from castlab.labelstudio.projects.identity import instance_decision
 from castlab.manifest import Manifest
 from ml_backend.images import task_run_dir
 
@@ -39,7 +39,7 @@ def is_identity_config(label_config: str | None) -> bool:
 
 
 def _default_loader(run_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
-    from castlab.identity import identity_vectors
+    from castlab.identity.stage import identity_vectors
 
     return identity_vectors(run_dir)
 
@@ -64,8 +64,8 @@ class IdentityService:
             if state is not None:
                 return state
             run_dir = task_run_dir(run_rel, "identity")
-            index = IdentityIndex(int(self.cfg.get("identity.suggest_k")),
-                                  float(self.cfg.get("identity.suggest_min_similarity")))
+            index = IdentityIndex(int(self.cfg.identity.suggest_k),
+                                  float(self.cfg.identity.suggest_min_similarity))
             vectors = self._loader(run_dir)
             for row in Manifest.for_run(run_dir).rows(kind="instance"):
                 found = vectors.get(row["row_id"])

@@ -24,9 +24,9 @@ import numpy as np
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from castlab import stack
 from castlab.config import Config
 from castlab.errors import CastlabError, InputError
+from castlab.stack import services as stack
 from castlab.workspace import resolve_in_workspace
 from ml_backend.errors import BackendError
 
@@ -68,7 +68,7 @@ class LabelStudioSource:
 
 
 def labelstudio_source(cfg: Config) -> LabelStudioSource | None:
-    """The Label Studio to download from (:func:`castlab.stack.labelstudio_connection`: ``LABEL_STUDIO_URL``
+    """The Label Studio to download from (:func:`castlab.stack.services.labelstudio_connection`: ``LABEL_STUDIO_URL``
     + ``LABEL_STUDIO_API_KEY`` or the running local stack), or None when there is none yet."""
     try:
         url, token = stack.labelstudio_connection(cfg)

@@ -22,10 +22,10 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from castlab.config import Config
-from castlab.dataset import flatten_toml, tomllib
+from castlab.dataset.assemble import flatten_toml, tomllib
 from castlab.errors import InputError
+from castlab.models.kohya import save_kohya_lora
 from castlab.workspace import write_json_atomic
-from trainers.kohya import save_kohya_lora
 
 REQUIRED = (
     "pretrained_model_name_or_path", "dataset_config", "output_dir", "output_name", "network_dim",

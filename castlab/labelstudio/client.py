@@ -15,8 +15,8 @@ import numpy as np
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from castlab import rle
 from castlab.errors import InputError, StackError
+from castlab.labelstudio import rle
 from castlab.workspace import relative_to_workspace
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="

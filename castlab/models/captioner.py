@@ -465,11 +465,11 @@ def _load_full(settings: dict[str, Any]) -> Captioner:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     prefix = "models.full.captioner"
-    source = str(settings.get("model") or "")
+    source = str(settings.model or "")
     if not source:
         raise ConfigError(f"{prefix}.model is not set: a transformers image-text-to-text model (hub id or folder)")
-    revision = settings.get("revision") or None
-    local_only = bool(settings.get("local_files_only", True))
+    revision = settings.revision or None
+    local_only = bool(settings.local_files_only)
     path = Path(source).expanduser()
     if path.is_dir():
         source, name = str(path), path.name
@@ -477,10 +477,10 @@ def _load_full(settings: dict[str, Any]) -> Captioner:
         raise ConfigError(f"{prefix}.model: folder {path} does not exist")
     else:
         name = source
-    device = str(settings.get("device") or "auto")
+    device = str(settings.device or "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = _torch_dtype(str(settings.get("dtype") or "auto"), device)
+    dtype = _torch_dtype(str(settings.dtype or "auto"), device)
     kwargs: dict[str, Any] = {"revision": revision, "local_files_only": local_only}
     try:
         processor = AutoProcessor.from_pretrained(source, **kwargs)
@@ -492,10 +492,10 @@ def _load_full(settings: dict[str, Any]) -> Captioner:
             f"local model folder, or set {prefix}.local_files_only: false to allow downloading it; "
             "castlab never falls back to random weights"
         ) from exc
-    if settings.get("max_pixels"):  # the largest image (pixels) the vision encoder sees; crops are resized to fit
+    if settings.max_pixels:  # the largest image (pixels) the vision encoder sees; crops are resized to fit
         for part in (getattr(processor, "image_processor", None), getattr(processor, "video_processor", None)):
             if part is not None and "longest_edge" in part.size:
-                part.size["longest_edge"] = int(settings["max_pixels"])
+                part.size["longest_edge"] = int(settings.max_pixels)
     version = f"{name}@{revision}" if revision else name
     return Captioner(model, processor, version, "full", device)
 
@@ -505,12 +505,12 @@ def load_captioner(cfg: Config) -> Captioner:
     settings = cfg.model("captioner")
     if cfg.profile != "tiny":
         return _load_full(settings)
-    arch = str(settings.get("arch") or "")
+    arch = str(settings.arch or "")
     if arch != TINY_ARCH:
         raise ConfigError(f"models.tiny.captioner.arch: unknown tiny captioner {arch!r} (known: {TINY_ARCH})")
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    seed = int(cfg.get("seed"))
+    seed = int(cfg.seed)
     folder = tiny_model_dir(seed)
     processor = AutoProcessor.from_pretrained(folder)
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)

@@ -88,8 +88,8 @@ def _tiny_configs(resolution: int) -> dict[str, dict[str, Any]]:
 
 def tiny_model_id(cfg: Config) -> tuple[str, Path]:
     """(model_version, folder) of the tiny base model for `cfg` (no building)."""
-    resolution = int(cfg.get("models.tiny.base_model.resolution"))
-    seed = int(cfg.get("seed"))
+    resolution = int(cfg.models.tiny.base_model.resolution)
+    seed = int(cfg.seed)
     spec = json.dumps({"configs": _tiny_configs(resolution), "seed": seed}, sort_keys=True)
     digest = hashlib.sha1(spec.encode()).hexdigest()[:10]
     return f"tiny-sd15-{digest}", workspace_root() / "models" / f"sd15-tiny-{digest}"
@@ -103,7 +103,7 @@ def base_model_source(cfg: Config) -> str:
 
 
 def _full_path(cfg: Config) -> str:
-    path = cfg.get("models.full.base_model.path", None)
+    path = cfg.models.full.base_model.path
     if not path:
         raise ConfigError(
             "models.full.base_model.path is not set: point it to a diffusers Stable Diffusion 1.5 folder "
@@ -119,9 +119,9 @@ def _build_tiny(folder: Path, cfg: Config, version: str) -> None:
 
     from castlab.models.tokenizers import clip_tokenizer
 
-    configs = _tiny_configs(int(cfg.get("models.tiny.base_model.resolution")))
+    configs = _tiny_configs(int(cfg.models.tiny.base_model.resolution))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.get("seed")))
+        torch.manual_seed(int(cfg.seed))
         unet = UNet2DConditionModel(**configs["unet"])
         vae = AutoencoderKL(**configs["vae"])
         text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
@@ -222,4 +222,4 @@ def encode_prompts(pipe: Any, prompts: list[str], clip_skip: int) -> torch.Tenso
 def training_resolution(cfg: Config) -> int:
     """Side length the base model trains and renders at: ``models.<profile>.base_model.resolution`` when set
     (the tiny model's small size), else ``dataset.resolution``."""
-    return int(cfg.model("base_model").get("resolution") or cfg.get("dataset.resolution"))
+    return int(cfg.model("base_model").resolution or cfg.dataset.resolution)

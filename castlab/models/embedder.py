@@ -99,12 +99,12 @@ def load_embedder(cfg: Config, device: str = "cpu") -> Embedder:
 
     prefix = f"models.{cfg.profile}.embedder"
     settings = cfg.model("embedder")
-    arch = str(settings.get("arch") or "")
+    arch = str(settings.arch or "")
     if not arch:
         raise ConfigError(f"{prefix}.arch is not set (e.g. ViT-B-32)")
     if cfg.profile == "tiny":
         _register_tiny_configs(arch, f"{prefix}.arch")
-        seed = int(cfg.get("seed"))
+        seed = int(cfg.seed)
         quiet = _DropMessage("No pretrained weights loaded")  # random weights are the point of tiny
         logging.getLogger().addFilter(quiet)
         try:
@@ -116,7 +116,7 @@ def load_embedder(cfg: Config, device: str = "cpu") -> Embedder:
         digest = hashlib.sha1((CONFIGS_DIR / f"{arch}.json").read_bytes()).hexdigest()[:8]
         version = f"tiny-openclip-{arch}-{digest}-s{seed}"
     else:
-        pretrained = settings.get("pretrained")
+        pretrained = settings.pretrained
         if not pretrained:
             raise ConfigError(
                 f"{prefix}.pretrained is not set: point it to an open_clip checkpoint for {arch} "

@@ -148,15 +148,15 @@ def load_face_analyzer(cfg: Config, device: str = "cpu") -> FaceAnalyzer:
     """The face analyzer of the active profile (see module docstring)."""
     prefix = f"models.{cfg.profile}.faces"
     settings = cfg.model("faces")
-    det_thresh = float(settings.get("det_thresh", 0.5))
+    det_thresh = float(settings.det_thresh)
     if cfg.profile == "tiny":
-        seed = int(cfg.get("seed"))
+        seed = int(cfg.seed)
         folder, digest = tiny_face_pack(seed)
         name, version = folder.name, f"tiny-faces-{digest[:10]}-s{seed}"
         det_size = TINY_DET_SIZE
     else:
         folder, name = _find_pack(settings, prefix)
-        det_size = int(settings.get("det_size") or 640)
+        det_size = int(settings.det_size or 640)
         version = ""
     app = _face_analysis(folder, device, det_size, det_thresh, prefix)
     detector, recognizer = app.models["detection"], app.models["recognition"]
@@ -169,8 +169,8 @@ def load_face_analyzer(cfg: Config, device: str = "cpu") -> FaceAnalyzer:
 
 
 def _find_pack(settings: dict[str, Any], prefix: str) -> tuple[Path, str]:
-    pack = str(settings.get("pack") or "").strip()
-    root = Path(str(settings.get("root") or "~/.insightface")).expanduser()
+    pack = str(settings.pack or "").strip()
+    root = Path(str(settings.root or "~/.insightface")).expanduser()
     hint = (
         "a folder holding an InsightFace pack's ONNX files (a detector with keypoints and an ArcFace "
         "recogniser, e.g. buffalo_l's det_10g.onnx and w600k_r50.onnx)"

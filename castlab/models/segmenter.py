@@ -54,7 +54,8 @@ class _Embedding:
 def alpha_threshold(cfg: Config) -> float:
     """The mask threshold of the active profile: ``models.<profile>.segmenter.alpha_threshold`` when set,
     else ``segmentation.alpha_threshold``."""
-    return float(cfg.model("segmenter").get("alpha_threshold", cfg.get("segmentation.alpha_threshold")))
+    alpha = cfg.model("segmenter").alpha_threshold
+    return float(cfg.segmentation.alpha_threshold if alpha is None else alpha)
 
 
 def logit(p: float) -> float:
@@ -75,17 +76,17 @@ class Segmenter:
         self.model_version = model_version
         self.alpha = float(alpha)
         self._mask_logit = logit(self.alpha)
-        seg = cfg.section("segmentation")
-        self.points_per_side = int(seg["points_per_side"])
-        self.points_per_batch = max(1, int(seg["points_per_batch"]))
-        self.min_size = float(seg["min_size"])
-        self.min_size_reference_height = float(seg["min_size_reference_height"])
-        self.min_area_fraction = float(seg["min_area_fraction"])
-        self.max_instances = int(seg["max_instances_per_frame"])
-        self.dedup_iou = float(seg["dedup_iou"])
-        self.pred_iou_thresh = float(seg["pred_iou_thresh"])
-        self.stability_thresh = float(seg["stability_score_thresh"])
-        self.stability_offset = float(seg["stability_score_offset"])
+        seg = cfg.segmentation
+        self.points_per_side = int(seg.points_per_side)
+        self.points_per_batch = max(1, int(seg.points_per_batch))
+        self.min_size = float(seg.min_size)
+        self.min_size_reference_height = float(seg.min_size_reference_height)
+        self.min_area_fraction = float(seg.min_area_fraction)
+        self.max_instances = int(seg.max_instances_per_frame)
+        self.dedup_iou = float(seg.dedup_iou)
+        self.pred_iou_thresh = float(seg.pred_iou_thresh)
+        self.stability_thresh = float(seg.stability_score_thresh)
+        self.stability_offset = float(seg.stability_score_offset)
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[str, _Embedding] = OrderedDict()
         self._cached_bytes = 0
@@ -360,10 +361,10 @@ def build_sam2_model(cfg: Config, video: bool = False, device: str = "cpu") -> t
     builder = build_sam2_video_predictor if video else build_sam2
     prefix = f"models.{cfg.profile}.segmenter"
     settings = cfg.model("segmenter")
-    arch = str(settings.get("arch") or "")
+    arch = str(settings.arch or "")
     if not arch:
         raise ConfigError(f"{prefix}.arch is not set (e.g. sam2.1_hiera_t)")
-    image_size = int(settings["image_size"])
+    image_size = int(settings.image_size)
     if image_size % 16:
         raise ConfigError(f"{prefix}.image_size must be a multiple of 16, got {image_size}")
     config_file = _sam2_config(arch, f"{prefix}.arch")
@@ -371,10 +372,10 @@ def build_sam2_model(cfg: Config, video: bool = False, device: str = "cpu") -> t
     suffix = "-video" if video else ""
     if cfg.profile == "tiny":
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(cfg.get("seed")))
+            torch.manual_seed(int(cfg.seed))
             model = builder(config_file, ckpt_path=None, device=device, hydra_overrides_extra=overrides)
         return model, f"tiny-{arch}-{image_size}{suffix}", image_size
-    checkpoint = settings.get("checkpoint")
+    checkpoint = settings.checkpoint
     if not checkpoint:
         raise ConfigError(
             f"{prefix}.checkpoint is not set: point it to a SAM2 checkpoint for {arch} "
@@ -402,7 +403,7 @@ def load_segmenter(cfg: Config, device: str = "cpu", cache_mb: float | None = No
         predictor = SAM2ImagePredictor(model)
     predictor._bb_feat_sizes = [(image_size // s, image_size // s) for s in (4, 8, 16)]
     alpha = alpha_threshold(cfg)
-    mb = float(cfg.get("segmentation.embedding_cache_mb") if cache_mb is None else cache_mb)
+    mb = float(cfg.segmentation.embedding_cache_mb if cache_mb is None else cache_mb)
     return Segmenter(predictor, version, cfg, alpha=alpha, cache_bytes=int(mb * 2**20))
 
 

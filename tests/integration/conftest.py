@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from castlab.config import PROJECT_ROOT, load_config
-from castlab.stack import (
+from castlab.stack.services import (
     Credentials,
     LabelStudioServer,
     labelstudio_venv,
@@ -50,7 +50,7 @@ class LabelStudioFixture:
 
 
 def _startup_timeout() -> float:
-    return float(load_config().get("labelstudio.startup_timeout_s"))
+    return float(load_config().labelstudio.startup_timeout_s)
 
 
 def _template(version: str) -> tuple[Path, Credentials, float | None]:

@@ -88,7 +88,7 @@ def test_caption_review_round_trip(ls_env, tmp_path: Path):
 
 def test_backend_suggests_captions_through_label_studio(ls_server, tmp_path: Path):
     from castlab.config import load_config
-    from castlab.labelstudio.captions_project import LABEL_CONFIG
+    from castlab.labelstudio.projects.captions import LABEL_CONFIG
 
     run = _run(Path(ls_server.workspace), "captions-backend-it", n=3)
     ls = client.connect(ls_server.url, ls_server.token)
@@ -101,7 +101,7 @@ def test_backend_suggests_captions_through_label_studio(ls_server, tmp_path: Pat
     tasks.append({"data": {"image": "", "castlab_key": "cb:no-image", "castlab_run": f"runs/{run.name}",
                            "instance": rows[0]["row_id"]}})
     mapping = client.push_tasks(ls, project_id, tasks)
-    assert load_config(profile="tiny").get("captions.batch_size") >= 2
+    assert load_config(profile="tiny").captions.batch_size >= 2
     with _backend(ls_server, tmp_path) as url:
         backend = ls.ml.create(url=url, project=project_id, title="castlab captions", is_interactive=False)
         action = _api(ls_server, "POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions",

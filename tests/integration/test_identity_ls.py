@@ -10,7 +10,7 @@ from PIL import Image
 
 from castlab.config import load_config
 from castlab.labelstudio import client
-from castlab.labelstudio.identity_project import push_identity_review, sync_identity_reviews
+from castlab.labelstudio.projects.identity import push_identity_review, sync_identity_reviews
 from castlab.manifest import Manifest
 
 pytestmark = pytest.mark.integration

@@ -234,8 +234,8 @@ def test_identity_suggestions_learn_from_label_studio_annotations(ls_server, tmp
     """The backend connected to the identity project: no suggestion before any answer; a reviewer names one
     instance (Label Studio sends the webhook); the next instance's suggestion is that name, no restart."""
     from castlab.config import load_config
-    from castlab.identity import build_identities
-    from castlab.labelstudio.identity_project import push_identity_review
+    from castlab.identity.stage import build_identities
+    from castlab.labelstudio.projects.identity import push_identity_review
 
     run = Path(ls_server.workspace) / "runs" / "identity-backend-it"
     manifest = instance_run(run, 4, "b", seed=4, size=(96, 160), box=(10, 80, 30, 90))

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic_media import make_video
 
 from castlab.config import load_config
-from castlab.frames import extract_frames
+from castlab.frames.extract import extract_frames
 from castlab.labelstudio import client
-from castlab.propagate import propagate_instance, push_propagation
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from synthetic_media import make_video  # noqa: E402
+from castlab.segment.propagate import propagate_instance, push_propagation
 
 pytestmark = pytest.mark.integration
 

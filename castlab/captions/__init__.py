@@ -1,0 +1,1 @@
+"""Captions: VLM schema captions, assembled text, QC flags, report."""

@@ -1,0 +1,370 @@
+"""Caption stage of a run: identified instances → VLM schema captions → assembled captions → QC flags.
+
+For every kept instance with a reviewed identity (``identity_state`` reviewed or cluster):
+
+1. the captioner fills :class:`~castlab.captions.schema.CaptionFields` for its crop under constrained
+   decoding; output that still fails the schema is recorded as ``schema_error``;
+2. uncertain fields — an "unknown"-like answer, or a value the model gave a low probability
+   (``captions.min_choice_confidence`` / ``min_text_confidence``) — are replaced with neutral terms
+   (:mod:`castlab.captions.qc`); ``character`` is set to the reviewed identity (never asked of the model);
+3. per identity, the majority of its invariant fields (and its usual outfit) is computed, and 3-5
+   view-balanced instances are described together (the cluster label reviewers see next to the identity);
+4. the caption is assembled (trigger + class word first, then what varies; 40-77 CLIP tokens), scored
+   against its image with open_clip and flagged (:func:`castlab.captions.qc.qc_flags`).
+
+An instance without a reviewed identity (``no_identity``) or with an unreadable crop (``image_error``) gets
+a record too: nothing is dropped silently. Outputs in ``<run>/captions/``: ``captions.jsonl`` (one record
+per instance), ``cluster_labels.json``, the report (:mod:`castlab.captions.report`) and, on request,
+``sequences.json`` (one motion description per shot). Manifest columns: ``caption_pred``,
+``caption_status``, ``caption_flags``, ``caption_priority``, ``caption_tokens``, ``caption_clip_score``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from castlab.captions.qc import (
+    field_confidence,
+    identity_majorities,
+    neutralise,
+    neutralise_unsure,
+    qc_flags,
+    review_priority,
+)
+from castlab.captions.schema import (
+    CaptionFields,
+    ClusterDescription,
+    SchemaError,
+    SequenceSummary,
+    caption_record,
+    parse_fields,
+)
+from castlab.captions.text import assemble_caption, resolve_style
+from castlab.config import Config
+from castlab.errors import ConfigError, InputError
+from castlab.identity.embed import square_on_background, view_balanced_sample
+from castlab.layers import media_path, open_rgba
+from castlab.manifest import Manifest, row_text
+from castlab.workspace import write_json_atomic, write_text_atomic
+
+CAPTIONS_DIR = "captions"
+RECORDS_NAME = "captions.jsonl"
+LABELS_NAME = "cluster_labels.json"
+SEQUENCES_NAME = "sequences.json"
+IDENTIFIED_STATES = ("reviewed", "cluster")
+CLUSTER_PROMPT = ("These images show one 3D animated character. Describe what it usually wears, its look and "
+                  "the typical lighting, in short phrases.")
+SEQUENCE_PROMPT = ("These frames come from one shot of a 3D animated film, in order. Describe how the character "
+                   "moves through the shot in one sentence.")
+
+
+@dataclass
+class CaptionSettings:
+    style: str
+    prompt: str
+    batch_size: int
+    max_new_tokens: int
+    cluster_samples: int
+    sequence_frames: int
+    background: tuple[int, int, int]
+    chunk_size: int = 64
+    max_side: int = 512
+
+    @classmethod
+    def from_config(cls, cfg: Config, style: str | None = None) -> CaptionSettings:
+        style = resolve_style(cfg, style)
+        samples = int(cfg.captions.cluster_samples)
+        frames = int(cfg.captions.sequence_frames)
+        if not 3 <= samples <= 5:
+            raise ConfigError(f"captions.cluster_samples must be 3-5, got {samples}")
+        if not 8 <= frames <= 12:
+            raise ConfigError(f"captions.sequence_frames must be 8-12, got {frames}")
+        return cls(style=style, prompt=str(cfg.captions.prompt), batch_size=int(cfg.captions.batch_size),
+                   max_new_tokens=int(cfg.captions.max_new_tokens), cluster_samples=samples,
+                   sequence_frames=frames, background=tuple(int(c) for c in cfg.dataset.background_rgb),
+                   chunk_size=int(cfg.captions.chunk_size), max_side=int(cfg.captions.max_side))
+
+
+def identified(row: dict[str, Any]) -> str | None:
+    """The instance's reviewed identity, or None (unreviewed, noise, split, not a character)."""
+    identity = row_text(row.get("identity"))
+    return identity if identity and row_text(row.get("identity_state")) in IDENTIFIED_STATES else None
+
+
+def load_crop(value: Any, background: tuple[int, int, int], max_side: int | None = None) -> Image.Image:
+    """An instance's RGBA crop composited on `background` (square, RGB, at most `max_side` pixels a side);
+    :class:`InputError` when it is missing, unreadable or empty (no visible pixel)."""
+    path = media_path(value)
+    return caption_image(open_rgba(path, "instance crop"), background, max_side, path or "-")
+
+
+def caption_image(crop: Image.Image, background: tuple[int, int, int], max_side: int | None,
+                  where: Path | str) -> Image.Image:
+    """What the captioner sees of an RGBA crop: composited on `background`, square, at most `max_side` pixels
+    a side; :class:`InputError` (naming `where`) when the crop is empty (no visible pixel)."""
+    crop = crop.convert("RGBA")
+    if min(crop.size) < 2 or crop.getchannel("A").getextrema()[1] == 0:
+        raise InputError(where, f"instance crop is empty ({crop.width}x{crop.height}, no visible pixel)")
+    square = square_on_background(crop, background)
+    return _fit(square, max_side) if max_side else square
+
+
+def base_record(row_id: str, identity: str | None, settings: CaptionSettings, model_version: str) -> dict[str, Any]:
+    return {"row_id": row_id, "identity": identity, "status": "ok", "error": None, "fields": None, "caption": None,
+            "tokens": None, "dropped": [], "flags": [], "clip_score": None, "style": settings.style,
+            "model_version": model_version, "reviewed_caption": None, "edited": None}
+
+
+def generate_fields(captioner: Any, images: Sequence[Image.Image], records: Sequence[dict[str, Any]],
+                    settings: CaptionSettings, cfg: Config, progress: bool = False) -> None:
+    """Fill each record's ``fields`` (with ``character`` = its identity) and uncertain flags, or mark it
+    ``schema_error`` with the problem and the start of the raw output."""
+    generations = captioner.generate_scored([[im] for im in images], settings.prompt, CaptionFields,
+                                            settings.max_new_tokens, batch_size=settings.batch_size,
+                                            progress=progress)
+    for record, generation in zip(records, generations, strict=True):
+        try:
+            fields = parse_fields(generation.text)
+        except SchemaError as exc:
+            record.update(status="schema_error", error=f"model output fails the caption schema: {exc}",
+                          raw_output=generation.text[:400])
+            continue
+        confidence = field_confidence(generation)
+        fields, uncertain = neutralise(fields, cfg)
+        fields, unsure = neutralise_unsure(fields, confidence, cfg)
+        record["fields"] = caption_record(fields, str(record["identity"]))
+        record["field_flags"] = sorted({*uncertain, *unsure})
+        record["confidence"] = confidence
+
+
+def finish_records(records: Sequence[dict[str, Any]], images: Sequence[Image.Image], cfg: Config,
+                   settings: CaptionSettings, usual: dict[str, dict[str, str]], known: Sequence[str],
+                   embedder: Any = None) -> None:
+    """Assemble, score and flag every record that has fields (in place)."""
+    done = [(r, im) for r, im in zip(records, images, strict=True) if r.get("fields")]
+    for record, _ in done:
+        assembled = assemble_caption(record["fields"], cfg, settings.style, usual.get(record["identity"]))
+        record.update(caption=assembled.text, tokens=assembled.tokens, dropped=list(assembled.dropped),
+                      _assembled=assembled)
+    scores: list[float | None] = [None] * len(done)
+    if embedder is not None and done:
+        scores = [round(s, 4) for s in embedder.clip_t([im for _, im in done], [r["caption"] for r, _ in done])]
+    for (record, _), score in zip(done, scores, strict=True):
+        assembled = record.pop("_assembled")
+        flags = qc_flags(record["fields"], identity=record["identity"], known_identities=known,
+                         usual=usual.get(record["identity"]), clip_score=score, caption=assembled, cfg=cfg)
+        record.update(clip_score=score, flags=sorted(set(record.get("field_flags") or []) | set(flags)))
+
+
+def cluster_labels(captioner: Any, by_identity: dict[str, list[dict[str, Any]]], usual: dict[str, dict[str, str]],
+                   settings: CaptionSettings, seed: int, crop: Callable[[str], Image.Image]) -> dict[str, Any]:
+    """Per identity: 3-5 view-balanced instances (``crop(row_id)`` loads each) described together
+    (``description`` etc.), its usual field values and the sampled row ids. A description failing the
+    schema is recorded with its error."""
+    names = sorted(by_identity)
+    samples = {n: [r["row_id"] for r in view_balanced_sample(by_identity[n], settings.cluster_samples, seed)]
+               for n in names}
+    texts = captioner.generate([[crop(row_id) for row_id in samples[n]] for n in names], CLUSTER_PROMPT,
+                               ClusterDescription, settings.max_new_tokens, batch_size=settings.batch_size)
+    labels: dict[str, Any] = {}
+    for name, text in zip(names, texts, strict=True):
+        entry: dict[str, Any] = {"samples": samples[name], "usual": usual.get(name, {}),
+                                 "instances": len(by_identity[name])}
+        try:
+            entry.update(parse_fields(text, ClusterDescription), status="ok")
+        except SchemaError as exc:
+            entry.update(status="schema_error", error=str(exc))
+        labels[name] = entry
+    return labels
+
+
+def label_text(label: dict[str, Any] | None) -> str:
+    """One line for reviewers: the cluster description, else the usual values."""
+    if not label:
+        return ""
+    if label.get("status") == "ok":
+        return f"{label['description']} (wears {label['outfit']}; {label['look']}; usually {label['lighting']})"
+    return "; ".join(f"{k}: {v}" for k, v in sorted((label.get("usual") or {}).items()))
+
+
+def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any = None, embedder: Any = None,
+                style: str | None = None, force: bool = False, sequences: bool = False) -> dict[str, Any]:
+    """Caption every kept instance of the run (see module doc); returns the summary.
+
+    Run again, it generates only what is new: an instance captioned before with the same identity, style and
+    model keeps its fields (and its review); identity traits, QC flags, cluster labels and the report are
+    computed again over all. ``force`` generates every caption again."""
+    from castlab.captions.report import REPORT_MD, write_caption_report
+
+    run_dir = Path(run_dir).resolve()
+    out = run_dir / CAPTIONS_DIR
+    settings = CaptionSettings.from_config(cfg, style)
+    previous = {r["row_id"]: r for r in read_records(run_dir)} if (out / RECORDS_NAME).is_file() else {}
+    rows = manifest.rows(kind="instance", status="kept")
+    if not rows:
+        raise InputError(run_dir / "manifest.parquet", "has no kept instances to caption (run curate first)")
+    if not any(identified(r) for r in rows):
+        raise InputError(run_dir / "manifest.parquet", "has no instance with a reviewed identity (run identify, "
+                         "review identities in Label Studio, then review-sync)")
+    if captioner is None:
+        from castlab.models.captioner import load_captioner
+
+        captioner = load_captioner(cfg)
+    if embedder is None:
+        from castlab.models.embedder import load_embedder
+
+        embedder = load_embedder(cfg)
+    crop_paths = {str(r["row_id"]): r.get("crop_path") for r in rows}
+
+    def crop(row_id: str) -> Image.Image:
+        return load_crop(crop_paths[row_id], settings.background, settings.max_side)
+
+    records, todo, reused = [], [], 0
+    for row in rows:
+        record = base_record(str(row["row_id"]), identified(row), settings, captioner.model_version)
+        record["view"] = row_text(row.get("view")) or None
+        records.append(record)
+        if record["identity"] is None:
+            state = row_text(row.get("identity_state")) or "none"
+            record.update(status="no_identity", error=f"no reviewed identity (identity_state {state})")
+        elif not force and _reusable(previous.get(record["row_id"]), record):
+            record.update({k: previous[record["row_id"]].get(k) for k in REUSED_KEYS})
+            reused += 1
+        else:
+            todo.append(record)
+    # crops are loaded a chunk at a time (a film has tens of thousands): fields first, then assembly + QC,
+    # which need every caption of an identity (its usual traits) before any caption is flagged
+    with tqdm(total=len(todo), desc="captions", unit="instance") as bar:
+        for chunk in _chunks(todo, settings.chunk_size):
+            live, images = [], []
+            for record in chunk:
+                try:
+                    images.append(crop(record["row_id"]))
+                    live.append(record)
+                except InputError as exc:
+                    record.update(status="image_error", error=str(exc))
+            generate_fields(captioner, images, live, settings, cfg)
+            bar.update(len(chunk))
+    ok = [r for r in records if r["status"] == "ok"]
+    usual_paths = [*cfg.captions.invariant_fields, "outfit"]
+    usual = identity_majorities([r["fields"] for r in ok], usual_paths, cfg=cfg)
+    known = sorted({str(r["identity"]) for r in records if r["identity"]})
+    for chunk in tqdm(list(_chunks(ok, settings.chunk_size)), desc="caption QC", unit="chunk", leave=False):
+        finish_records(chunk, [crop(r["row_id"]) for r in chunk], cfg, settings, usual, known, embedder)
+    by_identity: dict[str, list[dict[str, Any]]] = {}
+    for record in ok:
+        by_identity.setdefault(record["identity"], []).append(record)
+    labels = cluster_labels(captioner, by_identity, usual, settings, int(cfg.seed), crop)
+    out.mkdir(parents=True, exist_ok=True)
+    for record in records:
+        record["priority"] = review_priority(record["flags"]) if record["status"] == "ok" else 0
+    write_records(out, records)
+    write_json_atomic(out / LABELS_NAME, {"profile": cfg.profile, "model_version": captioner.model_version,
+                                          "identities": labels})
+    for record in records:
+        manifest.update(record["row_id"], caption_pred=record["caption"], caption_status=record["status"],
+                        caption_error=record["error"], caption_flags=", ".join(record["flags"]),
+                        caption_priority=record["priority"], caption_tokens=record["tokens"],
+                        caption_clip_score=record["clip_score"])
+    manifest.save()
+    trigger = [str(cfg.dataset.trigger_token), str(cfg.dataset.class_word)]
+    report = write_caption_report(out, records, cfg.profile, int(cfg.dataset.caption_min_tokens),
+                                  int(cfg.dataset.caption_max_tokens), trigger)
+    summary: dict[str, Any] = {
+        "instances": len(records), "status": dict(Counter(r["status"] for r in records)),
+        "captioned_now": len(todo), "reused": reused,
+        "flagged": sum(1 for r in records if r["flags"]), "identities": len(labels), "style": settings.style,
+        "model_version": captioner.model_version, "profile": cfg.profile, "records": str(out / RECORDS_NAME),
+        "report": report["files"][REPORT_MD],
+    }
+    if sequences:
+        summary["sequences"] = summarise_sequences(run_dir, manifest, captioner, settings)
+    write_json_atomic(out / "caption_summary.json", summary)
+    return summary
+
+
+REUSED_KEYS = ("fields", "field_flags", "confidence", "reviewed_caption", "edited", "reviewed_tokens")
+
+
+def _reusable(previous: dict[str, Any] | None, record: dict[str, Any]) -> bool:
+    """An earlier caption of the same instance, identity, style and model: its fields need no new generation."""
+    return bool(previous) and previous.get("status") == "ok" and bool(previous.get("fields")) and all(
+        previous.get(k) == record[k] for k in ("identity", "style", "model_version"))
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), max(1, size)):
+        yield items[start : start + size]
+
+
+def write_records(out: Path, records: Sequence[dict[str, Any]]) -> Path:
+    return write_text_atomic(out / RECORDS_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / CAPTIONS_DIR / RECORDS_NAME
+    if not path.is_file():
+        raise InputError(path, "is missing: run `castlab caption` first")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError as exc:
+            raise InputError(path, f"line {n} is not JSON ({exc})") from exc
+    return records
+
+
+def read_labels(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / CAPTIONS_DIR / LABELS_NAME
+    return json.loads(path.read_text(encoding="utf-8")).get("identities", {}) if path.is_file() else {}
+
+
+def summarise_sequences(run_dir: Path, manifest: Manifest, captioner: Any, settings: CaptionSettings) -> dict:
+    """One motion description per shot holding identified instances, from ``sequence_frames`` frames spread
+    evenly over the shot (written to ``captions/sequences.json``)."""
+    from castlab.segment.propagate import decode_frames, shot_range
+
+    shots = sorted({(str(r["video_id"]), str(r["shot_id"])) for r in manifest.rows(kind="instance", status="kept")
+                    if identified(r) and row_text(r.get("shot_id"))})
+    entries: dict[str, Any] = {}
+    items, keys = [], []
+    for video_id, shot_id in tqdm(shots, desc="sequences", unit="shot", leave=False):
+        key = f"{video_id}/{shot_id}"
+        try:
+            video, shot = shot_range(run_dir, video_id, shot_id)
+            count = int(shot["frames"])
+            n = min(settings.sequence_frames, count)
+            picks = sorted({round(i * (count - 1) / max(1, n - 1)) for i in range(n)})
+            frames = decode_frames(video, float(shot["start_time"]), int(shot["start_frame"]), count,
+                                   shot["orientation"], keep=set(picks))
+        except InputError as exc:
+            entries[key] = {"status": "video_error", "error": str(exc)}
+            continue
+        side = 448
+        items.append([_fit(Image.fromarray(f), side) for f in frames])
+        keys.append(key)
+        entries[key] = {"frames": [int(shot["start_frame"]) + p for p in picks]}
+    texts = captioner.generate(items, SEQUENCE_PROMPT, SequenceSummary, settings.max_new_tokens,
+                               batch_size=1) if items else []
+    for key, text in zip(keys, texts, strict=True):
+        try:
+            entries[key].update(parse_fields(text, SequenceSummary), status="ok")
+        except SchemaError as exc:
+            entries[key].update(status="schema_error", error=str(exc))
+    write_json_atomic(Path(run_dir) / CAPTIONS_DIR / SEQUENCES_NAME, {"shots": entries})
+    return {"shots": len(entries), "ok": sum(1 for e in entries.values() if e.get("status") == "ok")}
+
+
+def _fit(image: Image.Image, side: int) -> Image.Image:
+    scale = side / max(image.size)
+    if scale >= 1:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))

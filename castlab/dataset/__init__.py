@@ -1,0 +1,1 @@
+"""Dataset assembly: reviewed instances → a LoRA training dataset."""

@@ -1,0 +1,1 @@
+"""Checkpoint evaluation: same prompts and seeds per checkpoint → metrics and ranking."""

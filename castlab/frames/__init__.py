@@ -1,0 +1,1 @@
+"""Frames: video → shots → representative frames, quality gates, near-duplicates, splits, report."""

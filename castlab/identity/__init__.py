@@ -1,0 +1,1 @@
+"""Identity: face-first embeddings, clusters, review decisions, suggestions."""

@@ -1,0 +1,135 @@
+"""Identity stage of a curate run: embeddings → clusters → outputs → Label Studio review.
+
+Face-routed instances (ArcFace) are clustered PCA → UMAP → HDBSCAN (:mod:`castlab.identity.cluster`); ArcFace and
+open_clip vectors live in different spaces, so an instance without a usable face joins the face cluster
+whose open_clip centroid is nearest when that similarity reaches ``identity.clip_join_min_similarity``, and
+is noise otherwise — it stays in the manifest either way, with its route. When a run has no face at all
+the open_clip vectors are clustered instead (the report says so).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from castlab.config import Config
+from castlab.errors import InputError
+from castlab.identity.cluster import NOISE, SHEETS, ClusterSettings, cluster_embeddings, unit, write_cluster_outputs
+from castlab.identity.embed import embed_instances, embedding_meta, load_embeddings, save_embeddings
+from castlab.manifest import Manifest
+from castlab.workspace import write_json_atomic
+
+IDENTITY_DIR = "identity"
+
+
+def identity_vectors(run_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """Row id → (route, unit vector): the ArcFace vector when the instance has a face, else its open_clip one."""
+    emb = load_embeddings(run_dir)
+    face_ok, clip_ok = emb.face_mask, emb.clip_mask
+    out: dict[str, tuple[str, np.ndarray]] = {}
+    for i, row_id in enumerate(emb.row_ids):
+        if face_ok[i]:
+            out[row_id] = ("face", emb.face[i])
+        elif clip_ok[i]:
+            out[row_id] = ("clip", emb.clip[i])
+    return out
+
+
+def build_identities(
+    run_dir: Path, manifest: Manifest, cfg: Config, analyzer: Any = None, clip_embedder: Any = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Embed every kept instance, cluster, write ``identity/`` and update the manifest (see module doc).
+
+    Manifest columns: the routing fields of :func:`castlab.identity.embed.embed_instances`, ``identity_cluster``
+    (-1 noise; None for ``missing`` rows, which cannot be clustered) and ``cluster_probability``.
+    Returns the summary, with ``sheets``: cluster → contact sheet path (for the cluster review project).
+    """
+    run_dir = Path(run_dir).resolve()
+    out_dir = run_dir / IDENTITY_DIR
+    instances = manifest.rows(kind="instance", status="kept")
+    if not instances:
+        raise InputError(run_dir / "manifest.parquet", "has no kept instances to identify (run curate first)")
+    frames = {r["row_id"]: r for r in manifest.rows(kind="frame")}
+    if analyzer is None:
+        from castlab.models.faces import load_face_analyzer
+
+        analyzer = load_face_analyzer(cfg)
+    if clip_embedder is None:
+        from castlab.models.embedder import load_embedder
+
+        clip_embedder = load_embedder(cfg)
+    settings = ClusterSettings.from_config(cfg)  # bad settings fail before any work
+    join_min = float(cfg.identity.clip_join_min_similarity)
+    updates, face_m, clip_m = embed_instances(instances, frames, analyzer, clip_embedder, cfg, base_dir=run_dir)
+    meta = embedding_meta(analyzer, clip_embedder, cfg)
+    save_embeddings(run_dir, [u["row_id"] for u in updates], face_m, clip_m, meta)
+    routes = np.array([u["embedding_route"] for u in updates])
+    face_idx, clip_idx = np.flatnonzero(routes == "face"), np.flatnonzero(routes == "clip")
+    n = len(updates)
+    labels = np.full(n, NOISE, dtype=int)
+    probs = np.zeros(n)
+    basis_idx, basis = (face_idx, face_m) if len(face_idx) else (clip_idx, clip_m)
+    basis_name = "face" if len(face_idx) else "clip"
+    joined = 0
+    if len(basis_idx):
+        result = cluster_embeddings(basis[basis_idx], settings)
+        labels[basis_idx], probs[basis_idx] = result.labels, result.probabilities
+        if basis_name == "face" and len(clip_idx) and result.n_clusters:
+            centroids = unit(np.stack([clip_m[face_idx[result.labels == k]].mean(axis=0)
+                                       for k in range(result.n_clusters)]))
+            sims = unit(clip_m[clip_idx]) @ centroids.T
+            best = sims.argmax(axis=1)
+            ok = sims[np.arange(len(clip_idx)), best] >= join_min
+            labels[clip_idx[ok]] = best[ok]
+            probs[clip_idx[ok]] = sims[np.arange(len(clip_idx)), best][ok]
+            joined = int(ok.sum())
+        report = write_cluster_outputs(out_dir, [instances[i] for i in basis_idx], result, force=force,
+                                       profile=cfg.profile)
+    else:
+        result, report = None, {"reason": "no instance has a usable crop"}
+    sub = subclusters(basis, labels, basis_idx, float(cfg.identity.subcluster_distance))
+    for i, update in enumerate(updates):
+        clustered = update["embedding_route"] != "missing"
+        manifest.update(update["row_id"], **{k: v for k, v in update.items() if k != "row_id"},
+                        identity_cluster=int(labels[i]) if clustered else None,
+                        identity_subcluster=sub.get(i),
+                        cluster_probability=round(float(probs[i]), 6) if clustered else None)
+    manifest.save()
+    summary = {
+        "instances": n, "routes": {r: int((routes == r).sum()) for r in ("face", "clip", "missing")},
+        "clustered_on": basis_name, "clusters": result.n_clusters if result else 0,
+        "noise": int(((labels == NOISE) & (routes != "missing")).sum()), "joined_by_clip": joined,
+        "reason": (result.reason if result else report.get("reason")),
+        "report": str(out_dir / "cluster_report.json"), "profile": cfg.profile,
+    }
+    if basis_name == "clip" and len(basis_idx):
+        summary["note"] = "no face in the whole run: clustered on open_clip vectors"
+    sheets = {k: out_dir / SHEETS / f"character_{k}.png" for k in range(summary["clusters"])}
+    summary["sheets"] = {k: str(p) for k, p in sheets.items() if p.is_file()}
+    write_json_atomic(out_dir / "identity_summary.json", summary)
+    return summary
+
+
+def subclusters(vectors: np.ndarray, labels: np.ndarray, members: np.ndarray, distance: float) -> dict[int, int]:
+    """Row index → subcluster within its identity cluster (e.g. costume or age variants), by average-linkage
+    agglomerative clustering of its members' vectors cut at cosine `distance`; 0 = off (no subclusters)."""
+    if distance <= 0:
+        return {}
+    from sklearn.cluster import AgglomerativeClustering
+
+    out: dict[int, int] = {}
+    for k in sorted(set(labels[members].tolist()) - {NOISE}):
+        idx = members[labels[members] == k]
+        if len(idx) < 2:
+            out.update(dict.fromkeys(idx.tolist(), 0))
+            continue
+        model = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage="average",
+                                        distance_threshold=distance)
+        found = model.fit_predict(unit(vectors[idx]))
+        rank = {int(c): n for n, c in enumerate(np.argsort(-np.bincount(found), kind="stable"))}  # 0 = largest
+        out.update({int(i): rank[int(c)] for i, c in zip(idx, found, strict=True)})
+    return out
+

@@ -1,0 +1,1 @@
+"""Label Studio review projects, one module per review interface."""

@@ -1,0 +1,1 @@
+"""Segmentation: SAM2 character instances, layers, backgrounds, propagation through a shot."""

@@ -1,0 +1,294 @@
+"""Typed settings: one pydantic model per section of ``configs/defaults.yaml``.
+
+The YAML files hold every default; these models hold the types and the ranges. Fields have no
+defaults of their own, so a value the code reads always comes from ``configs/``. Every model
+forbids unknown keys: a misspelt key fails when the config is loaded, before any work, and
+:func:`castlab.config.load_config` names the key and the file it came from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Probability = Field(ge=0.0, le=1.0)
+
+
+class Section(BaseModel):
+    """A settings section: strict about unknown keys, immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class WorkspaceSettings(Section):
+    runs_dir: str
+
+
+class FramesSettings(Section):
+    mode: Literal["scene", "interval", "hybrid"]
+    interval_seconds: float = Field(gt=0)
+    scene_threshold: float = Field(gt=0.0, le=2.55)  # x100 = PySceneDetect's ContentDetector threshold
+    min_scene_length: int = Field(ge=0)
+    frames_per_shot: int = Field(ge=1)
+    hybrid_window: int | None = Field(ge=0)
+    workers: Literal["auto"] | int
+    segment_min_frames: int = Field(ge=1)
+    image_format: Literal["jpg", "jpeg", "png", "webp"]
+    jpeg_quality: int = Field(ge=1, le=100)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value != "auto" and value < 1:
+            raise ValueError("must be 'auto' or an integer >= 1")
+        return value
+
+
+class QualitySettings(Section):
+    blur_threshold: float = Field(ge=0)
+    min_width: int = Field(ge=1)
+    min_height: int = Field(ge=1)
+    brightness_min: float = Field(ge=0, le=255)
+    brightness_max: float = Field(ge=0, le=255)
+    contrast_min: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _brightness(self) -> QualitySettings:
+        if self.brightness_min >= self.brightness_max:
+            raise ValueError("brightness_min must be below brightness_max")
+        return self
+
+
+class DedupSettings(Section):
+    phash_max_distance: int = Field(ge=0, le=64)
+    ssim_min: float = Field(ge=-1.0, le=1.0)
+    ssim_size: int = Field(ge=8)
+
+
+class BodyBox(Section):
+    face_widths: float = Field(gt=0)
+    face_heights: float = Field(gt=0)
+
+
+class SegmentationSettings(Section):
+    alpha_threshold: float = Probability
+    min_size: int = Field(ge=0)
+    min_area_fraction: float = Field(ge=0.0)  # above 1 keeps nothing
+    max_instances_per_frame: int = Field(ge=1)
+    points_per_side: int = Field(ge=1)
+    pred_iou_thresh: float = Probability
+    stability_score_thresh: float = Probability
+    stability_score_offset: float
+    min_size_reference_height: int = Field(ge=1)
+    dedup_iou: float = Probability
+    points_per_batch: int = Field(ge=1)
+    embedding_cache_mb: int = Field(ge=0)
+    evidence: list[Literal["face", "person", "insightface"]]
+    min_face_fraction: float = Field(gt=0.0, le=1.0)
+    body_box: BodyBox
+    character_prompt: str = Field(min_length=1)
+    non_character_prompts: list[str] = Field(min_length=1)
+    character_min_score: float = Probability
+    background_inpaint: Literal["telea", "lama", "none"]
+    background_dilate_px: int = Field(ge=0)
+    background_inpaint_radius: int = Field(ge=1)
+
+
+class PropagationSettings(Section):
+    max_frames: int = Field(ge=1)
+
+
+class IdentitySettings(Section):
+    face_min_score: float = Probability
+    face_box_margin: float = Field(ge=0)
+    view_front_max_yaw: float = Field(ge=0, le=90)
+    view_three_quarter_max_yaw: float = Field(ge=0, le=90)
+    suggest_k: int = Field(ge=1)
+    suggest_min_similarity: float = Field(ge=-1.0, le=1.0)
+    clip_join_min_similarity: float = Field(ge=-1.0, le=1.0)
+    subcluster_distance: float = Field(ge=0.0, le=2.0)
+
+    @model_validator(mode="after")
+    def _views(self) -> IdentitySettings:
+        if self.view_front_max_yaw > self.view_three_quarter_max_yaw:
+            raise ValueError("view_front_max_yaw must not exceed view_three_quarter_max_yaw")
+        return self
+
+
+class ClusteringSettings(Section):
+    method: Literal["hdbscan", "kmeans", "agglomerative"]
+    min_cluster_size: int = Field(ge=2)
+    min_samples: int | None = Field(ge=1)
+    metric: Literal["cosine", "euclidean"]
+    pca_components: int = Field(ge=0)
+    umap_components: int = Field(ge=2)
+    umap_neighbors: int = Field(ge=2)
+    umap_min_dist: float = Field(ge=0.0, le=1.0)
+    kmeans_clusters: int = Field(ge=1)
+    agglomerative_distance: float = Field(gt=0.0, le=2.0)
+    merge_similarity: float | None = Field(ge=-1.0, le=1.0)
+    member_min_similarity: float = Field(ge=-1.0, le=1.0)
+
+
+class DatasetSettings(Section):
+    target_size_min: int = Field(ge=1)
+    target_size_max: int = Field(ge=1)
+    trigger_token: str = Field(min_length=1)
+    class_word: str = Field(min_length=1)
+    caption_prefix: str
+    caption_min_tokens: int = Field(ge=1, le=77)
+    caption_max_tokens: int = Field(ge=1, le=77)
+    color_jitter: bool
+    flip_aug: bool
+    resolution: int = Field(ge=8)
+    val_fraction: float = Field(ge=0.0, lt=1.0)
+    background_rgb: list[int] = Field(min_length=3, max_length=3)
+
+    @field_validator("background_rgb")
+    @classmethod
+    def _rgb(cls, value: list[int]) -> list[int]:
+        if any(not 0 <= c <= 255 for c in value):
+            raise ValueError("every channel must be 0..255")
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DatasetSettings:
+        if self.target_size_min > self.target_size_max:
+            raise ValueError("target_size_min must not exceed target_size_max")
+        if self.caption_min_tokens > self.caption_max_tokens:
+            raise ValueError("caption_min_tokens must not exceed caption_max_tokens")
+        return self
+
+
+class TrainingSettings(Section):
+    template: str
+    clip_skip: int = Field(ge=1)
+    kohya: dict[str, Any]
+
+
+class EvaluationSettings(Section):
+    prompts: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    steps: int = Field(ge=1)
+    guidance_scale: float = Field(ge=0)
+
+
+class CaptionsSettings(Section):
+    style: Literal["natural", "tags", "auto"]
+    batch_size: int = Field(ge=1)
+    chunk_size: int = Field(ge=1)
+    max_side: int = Field(ge=16)
+    max_new_tokens: int = Field(ge=1)
+    prompt: str = Field(min_length=1)
+    cluster_samples: int = Field(ge=1)
+    invariant_fields: list[str]
+    field_order: list[str]
+    uncertain_terms: list[str]
+    neutral_terms: dict[str, str | None]
+    hallucination_terms: list[str]
+    min_clip_score: float | None = Field(ge=-1.0, le=1.0)
+    min_choice_confidence: float | None = Probability
+    min_text_confidence: float | None = Probability
+    sequence_frames: int = Field(ge=1)
+
+
+class ServiceSettings(Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    startup_timeout_s: float = Field(gt=0)
+
+
+class LabelStudioSettings(ServiceSettings):
+    masks_project_title: str = Field(min_length=1)
+    identity_instances_title: str = Field(min_length=1)
+    identity_clusters_title: str = Field(min_length=1)
+    captions_title: str = Field(min_length=1)
+
+
+class PrefectSettings(ServiceSettings):
+    pass
+
+
+class MlBackendSettings(ServiceSettings):
+    batch_budget_s: float = Field(ge=0)  # 0: one task per request
+    preload_captioner: bool
+
+
+# --- model roles: the keys differ by profile, so every field is optional; a loader checks what it needs.
+
+
+class SegmenterModel(Section):
+    arch: str
+    image_size: int = Field(default=1024, ge=64)
+    checkpoint: str | None = None
+    alpha_threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # overrides segmentation.alpha_threshold
+    character_min_score: float | None = Field(default=None, ge=0.0, le=1.0)  # overrides segmentation.*
+
+
+class EmbedderModel(Section):
+    arch: str
+    pretrained: str | None = None
+
+
+class CaptionerModel(Section):
+    arch: str | None = None       # tiny: the tiny architecture
+    model: str | None = None      # full: a hub id or a local folder
+    revision: str | None = None
+    local_files_only: bool = True
+    dtype: str = "auto"
+    device: str = "auto"
+    max_pixels: int | None = Field(default=None, ge=1)
+    min_clip_score: float | None = Field(default=None, ge=-1.0, le=1.0)  # override captions.* for this profile
+    min_choice_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_text_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class FacesModel(Section):
+    pack: str | None = None
+    root: str | None = None
+    det_size: int | None = Field(default=None, ge=32)
+    det_thresh: float = Probability
+
+
+class BaseModelSettings(Section):
+    arch: str
+    path: str | None = None
+    resolution: int | None = Field(default=None, ge=8)
+    kohya: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProfileModels(Section):
+    segmenter: SegmenterModel
+    embedder: EmbedderModel
+    captioner: CaptionerModel
+    faces: FacesModel
+    base_model: BaseModelSettings
+
+
+class ModelsSettings(Section):
+    tiny: ProfileModels
+    full: ProfileModels
+
+
+class Settings(Section):
+    """The whole resolved configuration."""
+
+    profile: Literal["tiny", "full"]
+    seed: int = Field(ge=0)
+    workspace: WorkspaceSettings
+    frames: FramesSettings
+    quality: QualitySettings
+    dedup: DedupSettings
+    segmentation: SegmentationSettings
+    propagation: PropagationSettings
+    identity: IdentitySettings
+    clustering: ClusteringSettings
+    dataset: DatasetSettings
+    training: TrainingSettings
+    evaluation: EvaluationSettings
+    captions: CaptionsSettings
+    labelstudio: LabelStudioSettings
+    prefect: PrefectSettings
+    ml_backend: MlBackendSettings
+    models: ModelsSettings

@@ -1,0 +1,1 @@
+"""The managed local services (Label Studio, Prefect server, ML backend)."""

@@ -1,0 +1,254 @@
+"""castlab.stack.services without the real servers: a stand-in `label-studio` script plays Label Studio."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from castlab.config import load_config
+from castlab.errors import StackError
+from castlab.stack import services as stack
+
+FAKE_LABEL_STUDIO = """#!{python}
+import json, os, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+args = sys.argv[1:]
+port, host = int(args[args.index("--port") + 1]), args[args.index("--internal-host") + 1]
+data = os.environ["LABEL_STUDIO_BASE_DATA_DIR"]
+os.makedirs(data, exist_ok=True)
+keys = [k for k in os.environ if k.startswith("LABEL_STUDIO_") or k in ("SENTRY_DSN", "FRONTEND_SENTRY_DSN",
+        "LATEST_VERSION_CHECK", "COLLECT_ANALYTICS")]
+with open(os.path.join(data, "seen.json"), "w") as fh:
+    json.dump({{"argv": sys.argv, "env": {{k: os.environ[k] for k in keys}}}}, fh)
+print("stand-in Label Studio starting", flush=True)
+if os.environ.get("FAKE_LS_MODE") == "move":
+    print(f"* Port {{port}} is in use.\\n* Trying to start at {{port + 1}}", flush=True)
+    time.sleep(60)
+
+
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{"status": "UP"}}).encode()
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+HTTPServer((host, port), Health).serve_forever()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def fake_ls_venv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    venv = tmp_path / "fake-ls-venv"
+    script = venv / "bin" / "label-studio"
+    script.parent.mkdir(parents=True)
+    script.write_text(FAKE_LABEL_STUDIO.format(python=sys.executable))
+    script.chmod(0o755)
+    monkeypatch.setenv("CASTLAB_LS_VENV", str(venv))
+    for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_API_KEY_FILE", "PREFECT_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return venv
+
+
+@pytest.fixture
+def ports_cfg(workspace: Path):
+    return load_config(extra={
+        "labelstudio": {"host": "127.0.0.1", "port": free_port(), "startup_timeout_s": 20},
+        "prefect": {"host": "127.0.0.1", "port": free_port(), "startup_timeout_s": 20},
+        "ml_backend": {"host": "127.0.0.1", "port": free_port(), "startup_timeout_s": 20},
+    })  # fmt: skip
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield int(sock.getsockname()[1])
+
+
+def test_credentials_file_is_private_and_reused(tmp_path: Path):
+    path = tmp_path / "stack" / "labelstudio.credentials.json"
+    creds = stack.load_or_create_credentials(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(creds.token) >= 32 and len(creds.password) >= 24 and "@" in creds.username
+    assert creds.token not in repr(creds) and creds.password not in repr(creds)
+    assert stack.load_or_create_credentials(path) == creds
+    path.chmod(0o644)
+    assert stack.load_or_create_credentials(path) == creds
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    other = stack.load_or_create_credentials(tmp_path / "other.json")
+    assert other.token != creds.token and other.password != creds.password
+
+
+@pytest.mark.parametrize(
+    "service, setting", [("labelstudio", "labelstudio.port"), ("prefect", "prefect.port")]
+)
+def test_busy_port_is_refused_before_anything_starts(workspace, busy_port, service, setting, fake_ls_venv):
+    cfg = load_config(extra={service: {"port": busy_port}})
+    with pytest.raises(StackError) as err:
+        stack.up(cfg, services=("labelstudio", "prefect"))
+    assert str(busy_port) in str(err.value) and setting in str(err.value)
+    assert not list((workspace / "stack").glob("*.pid")), "a service started although a port was busy"
+
+
+def test_status_reads_hosts_and_ports_from_config(ports_cfg):
+    status = stack.status(ports_cfg)
+    assert set(status) == {"labelstudio", "prefect", "ml_backend"}
+    for name, entry in status.items():
+        assert entry["url"] == f"http://127.0.0.1:{getattr(ports_cfg, name).port}"
+        assert entry["running"] is False and entry["pid"] is None and entry["healthy"] is False
+    assert stack.prefect_api_url(ports_cfg) is None
+    with pytest.raises(StackError, match="castlab up"):
+        stack.labelstudio_connection(ports_cfg)
+
+
+def test_unknown_service_is_refused(ports_cfg):
+    with pytest.raises(StackError, match="unknown service"):
+        stack.up(ports_cfg, services=("labelstudio", "redis"))
+
+
+def test_up_status_down_with_a_stand_in_label_studio(workspace, ports_cfg, fake_ls_venv):
+    port = ports_cfg.labelstudio.port
+    first = stack.up(ports_cfg, services=("labelstudio",))
+    try:
+        assert first["labelstudio"]["state"] == "started"
+        assert first["labelstudio"]["url"] == f"http://127.0.0.1:{port}"
+        creds_path = workspace / "stack" / "labelstudio.credentials.json"
+        assert stat.S_IMODE(creds_path.stat().st_mode) == 0o600
+        creds = stack.load_credentials(creds_path)
+        again = stack.up(ports_cfg, services=("labelstudio",))
+        assert again["labelstudio"]["state"] == "already running"
+        assert again["labelstudio"]["pid"] == first["labelstudio"]["pid"]
+        status = stack.status(ports_cfg)["labelstudio"]
+        assert status["running"] and status["healthy"] and status["pid"] == first["labelstudio"]["pid"]
+        assert stack.labelstudio_connection(ports_cfg) == (f"http://127.0.0.1:{port}", creds.token)
+
+        seen = json.loads((workspace / "stack" / "labelstudio" / "seen.json").read_text())
+        env = seen["env"]
+        assert env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == str(workspace.resolve())
+        assert env["LABEL_STUDIO_BASE_DATA_DIR"] == str((workspace / "stack" / "labelstudio").resolve())
+        assert env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] == "true"
+        assert env["LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN"] == "true"
+        assert env["LABEL_STUDIO_ML_BLOCK_LOCAL_IP"] == "false"
+        assert env["LABEL_STUDIO_SSRF_PROTECTION_ENABLED"] == "false"
+        assert env["SENTRY_DSN"] == env["FRONTEND_SENTRY_DSN"] == ""
+        assert env["COLLECT_ANALYTICS"] == env["LATEST_VERSION_CHECK"] == "false"
+        assert env["LABEL_STUDIO_USER_TOKEN"] == creds.token
+        expected_argv = ["start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)]
+        assert seen["argv"][1:] == expected_argv
+        shown = json.dumps([first, again, stack.status(ports_cfg)])
+        log = (workspace / "stack" / "labelstudio.log").read_text()
+        for secret in (creds.token, creds.password):
+            assert secret not in shown and secret not in log and secret not in " ".join(seen["argv"])
+    finally:
+        down = stack.down(ports_cfg)
+    assert down == {"ml_backend": "not running", "prefect": "not running", "labelstudio": "stopped"}
+    assert not stack.port_in_use("127.0.0.1", port)
+    assert stack.status(ports_cfg)["labelstudio"]["running"] is False
+    assert stack.down(ports_cfg)["labelstudio"] == "not running"
+
+
+def test_label_studio_moving_to_another_port_is_an_error(workspace, ports_cfg, fake_ls_venv, monkeypatch):
+    monkeypatch.setenv("FAKE_LS_MODE", "move")
+    port = ports_cfg.labelstudio.port
+    with pytest.raises(StackError) as err:
+        stack.up(ports_cfg, services=("labelstudio",))
+    assert f"port {port}" in str(err.value) and "labelstudio.port" in str(err.value)
+    assert stack.status(ports_cfg)["labelstudio"]["running"] is False
+    assert not (workspace / "stack" / "labelstudio.pid").exists()
+
+
+def test_missing_label_studio_venv_is_a_clear_error(workspace, ports_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("CASTLAB_LS_VENV", str(tmp_path / "nowhere"))
+    with pytest.raises(StackError, match="labelstudio-venv"):
+        stack.up(ports_cfg, services=("labelstudio",))
+    with pytest.raises(StackError, match="not installed"):
+        stack.labelstudio_version()
+
+
+def _process(tmp_path: Path, code: str, port: int, **kwargs) -> stack.ManagedProcess:
+    return stack.ManagedProcess(
+        "demo", [sys.executable, "-c", code], host="127.0.0.1", port=port, health_path="/",
+        setting="demo.port", state_dir=tmp_path / "state", startup_timeout_s=20, **kwargs,
+    )  # fmt: skip
+
+
+def test_managed_process_start_is_idempotent_and_stop_frees_the_port(tmp_path: Path):
+    port = free_port()
+    serve = f"import http.server as h; h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler)"
+    serve += ".serve_forever()"
+    proc = _process(tmp_path, serve, port, cwd=tmp_path)
+    assert proc.start() == "started"
+    try:
+        pid = proc.pid()
+        assert pid and proc.healthy() and proc.pid_file.is_file()
+        assert proc.start() == "already running" and proc.pid() == pid
+        assert os.getpgid(pid) == pid  # detached in its own session
+    finally:
+        assert proc.stop() == "stopped"
+    assert not proc.pid_file.exists() and not stack.port_in_use("127.0.0.1", port)
+    assert proc.stop() == "not running"
+
+
+def test_process_that_exits_while_starting_shows_its_log(tmp_path: Path):
+    proc = _process(tmp_path, "print('boom: no config'); raise SystemExit(3)", free_port())
+    with pytest.raises(StackError, match="boom: no config"):
+        proc.start()
+    assert proc.pid() is None
+
+
+def test_stale_pid_file_is_dropped(tmp_path: Path):
+    proc = _process(tmp_path, "pass", free_port())
+    proc.state_dir.mkdir(parents=True)
+    dead = __import__("subprocess").run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                        capture_output=True, text=True, check=True)  # fmt: skip
+    proc.pid_file.write_text(json.dumps({"pid": int(dead.stdout), "url": "http://127.0.0.1:1"}))
+    assert proc.record() is None and not proc.pid_file.exists()
+    assert proc.status()["running"] is False
+
+
+def test_labelstudio_connection_prefers_the_environment(ports_cfg, tmp_path: Path, monkeypatch):
+    for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_API_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://ls.example:8080/")
+    with pytest.raises(StackError, match="LABEL_STUDIO_API_KEY"):
+        stack.labelstudio_connection(ports_cfg)
+    key_file = tmp_path / "key"
+    key_file.write_text("file-token\n")
+    key_file.chmod(0o644)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY_FILE", str(key_file))
+    with pytest.raises(StackError, match="chmod 600"):
+        stack.labelstudio_connection(ports_cfg)
+    key_file.chmod(0o600)
+    assert stack.labelstudio_connection(ports_cfg) == ("http://ls.example:8080", "file-token")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "env-token")
+    assert stack.labelstudio_connection(ports_cfg) == ("http://ls.example:8080", "env-token")
+    monkeypatch.delenv("LABEL_STUDIO_URL")
+    with pytest.raises(StackError, match="LABEL_STUDIO_URL is not"):
+        stack.labelstudio_connection(ports_cfg)
+
+
+def test_prefect_api_url_prefers_the_environment(ports_cfg, monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
+    assert stack.prefect_api_url(ports_cfg) == "http://prefect.example:4200/api"
+    monkeypatch.delenv("PREFECT_API_URL")
+    assert stack.prefect_api_url(ports_cfg) is None
