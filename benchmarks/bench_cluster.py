@@ -118,6 +118,9 @@ def run_method(x: np.ndarray, truth: np.ndarray, settings, name: str) -> dict:
 def jit_worker(n: int) -> None:
     """In a fresh process: time importing castlab.identity.cluster and the first cluster_embeddings call."""
     start = time.perf_counter()
+    from castlab.runtime import setup_runtime
+
+    setup_runtime()  # as the entry points do (NUMBA_CACHE_DIR is set by the parent here)
     from castlab.config import load_config
     from castlab.identity.cluster import ClusterSettings, cluster_embeddings
 
@@ -160,6 +163,9 @@ def main() -> int:
         jit_worker(args.jit_worker)
         return 0
 
+    from castlab.runtime import setup_runtime
+
+    setup_runtime()  # numba's cache in .cache/numba, as the entry points do
     from castlab.config import load_config
     from castlab.identity.cluster import ClusterSettings
 

@@ -2,6 +2,10 @@
 
 Stored as Parquet (pyarrow) with a stable ``row_id`` key. Stages add columns with :meth:`update`;
 rejected rows stay, with ``status="rejected"`` and a ``reject_reason``.
+
+One writer: in a flow run only the flow saves a run's manifest. Stage code changes a Manifest in memory
+(:meth:`add_rows`, :meth:`update`) and never saves it; a task hands back :meth:`changes` (the values it set,
+per row), and the flow merges them into its own manifest with :meth:`add_rows` and saves.
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ class Manifest:
     def __init__(self, path: Path, frame: pd.DataFrame | None = None) -> None:
         self.path = Path(path)
         self.df = frame if frame is not None else pd.DataFrame(columns=BASE_COLUMNS)
+        self._changes: dict[str, dict[str, Any]] = {}
+
+    def _record(self, row_id: str, values: Mapping[str, Any]) -> None:
+        self._changes.setdefault(row_id, {"row_id": row_id}).update(values)
+
+    def changes(self) -> list[dict[str, Any]]:
+        """Every value set since this Manifest was loaded, one dict per row (``row_id`` + the columns set)."""
+        return [dict(change) for change in self._changes.values()]
 
     @classmethod
     def for_run(cls, run_dir: Path) -> Manifest:
@@ -45,19 +57,25 @@ class Manifest:
         return len(self.df)
 
     def add_rows(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Append rows; a row whose ``row_id`` already exists is updated instead (idempotent)."""
+        """Append rows; a row whose ``row_id`` already exists is updated instead (only the columns it carries)."""
         rows = [dict(r) for r in rows]
         if not rows:
             return 0
+        existing = set(self.df["row_id"]) if len(self.df) else set()
+        fresh_rows, known_rows = [], []
         for row in rows:
             if not row.get("row_id"):
                 raise ValueError(f"manifest row without row_id: {row}")
-            row.setdefault("status", "kept")
-            row.setdefault("reject_reason", None)
-        new = pd.DataFrame(rows)
-        existing = set(self.df["row_id"]) if len(self.df) else set()
-        fresh = new[~new["row_id"].isin(existing)]
-        self._update_many(new[new["row_id"].isin(existing)])
+            if row["row_id"] in existing:
+                known_rows.append(row)
+            else:
+                row.setdefault("status", "kept")
+                row.setdefault("reject_reason", None)
+                fresh_rows.append(row)
+            self._record(row["row_id"], row)
+        for known in _by_columns(known_rows):  # rows carrying other columns are updated separately
+            self._update_many(pd.DataFrame(known))
+        fresh = pd.DataFrame(fresh_rows)
         if len(fresh):
             self.df = pd.concat([self.df, fresh], ignore_index=True) if len(self.df) else fresh.reset_index(drop=True)
         return len(fresh)
@@ -80,6 +98,7 @@ class Manifest:
         idx = self.df.index[self.df["row_id"] == row_id]
         if len(idx) != 1:
             raise KeyError(f"manifest {self.path}: no unique row {row_id!r}")
+        self._record(row_id, values)
         for key, value in values.items():
             if key not in self.df.columns:
                 self.df[key] = None
@@ -104,6 +123,14 @@ class Manifest:
         with atomic_path(self.path) as tmp:
             self.df.to_parquet(tmp, index=False)
         return self.path
+
+
+def _by_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Group rows by the set of columns they carry (an update never blanks a column a row did not name)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    return list(groups.values())
 
 
 def _plain(value: Any) -> Any:

@@ -83,6 +83,7 @@ class SegmentationSettings(Section):
     min_size_reference_height: int = Field(ge=1)
     dedup_iou: float = Probability
     points_per_batch: int = Field(ge=1)
+    chunk_frames: int = Field(ge=1)
     embedding_cache_mb: int = Field(ge=0)
     evidence: list[Literal["face", "person", "insightface"]]
     min_face_fraction: float = Field(gt=0.0, le=1.0)
@@ -108,6 +109,7 @@ class IdentitySettings(Section):
     suggest_min_similarity: float = Field(ge=-1.0, le=1.0)
     clip_join_min_similarity: float = Field(ge=-1.0, le=1.0)
     subcluster_distance: float = Field(ge=0.0, le=2.0)
+    chunk_instances: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _views(self) -> IdentitySettings:

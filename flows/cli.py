@@ -16,6 +16,7 @@ from typing import Any
 
 from castlab.config import Config, load_config
 from castlab.errors import CastlabError, InputError
+from castlab.runtime import setup_runtime
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -46,7 +47,7 @@ def _prefect(cfg: Config) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> Any:
-    from castlab.stack import services as stack
+    from castlab import stack
 
     services = ["labelstudio", "prefect"] + (["ml_backend"] if args.backend else [])
     if args.only:
@@ -55,13 +56,13 @@ def cmd_up(args: argparse.Namespace) -> Any:
 
 
 def cmd_down(args: argparse.Namespace) -> Any:
-    from castlab.stack import services as stack
+    from castlab import stack
 
     return stack.down(_config(args))
 
 
 def cmd_status(args: argparse.Namespace) -> Any:
-    from castlab.stack import services as stack
+    from castlab import stack
 
     return stack.status(_config(args))
 
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_runtime()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the flow logs

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from castlab.config import Config, load_config
+from castlab.manifest import Manifest
 
 
 def resolve_config(
@@ -18,7 +20,20 @@ def resolve_config(
 
 def labelstudio(cfg: Config) -> Any:
     from castlab.labelstudio import client
-    from castlab.stack.services import labelstudio_connection
+    from castlab.labelstudio.connection import labelstudio_connection
 
     url, token = labelstudio_connection(cfg)
     return client.connect(url, token)
+
+
+# Label Studio pushes and syncs are idempotent (stable task keys, annotations read again): a dropped connection
+# or a restarting server is retried instead of failing the flow.
+LABEL_STUDIO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 5}
+
+
+def save_changes(run_dir: str | Path, changes: list[dict[str, Any]]) -> int:
+    """The one manifest writer of a flow run: merge a task's row changes into the run's manifest and save it."""
+    manifest = Manifest.for_run(Path(run_dir))
+    manifest.add_rows(changes)
+    manifest.save()
+    return len(changes)

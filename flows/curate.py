@@ -1,4 +1,7 @@
-"""curate: video → frames by shot → SAM2 instance masks → Label Studio masks project."""
+"""curate: video → frames by shot → SAM2 instance masks → Label Studio masks project.
+
+Tasks compute rows; the flow is the run's one manifest writer (it merges each task's rows and saves).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from castlab import frames, segment
 from castlab.config import Config
 from castlab.frames.report import REPORT_MD
 from castlab.manifest import Manifest
-from castlab.workspace import Run, labelstudio, resolve_config
+from castlab.workspace import Run
+from flows.common import LABEL_STUDIO_RETRIES, labelstudio, resolve_config, save_changes
 
 
 @task(name="find-videos")
@@ -22,66 +27,51 @@ def find_videos_task(video: str) -> list[str]:
 
 
 @task(name="extract-frames")
-def extract_frames_task(video: str, run_dir: str, cfg: Config, mode: str | None) -> dict[str, int]:
-    from castlab.frames.extract import extract_frames
-    rows = extract_frames(Path(video), Path(run_dir), cfg, mode=mode)
-    manifest = Manifest.for_run(Path(run_dir))
-    manifest.add_rows(rows)
-    manifest.save()
-    kept = _kept(rows)
-    return {"frames": len(rows), "kept": kept, "rejected": len(rows) - kept}
+def extract_frames_task(video: str, run_dir: str, cfg: Config, mode: str | None) -> list[dict[str, Any]]:
+    return frames.process([{"video": video}], cfg, run_dir=Path(run_dir), mode=mode)
 
 
 @task(name="deduplicate-frames")
-def dedup_task(run_dir: str, cfg: Config) -> dict[str, int]:
+def dedup_task(rows: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
     """pHash + SSIM near-duplicate removal over every kept frame of the run (within and across shots)."""
-    from castlab.frames.dedup import deduplicate
-    manifest = Manifest.for_run(Path(run_dir))
-    rows = manifest.rows(kind="frame")
-    deduped = deduplicate(rows, cfg)
-    manifest.add_rows(deduped)
-    manifest.save()
-    return {"duplicates": sum(1 for r in deduped if r.get("duplicate_of")), "kept": _kept(deduped)}
+    from castlab.frames.stage import dedup
+
+    return dedup(rows, cfg)
 
 
 @task(name="split-and-report")
-def split_report_task(run_dir: str, cfg: Config) -> dict[str, Any]:
+def split_report_task(run_dir: str, rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
     """Train/val by shot (seeded), then report.md / report.csv / contact_sheet.png for the frame stages."""
     from castlab.frames.report import write_report
-    from castlab.frames.splits import assign_splits
-    manifest = Manifest.for_run(Path(run_dir))
-    rows = assign_splits(manifest.rows(kind="frame"), float(cfg.dataset.val_fraction), int(cfg.seed))
-    manifest.add_rows([{"row_id": r["row_id"], "split": r["split"]} for r in rows])
-    manifest.save()
-    return write_report(Path(run_dir), rows, profile=cfg.profile)
+    from castlab.frames.stage import split
 
-
-def _kept(rows: list[dict[str, Any]]) -> int:
-    return sum(1 for r in rows if r.get("status") == "kept")
+    splits = split(rows, cfg)
+    by_id = {s["row_id"]: s["split"] for s in splits}
+    report = write_report(Path(run_dir), [{**r, "split": by_id[r["row_id"]]} for r in rows], profile=cfg.profile)
+    return {"splits": splits, **report}
 
 
 @task(name="segment-instances")
-def segment_task(run_dir: str, cfg: Config) -> dict[str, Any]:
-    from castlab.models.embedder import load_embedder
-    from castlab.models.segmenter import load_segmenter
-    from castlab.segment.characters import CharacterScorer, EvidenceDetector
-    from castlab.segment.instances import segment_frames
-    manifest = Manifest.for_run(Path(run_dir))
-    segmenter = load_segmenter(cfg)
-    detector = EvidenceDetector.from_config(cfg)
-    scorer = CharacterScorer.from_config(load_embedder(cfg), cfg)
-    frames = manifest.rows(kind="frame", status="kept")
-    rows = segment_frames(segmenter, frames, Path(run_dir), cfg, detector=detector, scorer=scorer)
-    manifest.add_rows(rows)
-    manifest.save()
-    return {"instances": len(rows), "model_version": segmenter.model_version}
+def segment_task(run_dir: str, rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    """SAM2 character instances, ``segmentation.chunk_frames`` frames at a time (models loaded once)."""
+    from castlab.rows import chunked
+    from castlab.segment.instances import write_results
+
+    models = segment.load_models(cfg)
+    instances: list[dict[str, Any]] = []
+    for chunk in chunked(rows, cfg.segmentation.chunk_frames):
+        instances += segment.process(chunk, cfg, models, run_dir=Path(run_dir))
+    write_results(Path(run_dir), rows, instances, cfg, models.segmenter)
+    return {"rows": instances, "model_version": models.segmenter.model_version}
 
 
-@task(name="push-masks-to-label-studio")
+@task(name="push-masks-to-label-studio", **LABEL_STUDIO_RETRIES)
 def push_masks_task(run_dir: str, cfg: Config, title: str | None) -> dict[str, Any]:
     from castlab.labelstudio.projects.masks import push_masks
+
     manifest = Manifest.for_run(Path(run_dir))
-    return push_masks(labelstudio(cfg), manifest, Path(run_dir), cfg, title=title)
+    summary = push_masks(labelstudio(cfg), manifest, Path(run_dir), cfg, title=title)
+    return {**summary, "changes": manifest.changes()}
 
 
 @flow(name="curate")
@@ -98,21 +88,31 @@ def curate(
     logger = get_run_logger()
     cfg = resolve_config(config_files, preset, profile)
     run = Run.create("curate", cfg)
+    run_dir = str(run.path)
     logger.info("run folder %s (profile %s)", run.path, cfg.profile)
-    summary: dict[str, Any] = {"run_dir": str(run.path), "profile": cfg.profile, "videos": []}
+    summary: dict[str, Any] = {"run_dir": run_dir, "profile": cfg.profile, "videos": []}
     for path in find_videos_task(video):
-        counts = extract_frames_task(path, str(run.path), cfg, mode)
-        summary["videos"].append({"video": path, **counts})
-    summary["dedup"] = dedup_task(str(run.path), cfg)
-    report = split_report_task(str(run.path), cfg)
+        rows = extract_frames_task(path, run_dir, cfg, mode)
+        save_changes(run_dir, rows)
+        summary["videos"].append({"video": path, **frames.stage.counts(rows)})
+    deduped = dedup_task(Manifest.for_run(run.path).rows(kind="frame"), cfg)
+    save_changes(run_dir, deduped)
+    summary["dedup"] = {"duplicates": sum(1 for r in deduped if r.get("duplicate_of")),
+                        "kept": frames.stage.counts(deduped)["kept"]}
+    report = split_report_task(run_dir, Manifest.for_run(run.path).rows(kind="frame"), cfg)
+    save_changes(run_dir, report["splits"])
     summary["report"] = report["files"]
     summary["frames"] = {"stages": report["stages"], "reasons": report["reasons"]}
     create_markdown_artifact(key="curate-frames-report", markdown=report["markdown"],
                              description="castlab frame curation report (counts per stage and reason)")
     logger.info("frame report: %s", report["files"][REPORT_MD])
-    summary["segmentation"] = segment_task(str(run.path), cfg)
+    segmented = segment_task(run_dir, Manifest.for_run(run.path).rows(kind="frame", status="kept"), cfg)
+    save_changes(run_dir, segmented["rows"])
+    summary["segmentation"] = {"instances": len(segmented["rows"]), "model_version": segmented["model_version"]}
     if push:
-        summary["labelstudio"] = push_masks_task(str(run.path), cfg, project_title)
+        pushed = push_masks_task(run_dir, cfg, project_title)
+        save_changes(run_dir, pushed.pop("changes"))
+        summary["labelstudio"] = pushed
     create_markdown_artifact(
         key="curate-summary",
         markdown=_markdown(summary),

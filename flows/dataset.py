@@ -7,8 +7,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from castlab.errors import CastlabError
-from castlab.manifest import Manifest
 from castlab.workspace import Run
 from flows.common import resolve_config
 
@@ -23,15 +21,10 @@ def dataset(
     profile: str | None = None,
 ) -> dict[str, Any]:
     """Assemble a training dataset from the reviewed instances of a curate run."""
-    from castlab.dataset.assemble import assemble_dataset
-    from castlab.labelstudio.projects.masks import reviewed_instances
+    from castlab import dataset as dataset_stage
 
     cfg = resolve_config(config_files, preset, profile)
-    manifest = Manifest.load(Path(run_dir) / "manifest.parquet")
-    rows = reviewed_instances(manifest)
-    if not rows:
-        raise CastlabError(f"{run_dir}: no reviewed instances yet (review masks in Label Studio, then review-sync)")
     target = Path(out_dir) if out_dir else Run.create("dataset", cfg).path / "dataset"
-    summary = assemble_dataset(rows, target, cfg, force=force)
+    summary = dataset_stage.run(Path(run_dir), cfg, target, force=force)
     get_run_logger().info("dataset at %s: %s", target, summary)
     return summary

@@ -27,13 +27,14 @@ from flows.train import train
 @task(name="connect-ml-backend")
 def connect_backend_task(cfg: Config, project_id: int, run_dir: str) -> dict[str, Any]:
     """Connect the running castlab ML backend and make one interactive keypoint request."""
+    from castlab import stack
     from castlab.labelstudio import backends
-    from castlab.stack import services as stack
+    from castlab.labelstudio.connection import labelstudio_connection
     backend = stack.status(cfg).get("ml_backend") or {}
     if not backend.get("healthy"):
         get_run_logger().warning("ML backend is not running (castlab up --backend); skipping")
         return {"connected": False}
-    url, token = stack.labelstudio_connection(cfg)
+    url, token = labelstudio_connection(cfg)
     backend_id = backends.ensure_ml_backend(labelstudio(cfg), project_id, backend["url"])
     frame = next(r for r in Manifest.for_run(Path(run_dir)).rows(kind="frame", status="kept") if r.get("ls_task_id"))
     context = {"result": [{
@@ -99,9 +100,9 @@ def demo(
     data = dataset(run_dir=run_dir, **kwargs)
     checkpoints = train(training_toml=data["training_toml"], **kwargs)
     report = evaluate(checkpoints=checkpoints, **kwargs)
-    from castlab.stack import services as stack
+    from castlab.labelstudio.connection import labelstudio_connection
 
-    ls_url, _ = stack.labelstudio_connection(cfg)
+    ls_url, _ = labelstudio_connection(cfg)
     return {
         "profile": cfg.profile,
         "curate_run": run_dir,

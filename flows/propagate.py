@@ -10,12 +10,14 @@ from prefect import flow, get_run_logger, task
 from castlab.config import Config
 from castlab.errors import InputError
 from castlab.manifest import Manifest
-from castlab.workspace import Run, labelstudio, resolve_config
+from castlab.workspace import Run
+from flows.common import LABEL_STUDIO_RETRIES, labelstudio, resolve_config
 
 
 @task(name="propagate-mask")
 def propagate_task(run_dir: str, instance_id: str, force: bool, cfg: Config) -> dict[str, Any]:
     from castlab.segment.propagate import propagate_instance
+
     manifest = Manifest.load(Path(run_dir) / "manifest.parquet")
     rows = [r for r in manifest.rows(kind="instance") if r["row_id"] == instance_id]
     if not rows:
@@ -23,9 +25,10 @@ def propagate_task(run_dir: str, instance_id: str, force: bool, cfg: Config) -> 
     return propagate_instance(cfg, Path(run_dir), rows[0], force=force)
 
 
-@task(name="push-propagation")
+@task(name="push-propagation", **LABEL_STUDIO_RETRIES)
 def push_task(result: dict[str, Any], run_dir: str, cfg: Config) -> dict[str, Any]:
-    from castlab.segment.propagate import push_propagation
+    from castlab.labelstudio.projects.masks import push_propagation
+
     return push_propagation(labelstudio(cfg), result, Path(run_dir), cfg)
 
 

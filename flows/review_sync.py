@@ -10,28 +10,34 @@ from prefect import flow, get_run_logger, task
 from castlab.config import Config
 from castlab.manifest import Manifest
 from castlab.workspace import Run
-from flows.common import labelstudio, resolve_config
+from flows.common import LABEL_STUDIO_RETRIES, labelstudio, resolve_config, save_changes
 
 
-@task(name="sync-mask-reviews")
-def sync_masks_task(run_dir: str, cfg: Config) -> dict[str, int]:
+@task(name="sync-mask-reviews", **LABEL_STUDIO_RETRIES)
+def sync_masks_task(run_dir: str, cfg: Config) -> dict[str, Any]:
     from castlab.labelstudio.projects.masks import sync_mask_reviews
+
     manifest = Manifest.load(Path(run_dir) / "manifest.parquet")
-    return sync_mask_reviews(labelstudio(cfg), manifest, Path(run_dir), cfg=cfg)
+    counts = sync_mask_reviews(labelstudio(cfg), manifest, Path(run_dir), cfg=cfg)
+    return {"counts": counts, "changes": manifest.changes()}
 
 
-@task(name="sync-identity-reviews")
+@task(name="sync-identity-reviews", **LABEL_STUDIO_RETRIES)
 def sync_identities_task(run_dir: str, cfg: Config) -> dict[str, Any]:
     from castlab.labelstudio.projects.identity import sync_identity_reviews
+
     manifest = Manifest.load(Path(run_dir) / "manifest.parquet")
-    return sync_identity_reviews(labelstudio(cfg), manifest, Path(run_dir), cfg)
+    counts = sync_identity_reviews(labelstudio(cfg), manifest, Path(run_dir), cfg)
+    return {"counts": counts, "changes": manifest.changes()}
 
 
-@task(name="sync-caption-reviews")
+@task(name="sync-caption-reviews", **LABEL_STUDIO_RETRIES)
 def sync_captions_task(run_dir: str, cfg: Config) -> dict[str, Any]:
     from castlab.labelstudio.projects.captions import sync_caption_reviews
+
     manifest = Manifest.load(Path(run_dir) / "manifest.parquet")
-    return sync_caption_reviews(labelstudio(cfg), manifest, Path(run_dir), cfg)
+    counts = sync_caption_reviews(labelstudio(cfg), manifest, Path(run_dir), cfg)
+    return {"counts": counts, "changes": manifest.changes()}
 
 
 @flow(name="review-sync")
@@ -40,13 +46,19 @@ def review_sync(
 ) -> dict[str, Any]:
     """Bring masks reviewed in Label Studio back into the run (accepted, corrected, added, removed) and, after
     ``identify``, the identity decisions (a named identity per instance) and, after ``caption``, the reviewed
-    captions."""
+    captions. Each sync reads the manifest the previous one saved; the flow is the one writer."""
     cfg = resolve_config(config_files, preset, profile)
     run = Run.open(run_dir, cfg)
-    counts: dict[str, Any] = sync_masks_task(str(run.path), cfg)
+    synced = sync_masks_task(str(run.path), cfg)
+    save_changes(run.path, synced["changes"])
+    counts: dict[str, Any] = synced["counts"]
     if (run.path / "identity_push.json").is_file():  # the run went through identify: identities too
-        counts["identities"] = sync_identities_task(str(run.path), cfg)
+        synced = sync_identities_task(str(run.path), cfg)
+        save_changes(run.path, synced["changes"])
+        counts["identities"] = synced["counts"]
     if (run.path / "captions" / "captions_push.json").is_file():  # the run went through caption: captions too
-        counts["captions"] = sync_captions_task(str(run.path), cfg)
+        synced = sync_captions_task(str(run.path), cfg)
+        save_changes(run.path, synced["changes"])
+        counts["captions"] = synced["counts"]
     get_run_logger().info("review-sync %s: %s", run.path.name, counts)
     return counts

@@ -23,9 +23,9 @@ def configure_prefect(cfg: Config) -> str:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     if os.environ.get("PREFECT_API_URL"):
         return f"server {os.environ['PREFECT_API_URL']}"
-    from castlab.stack.services import prefect_api_url
+    from castlab import stack
 
-    url = prefect_api_url(cfg)
+    url = stack.prefect_api_url(cfg)
     if url:
         os.environ["PREFECT_API_URL"] = url
         return f"server {url}"

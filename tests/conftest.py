@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from castlab.runtime import setup_runtime
+
+setup_runtime()
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("CASTLAB_PROFILE", "tiny")

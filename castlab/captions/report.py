@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from castlab.pictures import TINY_STAMP, font, save_png
+from castlab.pictures import font, save_png, tiny_stamp
 from castlab.workspace import write_json_atomic, write_text_atomic
 
 REPORT_JSON = "caption_report.json"
@@ -151,7 +151,7 @@ def write_caption_report(
     out_dir = Path(out_dir)
     report = {**caption_counts(records, min_tokens, max_tokens, trigger_words), "profile": profile}
     files = {name: str(out_dir / name) for name in (REPORT_JSON, REPORT_MD, TOKENS_PNG)}
-    save_png(token_chart(report["tokens"], stamp=TINY_STAMP if profile == "tiny" else ""), out_dir / TOKENS_PNG)
+    save_png(token_chart(report["tokens"], stamp=tiny_stamp(profile)), out_dir / TOKENS_PNG)
     write_text_atomic(out_dir / REPORT_MD, caption_markdown(report))
     report["files"] = files
     write_json_atomic(out_dir / REPORT_JSON, report)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from castlab.errors import ConfigError, InputError
 from castlab.identity.embed import square_on_background, view_balanced_sample
 from castlab.layers import media_path, open_rgba
 from castlab.manifest import Manifest, row_text
+from castlab.rows import chunked
 from castlab.workspace import write_json_atomic, write_text_atomic
 
 CAPTIONS_DIR = "captions"
@@ -195,9 +196,66 @@ def label_text(label: dict[str, Any] | None) -> str:
     return "; ".join(f"{k}: {v}" for k, v in sorted((label.get("usual") or {}).items()))
 
 
+@dataclass
+class CaptionModels:
+    """What captioning needs: the VLM and open_clip (for the caption-image score)."""
+
+    captioner: Any
+    embedder: Any = None
+
+
+def load_models(cfg: Config) -> CaptionModels:
+    from castlab.models.captioner import load_captioner
+    from castlab.models.embedder import load_embedder
+
+    return CaptionModels(load_captioner(cfg), load_embedder(cfg))
+
+
+def new_record(row: dict[str, Any], settings: CaptionSettings, model_version: str) -> dict[str, Any]:
+    """A row's caption record before generation (``no_identity`` already settled)."""
+    record = base_record(str(row["row_id"]), identified(row), settings, model_version)
+    record["view"] = row_text(row.get("view")) or None
+    if record["identity"] is None:
+        state = row_text(row.get("identity_state")) or "none"
+        record.update(status="no_identity", error=f"no reviewed identity (identity_state {state})")
+    return record
+
+
+def process(rows: Sequence[dict[str, Any]], cfg: Config, models: CaptionModels, *, style: str | None = None,
+            settings: CaptionSettings | None = None) -> list[dict[str, Any]]:
+    """Caption one chunk of instance rows: a record each with the VLM's schema fields (``status`` ok), or why
+    not (``no_identity``, ``image_error``, ``schema_error``). Nothing is written: assembly, QC and the files
+    need every chunk of the run (:func:`caption_run`)."""
+    settings = settings or CaptionSettings.from_config(cfg, style)
+    records, live, images = [], [], []
+    for row in rows:
+        record = new_record(row, settings, models.captioner.model_version)
+        records.append(record)
+        if record["status"] == "no_identity":
+            continue
+        try:
+            images.append(load_crop(row.get("crop_path"), settings.background, settings.max_side))
+            live.append(record)
+        except InputError as exc:
+            record.update(status="image_error", error=str(exc))
+    generate_fields(models.captioner, images, live, settings, cfg)
+    return records
+
+
+def run(run_dir: Path, cfg: Config, models: CaptionModels | None = None, style: str | None = None,
+        force: bool = False, sequences: bool = False) -> dict[str, Any]:
+    """:func:`caption_run` on the run's manifest, then save it (outside a flow; a flow saves it itself)."""
+    manifest = Manifest.for_run(run_dir)
+    models = models or load_models(cfg)
+    summary = caption_run(run_dir, manifest, cfg, models.captioner, models.embedder, style, force, sequences)
+    manifest.save()
+    return summary
+
+
 def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any = None, embedder: Any = None,
                 style: str | None = None, force: bool = False, sequences: bool = False) -> dict[str, Any]:
-    """Caption every kept instance of the run (see module doc); returns the summary.
+    """Caption every kept instance of the run (see module doc); returns the summary. The manifest is updated
+    in memory, not saved (the caller saves it: :func:`run`, or the flow).
 
     Run again, it generates only what is new: an instance captioned before with the same identity, style and
     model keeps its fields (and its review); identity traits, QC flags, cluster labels and the report are
@@ -227,37 +285,31 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
     def crop(row_id: str) -> Image.Image:
         return load_crop(crop_paths[row_id], settings.background, settings.max_side)
 
-    records, todo, reused = [], [], 0
+    done: dict[str, dict[str, Any]] = {}
+    todo, reused = [], 0
     for row in rows:
-        record = base_record(str(row["row_id"]), identified(row), settings, captioner.model_version)
-        record["view"] = row_text(row.get("view")) or None
-        records.append(record)
-        if record["identity"] is None:
-            state = row_text(row.get("identity_state")) or "none"
-            record.update(status="no_identity", error=f"no reviewed identity (identity_state {state})")
+        record = new_record(row, settings, captioner.model_version)
+        if record["status"] == "no_identity":
+            done[record["row_id"]] = record
         elif not force and _reusable(previous.get(record["row_id"]), record):
             record.update({k: previous[record["row_id"]].get(k) for k in REUSED_KEYS})
+            done[record["row_id"]] = record
             reused += 1
         else:
-            todo.append(record)
+            todo.append(row)
     # crops are loaded a chunk at a time (a film has tens of thousands): fields first, then assembly + QC,
     # which need every caption of an identity (its usual traits) before any caption is flagged
+    models = CaptionModels(captioner, embedder)
     with tqdm(total=len(todo), desc="captions", unit="instance") as bar:
-        for chunk in _chunks(todo, settings.chunk_size):
-            live, images = [], []
-            for record in chunk:
-                try:
-                    images.append(crop(record["row_id"]))
-                    live.append(record)
-                except InputError as exc:
-                    record.update(status="image_error", error=str(exc))
-            generate_fields(captioner, images, live, settings, cfg)
+        for chunk in chunked(todo, settings.chunk_size):
+            done.update({r["row_id"]: r for r in process(chunk, cfg, models, settings=settings)})
             bar.update(len(chunk))
+    records = [done[str(r["row_id"])] for r in rows]
     ok = [r for r in records if r["status"] == "ok"]
     usual_paths = [*cfg.captions.invariant_fields, "outfit"]
     usual = identity_majorities([r["fields"] for r in ok], usual_paths, cfg=cfg)
     known = sorted({str(r["identity"]) for r in records if r["identity"]})
-    for chunk in tqdm(list(_chunks(ok, settings.chunk_size)), desc="caption QC", unit="chunk", leave=False):
+    for chunk in tqdm(list(chunked(ok, settings.chunk_size)), desc="caption QC", unit="chunk", leave=False):
         finish_records(chunk, [crop(r["row_id"]) for r in chunk], cfg, settings, usual, known, embedder)
     by_identity: dict[str, list[dict[str, Any]]] = {}
     for record in ok:
@@ -274,7 +326,6 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
                         caption_error=record["error"], caption_flags=", ".join(record["flags"]),
                         caption_priority=record["priority"], caption_tokens=record["tokens"],
                         caption_clip_score=record["clip_score"])
-    manifest.save()
     trigger = [str(cfg.dataset.trigger_token), str(cfg.dataset.class_word)]
     report = write_caption_report(out, records, cfg.profile, int(cfg.dataset.caption_min_tokens),
                                   int(cfg.dataset.caption_max_tokens), trigger)
@@ -298,11 +349,6 @@ def _reusable(previous: dict[str, Any] | None, record: dict[str, Any]) -> bool:
     """An earlier caption of the same instance, identity, style and model: its fields need no new generation."""
     return bool(previous) and previous.get("status") == "ok" and bool(previous.get("fields")) and all(
         previous.get(k) == record[k] for k in ("identity", "style", "model_version"))
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), max(1, size)):
-        yield items[start : start + size]
 
 
 def write_records(out: Path, records: Sequence[dict[str, Any]]) -> Path:

@@ -20,6 +20,7 @@ import hashlib
 import math
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from castlab.errors import ConfigError, InputError
 from castlab.frames.splits import row_splits, shot_key
 from castlab.layers import media_path, open_rgba, safe_name
 from castlab.manifest import row_text
+from castlab.rows import chunked
 from castlab.workspace import atomic_path, write_json_atomic, write_text_atomic
 
 try:
@@ -163,6 +165,56 @@ def _prepare_out_dir(out_dir: Path, force: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+DATASET_CHUNK = 64  # rows per process() call: the progress bar's step
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a dataset's files go: folders, the split of every shot, and each row's unique file name."""
+
+    out_dir: Path
+    kohya_dir: Path
+    splits: dict[str, str]
+    names: dict[str, str]
+
+
+def process(rows: list[dict[str, Any]], cfg: Config, models: Any, *, layout: Layout) -> list[dict[str, Any]]:
+    """Write one chunk of reviewed instance rows into the dataset (image, caption, kohya copy for train rows);
+    `models` is the CLIP tokenizer (caption token counts). Returns the ``metadata.json`` entries."""
+    size = int(cfg.dataset.resolution)
+    background = tuple(cfg.dataset.background_rgb)
+    entries = []
+    for row in rows:
+        name = layout.names[str(row["row_id"])]
+        crop_path = media_path(row["crop_path"])
+        crop = open_rgba(crop_path, "instance crop")
+        image = letterbox(crop, size, background)
+        caption = build_caption(row, cfg)
+        split = layout.splits[shot_key(row)]
+        with atomic_path(layout.out_dir / "images" / f"{name}.png") as tmp:
+            image.save(tmp, format="PNG")
+        write_text_atomic(layout.out_dir / "captions" / f"{name}.txt", caption + "\n")
+        if split == "train":
+            shutil.copyfile(layout.out_dir / "images" / f"{name}.png", layout.kohya_dir / f"{name}.png")
+            write_text_atomic(layout.kohya_dir / f"{name}.txt", caption + "\n")
+        entries.append({
+            "image": f"images/{name}.png",
+            "caption_file": f"captions/{name}.txt",
+            "caption": caption,
+            "caption_tokens": len(models(caption).input_ids),
+            "caption_source": caption_source(row),
+            "split": split,
+            "row_id": str(row["row_id"]),
+            "shot_id": row_text(row.get("shot_id")) or None,
+            "video_id": row_text(row.get("video_id")) or None,
+            "shot_key": shot_key(row),
+            "identity": row_text(row.get("identity")) or None,
+            "source_crop": str(crop_path),
+            "source_size": list(crop.size),
+        })
+    return entries
+
+
 def assemble_dataset(
     rows: list[dict[str, Any]], out_dir: Path, cfg: Config, base_model: str | None = None, force: bool = False
 ) -> dict[str, Any]:
@@ -180,10 +232,6 @@ def assemble_dataset(
     base_model = base_model or base_model_source(cfg)
     _prepare_out_dir(out_dir, force)
 
-    size = int(cfg.dataset.resolution)
-    background = tuple(int(c) for c in cfg.dataset.background_rgb)
-    if len(background) != 3:
-        raise ConfigError(f"dataset.background_rgb must be three 0-255 values, got {list(background)}")
     trigger, class_word = str(cfg.dataset.trigger_token), str(cfg.dataset.class_word)
     class_tokens = f"{trigger} {class_word}"
     splits = row_splits(rows, float(cfg.dataset.val_fraction), int(cfg.seed))
@@ -195,34 +243,11 @@ def assemble_dataset(
 
     tokenizer = clip_tokenizer()
     max_tokens = int(cfg.dataset.caption_max_tokens)
+    layout = Layout(out_dir, kohya_dir, splits, dict(zip((str(r["row_id"]) for r in rows), _unique_names(rows),
+                                                           strict=True)))
     entries = []
-    for row, name in tqdm(list(zip(rows, _unique_names(rows), strict=True)), desc="dataset", unit="img"):
-        crop_path = media_path(row["crop_path"])
-        crop = open_rgba(crop_path, "instance crop")
-        image = letterbox(crop, size, background)
-        caption = build_caption(row, cfg)
-        split = splits[shot_key(row)]
-        with atomic_path(out_dir / "images" / f"{name}.png") as tmp:
-            image.save(tmp, format="PNG")
-        write_text_atomic(out_dir / "captions" / f"{name}.txt", caption + "\n")
-        if split == "train":
-            shutil.copyfile(out_dir / "images" / f"{name}.png", kohya_dir / f"{name}.png")
-            write_text_atomic(kohya_dir / f"{name}.txt", caption + "\n")
-        entries.append({
-            "image": f"images/{name}.png",
-            "caption_file": f"captions/{name}.txt",
-            "caption": caption,
-            "caption_tokens": len(tokenizer(caption).input_ids),
-            "caption_source": caption_source(row),
-            "split": split,
-            "row_id": str(row["row_id"]),
-            "shot_id": row_text(row.get("shot_id")) or None,
-            "video_id": row_text(row.get("video_id")) or None,
-            "shot_key": shot_key(row),
-            "identity": row_text(row.get("identity")) or None,
-            "source_crop": str(crop_path),
-            "source_size": list(crop.size),
-        })
+    for chunk in tqdm(list(chunked(rows, DATASET_CHUNK)), desc="dataset", unit="chunk"):
+        entries += process(chunk, cfg, tokenizer, layout=layout)
 
     resolution = training_resolution(cfg)
     values = {
@@ -266,7 +291,7 @@ def assemble_dataset(
         "profile": cfg.profile,
         "trigger": trigger,
         "class_word": class_word,
-        "resolution": size,
+        "resolution": int(cfg.dataset.resolution),
         "training_resolution": resolution,
         "num_repeats": repeats,
         "base_model": base_model,

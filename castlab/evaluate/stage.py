@@ -15,18 +15,19 @@ Under the tiny profile CLIP-T comes from a random-weight embedder: it exercises 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from castlab.config import Config
 from castlab.errors import ConfigError, InputError
+from castlab.pictures import Grid, save_png
 from castlab.pictures import font as pil_font
-from castlab.pictures import save_png
 from castlab.workspace import write_json_atomic
 
 REPORT_NAME = "quality_evaluation.json"
@@ -91,13 +92,67 @@ def _render(
     return images
 
 
+@dataclass
+class EvalModels:
+    """The base pipeline (LoRAs are loaded into it one at a time), its version, and open_clip for CLIP-T."""
+
+    pipe: Any
+    base_version: str
+    embedder: Any
+
+
+def evaluation_columns(cfg: Config) -> list[dict[str, Any]]:
+    """One column per (prompt, seed): the same for every checkpoint."""
+    seeds = [int(s) for s in cfg.evaluation.seeds]
+    return [{"prompt_index": i, "prompt": p, "seed": s} for i, p in enumerate(evaluation_prompts(cfg)) for s in seeds]
+
+
+def process(rows: list[dict[str, Any]], cfg: Config, models: EvalModels, *, out_dir: Path) -> list[dict[str, Any]]:
+    """Render and score one chunk of checkpoint rows (``name``, ``checkpoint`` path or None for the base model,
+    ``meta``: its kohya metadata): every (prompt, seed) image under ``out_dir/<name>/``; one result row each."""
+    from castlab.models.kohya import load_lora_into_pipeline
+
+    columns = evaluation_columns(cfg)
+    prompts, seeds = evaluation_prompts(cfg), [int(s) for s in cfg.evaluation.seeds]
+    texts = [c["prompt"] for c in columns]
+    pipe, out = models.pipe, []
+    for job in tqdm(rows, desc="evaluate", unit="ckpt"):
+        name, path, meta = job["name"], job["checkpoint"], job["meta"]
+        started = time.perf_counter()
+        clip_skip = int(meta.get("ss_clip_skip") or cfg.training.clip_skip)
+        if path is not None:
+            load_lora_into_pipeline(pipe, path, adapter_name="castlab_eval")
+        try:
+            images = _render(pipe, prompts, seeds, cfg, clip_skip)
+        finally:
+            if path is not None:
+                pipe.unload_lora_weights()
+        scores = models.embedder.clip_t(images, texts)
+        files = []
+        for image, col in zip(images, columns, strict=True):
+            target = out_dir / name / f"{col['prompt_index']}_{col['seed']}.png"
+            save_png(image, target)
+            files.append(target.relative_to(out_dir).as_posix())
+        out.append({
+            "name": name,
+            "checkpoint": str(path) if path else None,
+            "model_version": meta.get("castlab_model_version") or (models.base_version if path is None else None),
+            "base_model_version": meta.get("castlab_base_model_version", models.base_version),
+            "step": int(meta["ss_steps"]) if meta.get("ss_steps") else None,
+            "clip_skip": clip_skip,
+            "clip_t_mean": float(np.mean(scores)),
+            "images": [{**col, "file": f, "clip_t": s} for col, f, s in zip(columns, files, scores, strict=True)],
+            "seconds": round(time.perf_counter() - started, 3),
+        })
+    return out
+
+
 def evaluate_checkpoints(
     checkpoints: list[Path], out_dir: Path, cfg: Config, device: str = "cpu", force: bool = False
 ) -> dict[str, Any]:
     """Render, score and rank `checkpoints` (see module docstring); returns the report written to JSON."""
     from castlab.models.diffusion import load_base_pipeline
     from castlab.models.embedder import load_embedder
-    from castlab.models.kohya import load_lora_into_pipeline
 
     out_dir = Path(out_dir).resolve()
     checkpoints = [Path(c).resolve() for c in checkpoints]
@@ -106,45 +161,12 @@ def evaluate_checkpoints(
         raise InputError(out_dir, f"already holds {REPORT_NAME} (pass --force to evaluate again)")
     prompts = evaluation_prompts(cfg)
     seeds = [int(s) for s in cfg.evaluation.seeds]
-    if not seeds:
-        raise ConfigError("evaluation.seeds is empty")
-    default_skip = int(cfg.training.clip_skip)
-
-    pipe, base_version = load_base_pipeline(cfg, device)
-    embedder = load_embedder(cfg, device)
-    columns = [{"prompt_index": i, "prompt": p, "seed": s} for i, p in enumerate(prompts) for s in seeds]
-    texts = [c["prompt"] for c in columns]
-    rows: list[dict[str, Any]] = []
-    jobs = [(BASE_ROW, None, {})] + [(c.stem, c, m) for c, m in zip(checkpoints, metas, strict=True)]
-    for name, path, meta in tqdm(jobs, desc="evaluate", unit="ckpt"):
-        started = time.perf_counter()
-        clip_skip = int(meta.get("ss_clip_skip") or default_skip)
-        if path is not None:
-            load_lora_into_pipeline(pipe, path, adapter_name="castlab_eval")
-        try:
-            images = _render(pipe, prompts, seeds, cfg, clip_skip)
-        finally:
-            if path is not None:
-                pipe.unload_lora_weights()
-        scores = embedder.clip_t(images, texts)
-        files = []
-        for image, col in zip(images, columns, strict=True):
-            target = out_dir / name / f"{col['prompt_index']}_{col['seed']}.png"
-            save_png(image, target)
-            files.append(target.relative_to(out_dir).as_posix())
-        rows.append({
-            "name": name,
-            "checkpoint": str(path) if path else None,
-            "model_version": meta.get("castlab_model_version") or (base_version if path is None else None),
-            "base_model_version": meta.get("castlab_base_model_version", base_version),
-            "step": int(meta["ss_steps"]) if meta.get("ss_steps") else None,
-            "clip_skip": clip_skip,
-            "clip_t_mean": float(np.mean(scores)),
-            "images": [
-                {**col, "file": f, "clip_t": s} for col, f, s in zip(columns, files, scores, strict=True)
-            ],
-            "seconds": round(time.perf_counter() - started, 3),
-        })
+    models = EvalModels(*load_base_pipeline(cfg, device), load_embedder(cfg, device))
+    base_version, embedder = models.base_version, models.embedder
+    columns = evaluation_columns(cfg)
+    jobs = [{"name": BASE_ROW, "checkpoint": None, "meta": {}}]
+    jobs += [{"name": c.stem, "checkpoint": c, "meta": m} for c, m in zip(checkpoints, metas, strict=True)]
+    rows = process(jobs, cfg, models, out_dir=out_dir)
 
     ranked = sorted(rows[1:], key=lambda r: (-r["clip_t_mean"], r["name"]))
     for rank, row in enumerate(ranked, 1):
@@ -179,26 +201,23 @@ def comparison_grid(
 
     `note` (e.g. the tiny-profile stamp) is printed in red under the grid.
     """
-    tile = 128
-    label_w, header_h, pad = 220, 28, 4
+    tile, label_w = 128, 220
     footer_h = 24 if note else 0
+    layout = Grid(len(columns), len(rows), (tile, tile), pad=4, left=label_w, top=28, bottom=footer_h)
+    grid, draw = layout.sheet()
     font = pil_font(12)
-    width = label_w + len(columns) * (tile + pad) + pad
-    height = header_h + len(rows) * (tile + pad) + pad + footer_h
-    grid = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
     if note:
-        draw.text((6, height - footer_h + 4), note.upper(), fill=(200, 0, 0), font=font)
+        draw.text((6, grid.height - footer_h + 4), note.upper(), fill=(200, 0, 0), font=font)
     for j, col in enumerate(columns):
-        x = label_w + pad + j * (tile + pad)
+        x = layout.origin(j, 0)[0]
         draw.text((x + 2, 8), f"prompt {col['prompt_index']} / seed {col['seed']}", fill=(0, 0, 0), font=font)
     for i, row in enumerate(rows):
-        y = header_h + pad + i * (tile + pad)
+        y = layout.origin(0, i)[1]
         rank = f"#{row['rank']} " if "rank" in row else ""
         draw.text((6, y + tile // 2 - 14), f"{rank}{row['name']}"[:34], fill=(0, 0, 0), font=font)
         draw.text((6, y + tile // 2 + 2), f"CLIP-T {row['clip_t_mean']:.4f}", fill=(60, 60, 60), font=font)
         for j, image in enumerate(row["images"]):
             with Image.open(out_dir / image["file"]) as im:
                 thumb = im.convert("RGB").resize((tile, tile), Image.Resampling.NEAREST)
-            grid.paste(thumb, (label_w + pad + j * (tile + pad), y))
+            layout.put(grid, draw, j, i, thumb)
     return grid

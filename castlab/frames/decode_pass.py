@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import av
 import cv2
@@ -23,12 +23,10 @@ from tqdm import tqdm
 from castlab.errors import ConfigError
 from castlab.frames.quality import sharpness
 from castlab.frames.scene_cuts import DETECTOR_WIDTH, CutFilter, content_score
+from castlab.frames.settings import FrameSettings
 from castlab.frames.shot_sampler import Candidate, ShotSampler
-from castlab.frames.video import open_video, orient, video_stream
+from castlab.frames.video import VideoInfo, open_video, orient, video_stream
 from castlab.workspace import atomic_path
-
-if TYPE_CHECKING:
-    from castlab.frames.extract import Extractor
 
 PREFETCH_FRAMES = 4  # decoded frames queued ahead of the per-frame work
 
@@ -58,10 +56,23 @@ class OpenShot:
     interval_rows: list[int]
 
 
+class PassOwner(Protocol):
+    """What a pass reads from the extraction that runs it (:class:`castlab.frames.extract.Extractor`)."""
+
+    settings: FrameSettings
+    info: VideoInfo
+    fps: Any
+    encode_params: list[int]
+
+    def interval_slot(self, time_s: float | None) -> int: ...
+
+    def frame_path(self, seg: Segment, index: int) -> Path: ...
+
+
 class FramePass:
     """Decode one segment: score every frame, cut shots, keep candidates, write what is certain."""
 
-    def __init__(self, ex: Extractor, seg: Segment, bar: tqdm) -> None:
+    def __init__(self, ex: PassOwner, seg: Segment, bar: tqdm) -> None:
         self.ex, self.s, self.seg, self.bar = ex, ex.settings, seg, bar
         self.n = 0
         self._produced = 0  # frames handed over by the decode thread (errors are numbered with it)

@@ -15,10 +15,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from castlab.frames.quality import DUPLICATE, REASON_CODES
-from castlab.pictures import font, save_png, thumbnail
+from castlab.pictures import Grid, font, save_png, thumbnail
 from castlab.workspace import write_text_atomic
 
 REPORT_MD = "report.md"
@@ -122,24 +122,19 @@ def contact_sheet(rows: list[dict[str, Any]], tile: tuple[int, int] = (160, 90))
         members = [r for r in rows if code in _codes(r)]
         if members:
             groups.append((code, members))
-    label_w, caption_h, pad = 120, 14, 4
-    width = label_w + EXAMPLES_PER_ROW * (tile[0] + pad) + pad
-    height = pad + len(groups) * (tile[1] + caption_h + pad)
-    sheet = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    small, big = font(10), font(13)
+    grid = Grid(EXAMPLES_PER_ROW, len(groups), tile, pad=4, caption_h=14, left=120)  # 120 px of row labels
+    sheet, draw = grid.sheet()
+    big = font(13)
     for i, (name, members) in enumerate(groups):
-        y = pad + i * (tile[1] + caption_h + pad)
+        y = grid.origin(0, i)[1]
         draw.text((6, y + tile[1] // 2 - 8), f"{name}\n({len(members)})", fill=(0, 0, 0), font=big)
         for j, row in enumerate(_spread(members, EXAMPLES_PER_ROW)):
-            x = label_w + pad + j * (tile[0] + pad)
-            sheet.paste(thumbnail(Path(str(row["path"])), tile), (x, y))
             caption = f"#{row.get('frame_index')} {row.get('shot_id', '')}"
             if name == "duplicate":
                 caption = f"#{row.get('frame_index')} = {str(row.get('duplicate_of', '')).rsplit(':', 1)[-1]}"
             elif name != "kept":
                 caption = f"#{row.get('frame_index')} " + _metric_for(name, row)
-            draw.text((x, y + tile[1] + 1), caption[:30], fill=(60, 60, 60), font=small)
+            grid.put(sheet, draw, j, i, thumbnail(Path(str(row["path"])), tile), caption[:30])
     return sheet
 
 

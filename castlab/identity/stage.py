@@ -9,6 +9,7 @@ the open_clip vectors are clustered instead (the report says so).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ import numpy as np
 
 from castlab.config import Config
 from castlab.errors import InputError
-from castlab.identity.cluster import NOISE, SHEETS, ClusterSettings, cluster_embeddings, unit, write_cluster_outputs
+from castlab.identity.cluster import NOISE, ClusterSettings, cluster_embeddings, unit
 from castlab.identity.embed import embed_instances, embedding_meta, load_embeddings, save_embeddings
+from castlab.identity.outputs import SHEETS, write_cluster_outputs
 from castlab.manifest import Manifest
+from castlab.rows import chunked
 from castlab.workspace import write_json_atomic
 
 IDENTITY_DIR = "identity"
@@ -37,6 +40,40 @@ def identity_vectors(run_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
     return out
 
 
+@dataclass
+class IdentityModels:
+    """What embedding needs: the face analyzer (detector + ArcFace) and open_clip."""
+
+    analyzer: Any
+    embedder: Any
+
+
+def load_models(cfg: Config) -> IdentityModels:
+    from castlab.models.embedder import load_embedder
+    from castlab.models.faces import load_face_analyzer
+
+    return IdentityModels(load_face_analyzer(cfg), load_embedder(cfg))
+
+
+def process(rows: list[dict[str, Any]], cfg: Config, models: IdentityModels, *, run_dir: Path,
+            frames: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Embed one chunk of instance rows: each gets its routing fields (route, face box, view) and its vectors
+    ``face_vector`` / ``clip_vector`` (numpy; zeros where there is none). Nothing is written."""
+    updates, face_m, clip_m = embed_instances(rows, frames, models.analyzer, models.embedder, cfg, base_dir=run_dir)
+    for i, update in enumerate(updates):
+        update["face_vector"], update["clip_vector"] = face_m[i], clip_m[i]
+    return updates
+
+
+def run(run_dir: Path, cfg: Config, models: IdentityModels | None = None, force: bool = False) -> dict[str, Any]:
+    """:func:`build_identities` on the run's manifest, then save it (outside a flow; a flow saves it itself)."""
+    manifest = Manifest.for_run(run_dir)
+    models = models or load_models(cfg)
+    summary = build_identities(run_dir, manifest, cfg, models.analyzer, models.embedder, force=force)
+    manifest.save()
+    return summary
+
+
 def build_identities(
     run_dir: Path, manifest: Manifest, cfg: Config, analyzer: Any = None, clip_embedder: Any = None,
     force: bool = False,
@@ -46,6 +83,7 @@ def build_identities(
     Manifest columns: the routing fields of :func:`castlab.identity.embed.embed_instances`, ``identity_cluster``
     (-1 noise; None for ``missing`` rows, which cannot be clustered) and ``cluster_probability``.
     Returns the summary, with ``sheets``: cluster → contact sheet path (for the cluster review project).
+    The manifest is updated in memory, not saved (the caller saves it: :func:`run`, or the flow).
     """
     run_dir = Path(run_dir).resolve()
     out_dir = run_dir / IDENTITY_DIR
@@ -63,7 +101,11 @@ def build_identities(
         clip_embedder = load_embedder(cfg)
     settings = ClusterSettings.from_config(cfg)  # bad settings fail before any work
     join_min = float(cfg.identity.clip_join_min_similarity)
-    updates, face_m, clip_m = embed_instances(instances, frames, analyzer, clip_embedder, cfg, base_dir=run_dir)
+    updates = []
+    for chunk in chunked(instances, cfg.identity.chunk_instances):
+        updates += process(chunk, cfg, IdentityModels(analyzer, clip_embedder), run_dir=run_dir, frames=frames)
+    face_m = np.stack([u.pop("face_vector") for u in updates])
+    clip_m = np.stack([u.pop("clip_vector") for u in updates])
     meta = embedding_meta(analyzer, clip_embedder, cfg)
     save_embeddings(run_dir, [u["row_id"] for u in updates], face_m, clip_m, meta)
     routes = np.array([u["embedding_route"] for u in updates])
@@ -97,7 +139,6 @@ def build_identities(
                         identity_cluster=int(labels[i]) if clustered else None,
                         identity_subcluster=sub.get(i),
                         cluster_probability=round(float(probs[i]), 6) if clustered else None)
-    manifest.save()
     summary = {
         "instances": n, "routes": {r: int((routes == r).sum()) for r in ("face", "clip", "missing")},
         "clustered_on": basis_name, "clusters": result.n_clusters if result else 0,

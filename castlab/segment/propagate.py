@@ -4,8 +4,8 @@
 ``propagation/<instance>/frames/00000.jpg…`` (the layout SAM2's video predictor reads), seeds the
 predictor with the instance's mask (the reviewed one when there is one) on its own frame, propagates
 forwards and backwards, and writes one mask PNG per frame plus ``propagation.json``.
-``push_propagation`` sends those frames to Label Studio as tasks with the propagated mask as a
-prediction (one BrushLabels region), keyed so that a re-run adds nothing twice.
+:func:`castlab.labelstudio.projects.masks.push_propagation` sends those frames to Label Studio as tasks with
+the propagated mask as a prediction (one BrushLabels region), keyed so that a re-run adds nothing twice.
 
 SAM2's video predictor holds every frame of the shot in memory at ``image_size`` (12 MB a frame at
 1024), so a shot is cut to ``propagation.max_frames`` frames around the seed frame.
@@ -13,7 +13,6 @@ SAM2's video predictor holds every frame of the shot in memory at ``image_size``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -148,31 +147,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(path, f"is not valid JSON ({exc})") from exc
-
-
-def push_propagation(ls: Any, result: dict[str, Any], run_dir: Path, cfg: Config, title: str | None = None) -> dict:
-    """One masks-project task per propagated frame, the propagated mask as its prediction (re-runs add none)."""
-    from castlab.labelstudio import client
-    from castlab.labelstudio.projects.masks import CHARACTER_LABEL, LABEL_CONFIG
-    from castlab.workspace import relative_to_workspace
-
-    title = title or cfg.labelstudio.masks_project_title
-    project_id = client.ensure_project(ls, title, LABEL_CONFIG.read_text(encoding="utf-8"))
-    frames_dir = Path(result["frames"][0]["frame_path"]).parent
-    client.ensure_local_storage(ls, project_id, frames_dir)
-    tasks = []
-    for entry in result["frames"]:
-        mask = np.asarray(Image.open(entry["mask_path"]).convert("L")) > 127
-        height, width = mask.shape
-        key = f"prop:{result['instance']}:{entry['frame_index']}"
-        region = client.brush_result(mask.astype(np.uint8), CHARACTER_LABEL, width, height,
-                                     region_id=hashlib.sha1(key.encode()).hexdigest()[:10])
-        tasks.append({
-            "data": {"image": client.local_file_url(Path(entry["frame_path"])), "castlab_key": key,
-                     "castlab_run": relative_to_workspace(Path(run_dir)), "shot_id": result["shot_id"],
-                     "frame_index": entry["frame_index"], "propagated_from": result["instance"]},
-            "predictions": [{"result": [region] if mask.any() else [], "score": 1.0 if entry["seed"] else 0.5,
-                             "model_version": result["model_version"]}],
-        })
-    mapping = client.push_tasks(ls, project_id, tasks)
-    return {"project_id": int(project_id), "tasks": len(mapping), "new_tasks": len(mapping.created)}

@@ -19,14 +19,8 @@ from pathlib import Path
 import pytest
 
 from castlab.config import PROJECT_ROOT, load_config
-from castlab.stack.services import (
-    Credentials,
-    LabelStudioServer,
-    labelstudio_venv,
-    labelstudio_version,
-    load_credentials,
-    load_or_create_credentials,
-)
+from castlab.labelstudio.connection import Credentials, load_credentials, load_or_create_credentials
+from castlab.stack import LabelStudioServer, labelstudio_venv, labelstudio_version
 
 TIMINGS_FILE = "timings.json"
 _TIMINGS: dict[str, float] = {}

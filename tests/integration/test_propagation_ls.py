@@ -13,7 +13,8 @@ from synthetic_media import make_video
 from castlab.config import load_config
 from castlab.frames.extract import extract_frames
 from castlab.labelstudio import client
-from castlab.segment.propagate import propagate_instance, push_propagation
+from castlab.labelstudio.projects.masks import push_propagation
+from castlab.segment.propagate import propagate_instance
 
 pytestmark = pytest.mark.integration
 

@@ -183,7 +183,6 @@ def sync_caption_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config
         edited += int(was_edited)
         if tokens > max_tokens:  # kept as the reviewer wrote it; CLIP will only see the first 77 tokens
             too_long.append(record["row_id"])
-    manifest.save()
     out = run_dir / CAPTIONS_DIR
     write_records(out, records)
     trigger = [str(cfg.dataset.trigger_token), str(cfg.dataset.class_word)]

@@ -162,7 +162,6 @@ def sync_identity_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Confi
     for row_id, resolved in outcome.instances.items():
         manifest.update(row_id, identity=resolved.identity, identity_state=resolved.state,
                         identity_source=resolved.source)
-    manifest.save()
     states = Counter(r.state for r in outcome.instances.values())
     report = {"instances": len(outcome.instances), "cluster_decisions": len(clusters),
               "instance_decisions": len(instances), "states": dict(states),

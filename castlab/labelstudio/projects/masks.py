@@ -73,8 +73,9 @@ def build_tasks(manifest: Manifest, run_dir: Path) -> list[dict[str, Any]]:
 def push_masks(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config, title: str | None = None) -> dict:
     """Create/reuse the masks project, serve the run's frames from local storage, push new tasks.
 
-    Each pushed chunk is recorded in the manifest (``ls_project_id``, ``ls_task_id``) before the
-    next one is sent, so an interrupted push leaves a record of what reached Label Studio.
+    Task ids are recorded in the manifest in memory (``ls_project_id``, ``ls_task_id``; the caller saves it).
+    An interrupted push loses nothing: tasks carry a stable key, so the next push finds those that reached
+    Label Studio, records their ids and sends only the rest.
     """
     title = title or cfg.labelstudio.masks_project_title
     project_id = client.ensure_project(ls, title, LABEL_CONFIG.read_text(encoding="utf-8"))
@@ -87,7 +88,6 @@ def push_masks(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config, title: s
         for key, task_id in mapping.items():
             if key in known:
                 manifest.update(key, ls_project_id=int(project_id), ls_task_id=int(task_id))
-        manifest.save()
 
     mapping = client.push_tasks(ls, project_id, tasks, on_chunk=record)
     record(mapping)
@@ -144,7 +144,6 @@ def sync_mask_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config | 
             manifest.update(frame["row_id"], review_state="reviewed", review_error=None,
                             ls_annotation_id=int(annotation["id"]))
             _apply_annotation(manifest, run_dir, frame, image, masks, by_region, instances, counts, background)
-    manifest.save()
     write_json_atomic(run_dir / "review_sync.json", counts)
     return counts
 
@@ -217,19 +216,33 @@ def run_config(run_dir: Path) -> Config:
     return load_config(overrides=[path]) if path.is_file() else load_config()
 
 
-REVIEWED_STATES = ("accepted", "corrected", "added")
-
-
-def reviewed_instances(manifest: Manifest) -> list[dict[str, Any]]:
-    """Kept instances whose mask a reviewer accepted, corrected or drew (input of dataset assembly)."""
-    if "review_state" not in manifest.df.columns:
-        return []
-    return [r for r in manifest.rows(kind="instance", status="kept") if r.get("review_state") in REVIEWED_STATES]
-
-
 def accept_predictions(ls: Any, manifest: Manifest) -> int:
     """Demo reviewer: accept the predictions of the run's frame tasks (:func:`client.accept_predictions`)."""
     project_ids = {r["ls_project_id"] for r in manifest.rows(kind="frame") if r.get("ls_project_id") is not None}
     keys = {r["row_id"] for r in manifest.rows(kind="frame")}
     return sum(client.accept_predictions(ls, int(pid), lambda t: (t.get("data") or {}).get("castlab_key") in keys)
                for pid in project_ids)
+
+
+def push_propagation(ls: Any, result: dict[str, Any], run_dir: Path, cfg: Config, title: str | None = None) -> dict:
+    """One masks-project task per propagated frame, the propagated mask as its prediction (re-runs add none)."""
+    title = title or cfg.labelstudio.masks_project_title
+    project_id = client.ensure_project(ls, title, LABEL_CONFIG.read_text(encoding="utf-8"))
+    frames_dir = Path(result["frames"][0]["frame_path"]).parent
+    client.ensure_local_storage(ls, project_id, frames_dir)
+    tasks = []
+    for entry in result["frames"]:
+        mask = np.asarray(Image.open(entry["mask_path"]).convert("L")) > 127
+        height, width = mask.shape
+        key = f"prop:{result['instance']}:{entry['frame_index']}"
+        region = client.brush_result(mask.astype(np.uint8), CHARACTER_LABEL, width, height,
+                                     region_id=hashlib.sha1(key.encode()).hexdigest()[:10])
+        tasks.append({
+            "data": {"image": client.local_file_url(Path(entry["frame_path"])), "castlab_key": key,
+                     "castlab_run": relative_to_workspace(Path(run_dir)), "shot_id": result["shot_id"],
+                     "frame_index": entry["frame_index"], "propagated_from": result["instance"]},
+            "predictions": [{"result": [region] if mask.any() else [], "score": 1.0 if entry["seed"] else 0.5,
+                             "model_version": result["model_version"]}],
+        })
+    mapping = client.push_tasks(ls, project_id, tasks)
+    return {"project_id": int(project_id), "tasks": len(mapping), "new_tasks": len(mapping.created)}

@@ -76,7 +76,7 @@ def test_caption_run_records_every_outcome(tmp_path, monkeypatch):
     assert any(f.startswith("hallucination_term") for f in unsure["flags"])
     assert unsure["priority"] > good["priority"]
     assert captioner.batches[0] == cfg.captions.batch_size  # 8 readable crops, batched
-    rows = {r["row_id"]: r for r in Manifest.for_run(run).rows(kind="instance")}
+    rows = {r["row_id"]: r for r in manifest.rows(kind="instance")}  # in memory: the caller saves
     assert rows["inst:v:4:0"]["caption_pred"] == unsure["caption"] and "uncertain:view" in rows["inst:v:4:0"][
         "caption_flags"]
     assert rows["inst:v:7:0"]["caption_status"] == "no_identity"

@@ -61,3 +61,28 @@ def test_bad_manifest_files_are_named(tmp_path: Path):
         Manifest.load(corrupt)
     with pytest.raises(ValueError, match="without row_id"):
         Manifest(corrupt).add_rows([{"kind": "frame"}])
+
+
+def test_an_update_keeps_the_columns_it_does_not_name(tmp_path: Path):
+    m = Manifest(tmp_path / "manifest.parquet")
+    m.add_rows([{"row_id": "f:1", "kind": "frame", "status": "rejected", "reject_reason": "dark", "shot_id": 3},
+                {"row_id": "f:2", "kind": "frame", "shot_id": 4}])
+    m.add_rows([{"row_id": "f:1", "split": "train"}, {"row_id": "f:2", "split": "val", "shot_id": 5}])
+    assert m.get("f:1")["status"] == "rejected" and m.get("f:1")["reject_reason"] == "dark"
+    assert m.get("f:1")["shot_id"] == 3 and m.get("f:2")["shot_id"] == 5
+
+
+def test_changes_replayed_on_the_flow_manifest_give_the_same_rows(tmp_path: Path):
+    """One writer: a task changes its own copy and hands back changes(); the flow merges them and saves."""
+    flow = Manifest(tmp_path / "manifest.parquet")
+    flow.add_rows([{"row_id": "f:1", "kind": "frame"}, {"row_id": "f:2", "kind": "frame"}])
+    flow.save()
+    task_copy = Manifest.for_run(tmp_path)
+    assert task_copy.changes() == []
+    task_copy.update("f:1", ls_task_id=7)
+    task_copy.add_rows([{"row_id": "i:1", "kind": "instance", "parent_id": "f:1"}])
+    assert {c["row_id"] for c in task_copy.changes()} == {"f:1", "i:1"}
+    assert (tmp_path / "manifest.parquet").stat().st_size and len(Manifest.for_run(tmp_path)) == 2  # not saved
+    flow.add_rows(task_copy.changes())
+    assert flow.get("f:1")["ls_task_id"] == 7 and flow.get("i:1")["parent_id"] == "f:1" and len(flow) == 3
+    assert flow.get("f:2")["status"] == "kept"

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +18,10 @@ import pytest
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from castlab.config import load_config
+from castlab.config import PROJECT_ROOT, load_config
 from castlab.errors import ConfigError, InputError
-from castlab.identity.cluster import (
-    NOISE,
-    REPORT,
-    SCATTER,
-    SCATTER_SIZE,
-    SHEET_COLUMNS,
-    SHEET_TILE,
-    ClusterSettings,
-    cluster_embeddings,
-    write_cluster_outputs,
-)
+from castlab.identity.cluster import NOISE, ClusterSettings, cluster_embeddings
+from castlab.identity.outputs import REPORT, SCATTER, SCATTER_SIZE, SHEET_COLUMNS, SHEET_TILE, write_cluster_outputs
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -197,3 +191,22 @@ def test_no_overwrite_without_force(tmp_path: Path, settings: ClusterSettings) -
     assert not (out / "character_7").exists() and len(list((out / "noise").iterdir())) == 5
     with pytest.raises(InputError, match="rows but"):
         write_cluster_outputs(tmp_path / "other", rows[:3], result, progress=False)
+
+
+def test_importing_sets_no_environment_and_setup_runtime_points_numba_at_the_project(tmp_path: Path) -> None:
+    code = (
+        "import os, json; before = dict(os.environ)\n"
+        "import castlab.identity.cluster, castlab.identity.outputs\n"
+        "imported = dict(os.environ)\n"
+        "from castlab.runtime import setup_runtime; setup_runtime(); setup_runtime()\n"
+        "print(json.dumps([imported == before, os.environ.get('NUMBA_CACHE_DIR')]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         check=True)
+    unchanged, cache = json.loads(run.stdout.strip().splitlines()[-1])
+    assert unchanged and cache == str(PROJECT_ROOT / ".cache" / "numba")
+    env["NUMBA_CACHE_DIR"] = str(tmp_path)
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         check=True)
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == [True, str(tmp_path)]

@@ -64,7 +64,7 @@ def test_identities_on_the_tiny_models(tmp_path: Path):
     Path(manifest.get("inst:v:0:0")["crop_path"]).unlink()  # an unreadable crop is kept, as missing
     cfg = load_config(profile="tiny")
     summary = build_identities(run, manifest, cfg)
-    rows = {r["row_id"]: r for r in Manifest.for_run(run).rows(kind="instance")}
+    rows = {r["row_id"]: r for r in manifest.rows(kind="instance")}  # in memory: the caller saves
     assert len(rows) == summary["instances"] == 42
     assert summary["routes"]["missing"] == 1 and sum(summary["routes"].values()) == 42
     missing = rows["inst:v:0:0"]
@@ -86,7 +86,7 @@ def test_a_run_without_any_face_is_clustered_on_open_clip(tmp_path: Path):
     summary = build_identities(run, manifest, load_config(profile="tiny"), analyzer=NoFaces())
     assert summary["routes"]["face"] == 0 and summary["clustered_on"] == "clip"
     assert "no face" in summary["note"]
-    rows = Manifest.for_run(run).rows(kind="instance")
+    rows = manifest.rows(kind="instance")
     assert all(r["embedding_route"] == "clip" and r["identity_cluster"] is not None for r in rows)
 
 

@@ -1,9 +1,8 @@
-"""castlab.stack.services without the real servers: a stand-in `label-studio` script plays Label Studio."""
+"""castlab.stack without the real servers: a stand-in `label-studio` script plays Label Studio."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import stat
 import sys
@@ -12,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from castlab import stack
 from castlab.config import load_config
 from castlab.errors import StackError
-from castlab.stack import services as stack
+from castlab.labelstudio.connection import labelstudio_connection, load_credentials
 
 FAKE_LABEL_STUDIO = """#!{python}
 import json, os, sys, time
@@ -85,23 +85,7 @@ def busy_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-def test_credentials_file_is_private_and_reused(tmp_path: Path):
-    path = tmp_path / "stack" / "labelstudio.credentials.json"
-    creds = stack.load_or_create_credentials(path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert len(creds.token) >= 32 and len(creds.password) >= 24 and "@" in creds.username
-    assert creds.token not in repr(creds) and creds.password not in repr(creds)
-    assert stack.load_or_create_credentials(path) == creds
-    path.chmod(0o644)
-    assert stack.load_or_create_credentials(path) == creds
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    other = stack.load_or_create_credentials(tmp_path / "other.json")
-    assert other.token != creds.token and other.password != creds.password
-
-
-@pytest.mark.parametrize(
-    "service, setting", [("labelstudio", "labelstudio.port"), ("prefect", "prefect.port")]
-)
+@pytest.mark.parametrize("service, setting", [("labelstudio", "labelstudio.port"), ("prefect", "prefect.port")])
 def test_busy_port_is_refused_before_anything_starts(workspace, busy_port, service, setting, fake_ls_venv):
     cfg = load_config(extra={service: {"port": busy_port}})
     with pytest.raises(StackError) as err:
@@ -117,8 +101,6 @@ def test_status_reads_hosts_and_ports_from_config(ports_cfg):
         assert entry["url"] == f"http://127.0.0.1:{getattr(ports_cfg, name).port}"
         assert entry["running"] is False and entry["pid"] is None and entry["healthy"] is False
     assert stack.prefect_api_url(ports_cfg) is None
-    with pytest.raises(StackError, match="castlab up"):
-        stack.labelstudio_connection(ports_cfg)
 
 
 def test_unknown_service_is_refused(ports_cfg):
@@ -134,13 +116,13 @@ def test_up_status_down_with_a_stand_in_label_studio(workspace, ports_cfg, fake_
         assert first["labelstudio"]["url"] == f"http://127.0.0.1:{port}"
         creds_path = workspace / "stack" / "labelstudio.credentials.json"
         assert stat.S_IMODE(creds_path.stat().st_mode) == 0o600
-        creds = stack.load_credentials(creds_path)
+        creds = load_credentials(creds_path)
         again = stack.up(ports_cfg, services=("labelstudio",))
         assert again["labelstudio"]["state"] == "already running"
         assert again["labelstudio"]["pid"] == first["labelstudio"]["pid"]
         status = stack.status(ports_cfg)["labelstudio"]
         assert status["running"] and status["healthy"] and status["pid"] == first["labelstudio"]["pid"]
-        assert stack.labelstudio_connection(ports_cfg) == (f"http://127.0.0.1:{port}", creds.token)
+        assert labelstudio_connection(ports_cfg) == (f"http://127.0.0.1:{port}", creds.token)
 
         seen = json.loads((workspace / "stack" / "labelstudio" / "seen.json").read_text())
         env = seen["env"]
@@ -183,68 +165,6 @@ def test_missing_label_studio_venv_is_a_clear_error(workspace, ports_cfg, tmp_pa
         stack.up(ports_cfg, services=("labelstudio",))
     with pytest.raises(StackError, match="not installed"):
         stack.labelstudio_version()
-
-
-def _process(tmp_path: Path, code: str, port: int, **kwargs) -> stack.ManagedProcess:
-    return stack.ManagedProcess(
-        "demo", [sys.executable, "-c", code], host="127.0.0.1", port=port, health_path="/",
-        setting="demo.port", state_dir=tmp_path / "state", startup_timeout_s=20, **kwargs,
-    )  # fmt: skip
-
-
-def test_managed_process_start_is_idempotent_and_stop_frees_the_port(tmp_path: Path):
-    port = free_port()
-    serve = f"import http.server as h; h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler)"
-    serve += ".serve_forever()"
-    proc = _process(tmp_path, serve, port, cwd=tmp_path)
-    assert proc.start() == "started"
-    try:
-        pid = proc.pid()
-        assert pid and proc.healthy() and proc.pid_file.is_file()
-        assert proc.start() == "already running" and proc.pid() == pid
-        assert os.getpgid(pid) == pid  # detached in its own session
-    finally:
-        assert proc.stop() == "stopped"
-    assert not proc.pid_file.exists() and not stack.port_in_use("127.0.0.1", port)
-    assert proc.stop() == "not running"
-
-
-def test_process_that_exits_while_starting_shows_its_log(tmp_path: Path):
-    proc = _process(tmp_path, "print('boom: no config'); raise SystemExit(3)", free_port())
-    with pytest.raises(StackError, match="boom: no config"):
-        proc.start()
-    assert proc.pid() is None
-
-
-def test_stale_pid_file_is_dropped(tmp_path: Path):
-    proc = _process(tmp_path, "pass", free_port())
-    proc.state_dir.mkdir(parents=True)
-    dead = __import__("subprocess").run([sys.executable, "-c", "import os; print(os.getpid())"],
-                                        capture_output=True, text=True, check=True)  # fmt: skip
-    proc.pid_file.write_text(json.dumps({"pid": int(dead.stdout), "url": "http://127.0.0.1:1"}))
-    assert proc.record() is None and not proc.pid_file.exists()
-    assert proc.status()["running"] is False
-
-
-def test_labelstudio_connection_prefers_the_environment(ports_cfg, tmp_path: Path, monkeypatch):
-    for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_API_KEY_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("LABEL_STUDIO_URL", "http://ls.example:8080/")
-    with pytest.raises(StackError, match="LABEL_STUDIO_API_KEY"):
-        stack.labelstudio_connection(ports_cfg)
-    key_file = tmp_path / "key"
-    key_file.write_text("file-token\n")
-    key_file.chmod(0o644)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY_FILE", str(key_file))
-    with pytest.raises(StackError, match="chmod 600"):
-        stack.labelstudio_connection(ports_cfg)
-    key_file.chmod(0o600)
-    assert stack.labelstudio_connection(ports_cfg) == ("http://ls.example:8080", "file-token")
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "env-token")
-    assert stack.labelstudio_connection(ports_cfg) == ("http://ls.example:8080", "env-token")
-    monkeypatch.delenv("LABEL_STUDIO_URL")
-    with pytest.raises(StackError, match="LABEL_STUDIO_URL is not"):
-        stack.labelstudio_connection(ports_cfg)
 
 
 def test_prefect_api_url_prefers_the_environment(ports_cfg, monkeypatch):
