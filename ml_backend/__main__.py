@@ -13,6 +13,7 @@ import uvicorn
 
 from castlab.config import load_config
 from castlab.errors import CastlabError
+from castlab.runtime import setup_runtime
 from ml_backend.app import create_app
 
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    setup_runtime()
     args = build_parser().parse_args(argv)
     cfg = load_config(overrides=args.config, preset=args.preset, profile=args.profile)
     host = args.host or str(cfg.ml_backend.host)

@@ -1,4 +1,4 @@
-"""FastAPI app speaking Label Studio 1.23's ML backend protocol (logic in :mod:`ml_backend.handlers`).
+"""FastAPI app speaking Label Studio 1.23's ML backend protocol (routing in :mod:`ml_backend.router`).
 
 Endpoints: ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook``. Errors answer
 ``{"error": message}`` with a 4xx/5xx status; the server keeps serving.
@@ -20,9 +20,9 @@ from castlab.config import Config, load_config
 from castlab.errors import CastlabError
 from castlab.models.segmenter import Segmenter
 from ml_backend.errors import BackendError
-from ml_backend.handlers import Backend
 from ml_backend.identity import VectorLoader
 from ml_backend.images import LabelStudioSource
+from ml_backend.router import Backend
 
 logger = logging.getLogger("ml_backend")
 
@@ -47,11 +47,14 @@ def create_app(
     labelstudio: LabelStudioSource | None | Callable[[], LabelStudioSource | None] = None,
     identity_loader: VectorLoader | None = None,
     captioner_factory: Callable[[Config], Any] | None = None,
+    embedder_factory: Callable[[Config], Any] | None = None,
 ) -> FastAPI:
-    """The backend app. With `preload`, the segmenter is loaded and warmed before the server accepts
-    requests: Label Studio gives ``/setup`` only 3 s, less than a cold SAM2 load."""
+    """The backend app; models come from the factories (castlab's loaders by default, loaded on first use).
+    With `preload`, the predictors are set up before the server accepts requests: Label Studio gives
+    ``/setup`` only 3 s, less than a cold SAM2 load."""
     backend = Backend(cfg or load_config(), segmenter_factory=segmenter_factory, labelstudio=labelstudio,
-                      identity_loader=identity_loader, captioner_factory=captioner_factory)
+                      identity_loader=identity_loader, captioner_factory=captioner_factory,
+                      embedder_factory=embedder_factory)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -1,18 +1,19 @@
-"""Caption suggestions for the captions project: on demand (one task) and in batches (many tasks).
+"""The captions project's predictor: VLM caption suggestions, on demand (one task) and in batches (many tasks).
 
 A task needs an ``image`` and a reviewed identity: ``data.identity`` (what castlab pushes), else the
 instance's identity in its run's manifest (``castlab_run`` + ``instance``). Tasks are captioned
 ``captions.batch_size`` at a time with the same code the caption flow uses (schema → neutral terms →
 assembly → QC, the run's usual identity traits from ``cluster_labels.json``). Every task gets an entry:
 a prediction (TextArea + Choices), an error entry (no image, unreadable image, no identity, output failing
-the schema), or, past the batch budget, an entry without ``result`` that Label Studio asks for again.
+the schema), or, past the batch budget, an entry without ``result`` that Label Studio asks for again. A
+request whose tasks all fail answers 422, whatever each task's reason. The captioner and the open_clip
+embedder (which scores the captions) come from injected factories, loaded on first use.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,9 @@ from castlab.errors import CastlabError, InputError
 from castlab.labelstudio.projects.captions import prediction
 from castlab.manifest import Manifest
 from ml_backend.errors import BackendError
-from ml_backend.images import load_image, task_run_dir
+from ml_backend.images import LabelStudioSource, load_image, task_run_dir
+from ml_backend.kinds import CaptionsConfig, project_config
+from ml_backend.predictor import Batch, Entry
 
 logger = logging.getLogger("ml_backend")
 
@@ -54,17 +57,21 @@ class _Ready:
     known: list[str]
 
 
-def is_caption_config(label_config: str | None) -> bool:
-    return bool(label_config) and "<TextArea" in label_config and 'name="caption"' in label_config
+def _unprocessable(message: str) -> BackendError:
+    return BackendError(422, message)  # a caption request whose tasks all fail answers 422
 
 
-class CaptionService:
+class CaptionsPredictor:
+    """Captioner and embedder (loaded once, on first use) and each run's context (read again when it changes)."""
+
     def __init__(self, cfg: Config, captioner_factory: Callable[[Config], Any] | None = None,
-                 embedder_factory: Callable[[Config], Any] | None = None) -> None:
+                 embedder_factory: Callable[[Config], Any] | None = None,
+                 labelstudio: Callable[[], LabelStudioSource | None] = lambda: None) -> None:
         self.cfg = cfg
         self.settings = CaptionSettings.from_config(cfg)
         self._captioner_factory = captioner_factory
         self._embedder_factory = embedder_factory
+        self._labelstudio = labelstudio
         self._models: tuple[Any, Any] | None = None
         self._lock = threading.Lock()
         self._runs: dict[str, tuple[int, tuple[dict[str, Any], dict[str, Any], list[str]]]] = {}
@@ -89,7 +96,7 @@ class CaptionService:
                     self._models = (captioner, embedder)
         return self._models
 
-    def warm_up(self) -> None:
+    def setup(self) -> None:
         """Load the models and compile the caption schema's token index (the slow part of a first call).
 
         A captioner that cannot be loaded (e.g. ``models.full.captioner.model`` not set) does not stop the
@@ -109,6 +116,15 @@ class CaptionService:
     def model_version(self) -> str:
         return str(self.models()[0].model_version)
 
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"captioner_loaded": self.loaded, "captions_suggested": self.captioned}
+        if self.load_error:
+            body["captioner_error"] = self.load_error
+        return body
+
+    def fit(self, event: str, data: dict[str, Any], **kwargs: Any) -> bool:
+        return False  # reviewed captions come back through review-sync, not webhooks
+
     def _run(self, run_rel: Any) -> tuple[dict[str, Any], dict[str, str], list[str]]:
         """(instance rows, usual traits per identity, known identities) of a run; empty without a run."""
         if not isinstance(run_rel, str) or not run_rel:
@@ -125,13 +141,13 @@ class CaptionService:
                 self._runs[run_rel] = cached = (stamp, (rows, usual, known))
             return cached[1]
 
-    def _prepare(self, task: Any, n: int, load: ImageLoader, version: str) -> _Ready:
+    def _prepare(self, task: Any, n: int, key: str, load: ImageLoader, version: str) -> _Ready:
         """One task's record, image and run context, or BackendError saying what is missing."""
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             raise BackendError(400, f"tasks[{n}]: expected an object with 'data'")
         data = task["data"]
-        if "image" not in data:
-            raise BackendError(400, f"tasks[{n}] (id {task.get('id')}): data has no 'image' to caption")
+        if key not in data:
+            raise BackendError(400, f"tasks[{n}] (id {task.get('id')}): data has no '{key}' to caption")
         rows, usual, known = self._run(data.get("castlab_run"))
         identity = str(data.get("identity") or "").strip() or None
         row = rows.get(str(data.get("instance")))
@@ -141,54 +157,52 @@ class CaptionService:
             raise BackendError(422, f"tasks[{n}] (id {task.get('id')}): instance has no reviewed identity "
                                "(review identities, then review-sync)")
         try:
-            image = caption_image(Image.fromarray(load(data["image"])), self.settings.background,
+            image = caption_image(Image.fromarray(load(data[key])), self.settings.background,
                                   self.settings.max_side, f"tasks[{n}] (id {task.get('id')})")
         except InputError as exc:
             raise BackendError(422, str(exc)) from exc
         record = base_record(str(data.get("instance") or task.get("id")), identity, self.settings, version)
         return _Ready(n, record, image, str(data.get("castlab_run") or ""), usual, known or [identity])
 
-    def predict(self, tasks: list[Any], source: Any, budget_s: float) -> tuple[list[dict[str, Any]], int]:
-        """One entry per task, in order, and the number of tasks that failed."""
-        started = time.monotonic()
+    def predict(
+        self, tasks: list[Any], context: Any = None, *, config: CaptionsConfig | None = None,
+        batch: Batch | None = None, **kwargs: Any,
+    ) -> list[Entry]:  # fmt: skip
+        """One entry per task, in order: tasks are read first, then the readable ones captioned in chunks."""
+        config = config or project_config("captions")
+        batch = batch or Batch()
         captioner, embedder = self.models()
         version = str(captioner.model_version)
 
         def load(reference: Any) -> np.ndarray:
-            return load_image(reference, source, mode="RGBA")
+            return load_image(reference, self._labelstudio, mode="RGBA")
 
-        entries: list[dict[str, Any] | None] = [None] * len(tasks)
+        entries: list[Entry | None] = [None] * len(tasks)
         ready: list[_Ready] = []
-        failed = 0
         for n, task in enumerate(tasks):
             try:
-                ready.append(self._prepare(task, n, load, version))
+                ready.append(self._prepare(task, n, config.data_key, load, version))
             except BackendError as exc:
-                failed += 1
-                logger.warning("caption task %s: %s", task.get("id") if isinstance(task, dict) else None, exc.message)
-                entries[n] = {"result": [], "score": 0.0, "model_version": version, "error": exc.message}
+                entries[n] = batch.failed(n, task, _unprocessable(exc.message), version)
         size = max(1, self.settings.batch_size)
         for start in range(0, len(ready), size):
-            if start and time.monotonic() - started > budget_s:
-                for item in ready[start:]:  # no "result": Label Studio asks again next time
-                    entries[item.n] = {"model_version": version, "error": "not captioned within "
-                                       f"ml_backend.batch_budget_s ({budget_s:g} s); retrieve predictions again"}
-                logger.info("caption predict: %d tasks left for a later request", len(ready) - start)
+            if start and batch.spent():  # no "result": Label Studio asks again next time
+                later = ready[start:]
+                for item, entry in zip(later, batch.left(len(later), version, "captioned"), strict=True):
+                    entries[item.n] = entry
                 break
-            failed += self._caption_chunk(ready[start : start + size], entries, captioner, embedder, version)
-        return [e or {} for e in entries], failed
+            self._caption_chunk(ready[start : start + size], tasks, entries, batch, captioner, embedder, version)
+        return [e or {} for e in entries]
 
-    def _caption_chunk(self, chunk: list[_Ready], entries: list[dict[str, Any] | None], captioner: Any,
-                       embedder: Any, version: str) -> int:
+    def _caption_chunk(self, chunk: list[_Ready], tasks: list[Any], entries: list[Entry | None], batch: Batch,
+                       captioner: Any, embedder: Any, version: str) -> None:
         generate_fields(captioner, [c.image for c in chunk], [c.record for c in chunk], self.settings, self.cfg)
-        failed = 0
         captioned: dict[tuple[str, tuple[str, ...]], list[_Ready]] = {}
         for item in chunk:
             if item.record["status"] == "ok":
                 captioned.setdefault((item.run, tuple(item.known)), []).append(item)
             else:
-                failed += 1
-                entries[item.n] = {"result": [], "score": 0.0, "model_version": version, "error": item.record["error"]}
+                entries[item.n] = batch.failed(item.n, tasks[item.n], _unprocessable(item.record["error"]), version)
         for items in captioned.values():  # assembled, scored and flagged together, one run's context each
             first = items[0]
             finish_records([c.record for c in items], [c.image for c in items], self.cfg, self.settings,
@@ -196,4 +210,3 @@ class CaptionService:
             for item in items:
                 self.captioned += 1
                 entries[item.n] = {**prediction(item.record), "flags": item.record["flags"]}
-        return failed

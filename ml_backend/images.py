@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from castlab.config import Config
 from castlab.errors import CastlabError, InputError
-from castlab.stack import services as stack
+from castlab.labelstudio.connection import labelstudio_connection
 from castlab.workspace import resolve_in_workspace
 from ml_backend.errors import BackendError
 
@@ -68,10 +68,10 @@ class LabelStudioSource:
 
 
 def labelstudio_source(cfg: Config) -> LabelStudioSource | None:
-    """The Label Studio to download from (:func:`castlab.stack.services.labelstudio_connection`: ``LABEL_STUDIO_URL``
-    + ``LABEL_STUDIO_API_KEY`` or the running local stack), or None when there is none yet."""
+    """The Label Studio to download from (:func:`castlab.labelstudio.connection.labelstudio_connection`:
+    ``LABEL_STUDIO_URL`` + ``LABEL_STUDIO_API_KEY`` or the running local stack), or None when there is none yet."""
     try:
-        url, token = stack.labelstudio_connection(cfg)
+        url, token = labelstudio_connection(cfg)
     except CastlabError as exc:
         logger.info("no Label Studio connection for image downloads: %s", exc)
         return None

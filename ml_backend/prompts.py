@@ -1,4 +1,4 @@
-"""Decode what Label Studio sends: the labeling config (where masks go) and smart-tool prompts.
+"""Decode the smart-tool prompts Label Studio sends with an interactive masks request (its ``context``).
 
 Label Studio 1.23's frontend sends, for a smart KeyPointLabels/RectangleLabels region, the serialized
 results of all *connected* smart regions: same region type, same label, same image
@@ -18,49 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
 from ml_backend.errors import BackendError
 
 PROMPT_TYPES = ("keypointlabels", "rectanglelabels")
-
-
-@dataclass(frozen=True)
-class MaskSchema:
-    """Where predicted masks go: a BrushLabels control, its image and the task data key of that image."""
-
-    brush_name: str
-    image_name: str
-    data_key: str
-    labels: tuple[str, ...]
-
-    @classmethod
-    def from_label_config(cls, xml: str, source: str = "label_config") -> MaskSchema:
-        try:
-            root = ET.fromstring(xml)
-        except ET.ParseError as exc:
-            raise BackendError(400, f"{source}: not valid XML ({exc})") from exc
-        images = {el.get("name"): el for el in root.iter() if el.tag == "Image" and el.get("name")}
-        for brush in root.iter("BrushLabels"):
-            image = images.get(brush.get("toName") or "")
-            if image is None or not brush.get("name"):
-                continue
-            value = image.get("value") or ""
-            if not value.startswith("$") or len(value) < 2:
-                raise BackendError(400, f"{source}: Image '{image.get('name')}' value must be $<data key>")
-            labels = tuple(lbl.get("value") for lbl in brush.iter("Label") if lbl.get("value"))
-            if not labels:
-                raise BackendError(400, f"{source}: BrushLabels '{brush.get('name')}' has no Label")
-            return cls(str(brush.get("name")), str(image.get("name")), value[1:], labels)
-        raise BackendError(
-            400, f"{source}: no BrushLabels control attached to an Image, nothing to predict masks for"
-        )
-
-    def brush_label(self, prompt_label: str | None) -> str:
-        """The brush label for a prompt's label: the same name when the brush has it, else its first label."""
-        return prompt_label if prompt_label in self.labels else self.labels[0]
 
 
 @dataclass
@@ -99,6 +62,16 @@ def _label(kind: str, value: dict[str, Any]) -> str | None:
 
 def _clip(v: float, hi: int) -> float:
     return min(max(v, 0.0), float(hi))
+
+
+def prompt_results(context: Any) -> list[Any] | None:
+    """None for a plain prediction (no context, or one without ``result``); the context's result list for an
+    interactive one (``[]`` when the reviewer removed the last smart region)."""
+    if context is None or (isinstance(context, dict) and "result" not in context):
+        return None
+    if not isinstance(context, dict) or not isinstance(context["result"], list):
+        raise BackendError(400, 'context: expected {"result": [...]}')
+    return context["result"]
 
 
 def parse_context(

@@ -17,7 +17,8 @@ from castlab.segment.characters import CharacterSettings, character_instances
 from ml_backend.app import create_app
 from ml_backend.errors import BackendError
 from ml_backend.images import LabelStudioSource, local_files_path
-from ml_backend.prompts import MaskSchema, parse_context
+from ml_backend.kinds import parse_label_config
+from ml_backend.prompts import parse_context
 
 MASKS_XML = """<View>
   <Image name="image" value="$image"/>
@@ -110,8 +111,8 @@ def test_predict_without_context_returns_auto_instances_per_task(app_client, med
     results = response.json()["results"]
     assert len(results) == 2
     backend = app_client.app.state.backend
-    segmenter = backend.segmenter()
-    detector, scorer = backend.characters()
+    segmenter = backend.masks.segmenter()
+    detector, scorer = backend.masks.characters()
     assert scorer is not None  # the real tiny open_clip model scores them, as in curate
     settings = CharacterSettings.from_config(backend.cfg)
     for name, entry in zip(["a.png", "b.png"], results, strict=True):
@@ -140,7 +141,7 @@ def test_predict_with_keypoints_returns_one_brush_mask(app_client, media):
     regions = response.json()["results"][0]["result"]
     assert len(regions) == 1
     mask = client.mask_from_result(regions[0]).astype(bool)
-    segmenter = app_client.app.state.backend.segmenter()
+    segmenter = app_client.app.state.backend.masks.segmenter()
     points = [(0.4 * width, 0.5 * height), (0.6 * width, 0.5 * height), (0.1 * width, 0.1 * height)]
     expected, score = segmenter.predict_image(image, points=points, labels=[1, 1, 0])
     assert mask.shape == (height, width) and mask.any()
@@ -171,13 +172,14 @@ def test_prompt_groups_and_labels():
     loose = by_label[("character", False)]
     assert loose.points == [(180.0, 90.0), (160.0, 10.0)] and loose.point_labels == [1, 0]
     assert by_label[("prop", False)].points == [(100.0, 50.0)]
-    schema = MaskSchema.from_label_config(MASKS_XML)
+    schema = parse_label_config(MASKS_XML)
+    assert schema.kind == "masks"
     assert (schema.brush_name, schema.image_name, schema.data_key) == ("mask", "image", "image")
     assert schema.brush_label("prop") == "prop" and schema.brush_label("unknown") == "character"
     with pytest.raises(BackendError, match="no prompts"):
         parse_context([_keypoint(10, 10, positive=False)], 100, 100)
     with pytest.raises(BackendError, match="no BrushLabels"):
-        MaskSchema.from_label_config('<View><Image name="i" value="$image"/></View>')
+        parse_label_config('<View><Image name="i" value="$image"/></View>')
 
 
 @pytest.mark.parametrize(
@@ -266,7 +268,7 @@ def test_images_served_by_label_studio_are_downloaded_with_its_token(app_client,
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    shared = app_client.app.state.backend.segmenter()
+    shared = app_client.app.state.backend.masks.segmenter()
     source = LabelStudioSource(url, "secret-token-123")
     app = create_app(load_config(profile="tiny"), segmenter_factory=lambda cfg: shared, labelstudio=source)
     try:
@@ -303,7 +305,7 @@ def test_requests_without_label_config_use_the_masks_project_config(app_client):
 def test_concurrent_clicks_on_one_task_share_one_embedding(app_client, media):
     image = _figure(88, 120, 5)
     Image.fromarray(image).save(media["root"] / "media" / "frames" / "busy.png")
-    segmenter = app_client.app.state.backend.segmenter()
+    segmenter = app_client.app.state.backend.masks.segmenter()
     misses = segmenter.cache_misses
     contexts = [{"result": [_keypoint(30 + 5 * i, 50)]} for i in range(6)]
     answers: list = [None] * len(contexts)

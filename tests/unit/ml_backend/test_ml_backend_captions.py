@@ -54,7 +54,7 @@ def _predict(client: TestClient, tasks: list[dict]):
 def scripted(media) -> Iterator[tuple[TestClient, ScriptedCaptioner]]:
     captioner = ScriptedCaptioner()
     app = create_app(load_config(profile="tiny"), labelstudio=lambda: None, captioner_factory=lambda cfg: captioner,
-                     segmenter_factory=lambda cfg: None)
+                     embedder_factory=lambda cfg: None)
     with TestClient(app) as client:
         yield client, captioner
 
@@ -109,7 +109,7 @@ def test_a_request_whose_tasks_all_fail_is_an_error_and_the_service_stays_up(scr
 def test_the_budget_leaves_later_chunks_for_the_next_request(media):
     cfg = load_config(profile="tiny", extra={"ml_backend": {"batch_budget_s": 0}, "captions": {"batch_size": 1}})
     app = create_app(cfg, labelstudio=lambda: None, captioner_factory=lambda c: ScriptedCaptioner(),
-                     segmenter_factory=lambda c: None)
+                     embedder_factory=lambda c: None)
     with TestClient(app) as client:
         results = _predict(client, [_task(n, "red.png", instance="i1") for n in range(3)]).json()["results"]
     assert results[0]["result"]
@@ -117,7 +117,7 @@ def test_the_budget_leaves_later_chunks_for_the_next_request(media):
 
 
 def test_the_real_tiny_captioner_suggests_schema_captions(media):
-    app = create_app(load_config(profile="tiny"), labelstudio=lambda: None, segmenter_factory=lambda c: None)
+    app = create_app(load_config(profile="tiny"), labelstudio=lambda: None, embedder_factory=lambda c: None)
     with TestClient(app) as client:
         response = _predict(client, [_task(1, "red.png", instance="i1"), _task(2, "green.png", instance="i1")])
         assert response.status_code == 200, response.text
@@ -139,9 +139,9 @@ def test_a_captioner_that_cannot_load_does_not_stop_the_backend(media):
         raise ConfigError("models.full.captioner.model is not set")
 
     app = create_app(load_config(profile="tiny"), labelstudio=lambda: None, captioner_factory=broken,
-                     segmenter_factory=lambda c: None)
+                     embedder_factory=lambda c: None)
     backend = app.state.backend
-    backend.captions.warm_up()  # what `python -m ml_backend` runs at start (with ml_backend.preload_captioner)
+    backend.captions.setup()  # what `python -m ml_backend` runs at start (with ml_backend.preload_captioner)
     with TestClient(app) as client:
         health = client.get("/health").json()
         assert health["status"] == "UP" and "captioner.model" in health["captioner_error"]
