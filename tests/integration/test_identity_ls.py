@@ -60,7 +60,7 @@ def test_identity_review_round_trip(ls_server):
         {"from_name": "new_identity", "to_name": "crop", "type": "textarea", "value": {"text": ["Zed"]}}])
     client.create_annotation(ls, instance_tasks["inst:v:1:0"]["id"], [_choices("verdict", "crop", "not a character")])
     report = sync_identity_reviews(ls, manifest, run, cfg)
-    got = {r["row_id"]: (r["identity"], r["identity_state"]) for r in Manifest.for_run(run).rows(kind="instance")}
+    got = {r["row_id"]: (r["identity"], r["identity_state"]) for r in manifest.rows(kind="instance")}  # in memory
     assert got["inst:v:1:1"] == ("Bob", "cluster")
     assert got["inst:v:1:2"] == ("Bob", "cluster") and got["inst:v:1:3"] == ("Bob", "cluster")  # merged
     assert got["inst:v:1:4"] == ("Zed", "reviewed")
