@@ -34,9 +34,9 @@ def extract_frames_task(video: str, run_dir: str, cfg: Config, mode: str | None)
 @task(name="deduplicate-frames")
 def dedup_task(rows: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
     """pHash + SSIM near-duplicate removal over every kept frame of the run (within and across shots)."""
-    from castlab.frames.stage import dedup
+    from castlab.frames.dedup import deduplicate
 
-    return dedup(rows, cfg)
+    return deduplicate(rows, cfg)
 
 
 @task(name="split-and-report")
@@ -54,14 +54,10 @@ def split_report_task(run_dir: str, rows: list[dict[str, Any]], cfg: Config) -> 
 @task(name="segment-instances")
 def segment_task(run_dir: str, rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
     """SAM2 character instances, ``segmentation.chunk_frames`` frames at a time (models loaded once)."""
-    from castlab.rows import chunked
-    from castlab.segment.instances import write_results
+    from castlab.segment.instances import segment_frames
 
     models = segment.load_models(cfg)
-    instances: list[dict[str, Any]] = []
-    for chunk in chunked(rows, cfg.segmentation.chunk_frames):
-        instances += segment.process(chunk, cfg, models, run_dir=Path(run_dir))
-    write_results(Path(run_dir), rows, instances, cfg, models.segmenter)
+    instances = segment_frames(models.segmenter, rows, Path(run_dir), cfg, models.detector, models.scorer)
     return {"rows": instances, "model_version": models.segmenter.model_version}
 
 

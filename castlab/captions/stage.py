@@ -204,11 +204,17 @@ class CaptionModels:
     embedder: Any = None
 
 
-def load_models(cfg: Config) -> CaptionModels:
-    from castlab.models.captioner import load_captioner
-    from castlab.models.embedder import load_embedder
+def load_models(cfg: Config, captioner: Any = None, embedder: Any = None) -> CaptionModels:
+    """The captioner and open_clip of the active profile (those given are used as they are)."""
+    if captioner is None:
+        from castlab.models.captioner import load_captioner
 
-    return CaptionModels(load_captioner(cfg), load_embedder(cfg))
+        captioner = load_captioner(cfg)
+    if embedder is None:
+        from castlab.models.embedder import load_embedder
+
+        embedder = load_embedder(cfg)
+    return CaptionModels(captioner, embedder)
 
 
 def new_record(row: dict[str, Any], settings: CaptionSettings, model_version: str) -> dict[str, Any]:
@@ -272,14 +278,8 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
     if not any(identified(r) for r in rows):
         raise InputError(run_dir / "manifest.parquet", "has no instance with a reviewed identity (run identify, "
                          "review identities in Label Studio, then review-sync)")
-    if captioner is None:
-        from castlab.models.captioner import load_captioner
-
-        captioner = load_captioner(cfg)
-    if embedder is None:
-        from castlab.models.embedder import load_embedder
-
-        embedder = load_embedder(cfg)
+    models = load_models(cfg, captioner, embedder)
+    captioner, embedder = models.captioner, models.embedder
     crop_paths = {str(r["row_id"]): r.get("crop_path") for r in rows}
 
     def crop(row_id: str) -> Image.Image:
@@ -299,7 +299,6 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
             todo.append(row)
     # crops are loaded a chunk at a time (a film has tens of thousands): fields first, then assembly + QC,
     # which need every caption of an identity (its usual traits) before any caption is flagged
-    models = CaptionModels(captioner, embedder)
     with tqdm(total=len(todo), desc="captions", unit="instance") as bar:
         for chunk in chunked(todo, settings.chunk_size):
             done.update({r["row_id"]: r for r in process(chunk, cfg, models, settings=settings)})

@@ -25,11 +25,6 @@ def process(rows: list[dict[str, Any]], cfg: Config, models: None = None, *, run
     return out
 
 
-def dedup(rows: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
-    """Near-duplicate rejection over every frame of a run (within and across shots)."""
-    return deduplicate(rows, cfg)
-
-
 def split(rows: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
     """``{"row_id", "split"}`` for every frame: train/val by shot, seeded."""
     return [{"row_id": r["row_id"], "split": r["split"]}
@@ -49,7 +44,7 @@ def run(run_dir: Path, cfg: Config, video: Path, mode: str | None = None) -> dic
         rows = process([{"video": str(path)}], cfg, run_dir=run_dir, mode=mode)
         manifest.add_rows(rows)
         summary["videos"].append({"video": str(path), **counts(rows)})
-    manifest.add_rows(dedup(manifest.rows(kind="frame"), cfg))
+    manifest.add_rows(deduplicate(manifest.rows(kind="frame"), cfg))
     manifest.add_rows(split(manifest.rows(kind="frame"), cfg))
     manifest.save()
     summary["report"] = write_report(Path(run_dir), manifest.rows(kind="frame"), profile=cfg.profile)

@@ -48,11 +48,17 @@ class IdentityModels:
     embedder: Any
 
 
-def load_models(cfg: Config) -> IdentityModels:
-    from castlab.models.embedder import load_embedder
-    from castlab.models.faces import load_face_analyzer
+def load_models(cfg: Config, analyzer: Any = None, embedder: Any = None) -> IdentityModels:
+    """The face analyzer and open_clip of the active profile (those given are used as they are)."""
+    if analyzer is None:
+        from castlab.models.faces import load_face_analyzer
 
-    return IdentityModels(load_face_analyzer(cfg), load_embedder(cfg))
+        analyzer = load_face_analyzer(cfg)
+    if embedder is None:
+        from castlab.models.embedder import load_embedder
+
+        embedder = load_embedder(cfg)
+    return IdentityModels(analyzer, embedder)
 
 
 def process(rows: list[dict[str, Any]], cfg: Config, models: IdentityModels, *, run_dir: Path,
@@ -91,19 +97,13 @@ def build_identities(
     if not instances:
         raise InputError(run_dir / "manifest.parquet", "has no kept instances to identify (run curate first)")
     frames = {r["row_id"]: r for r in manifest.rows(kind="frame")}
-    if analyzer is None:
-        from castlab.models.faces import load_face_analyzer
-
-        analyzer = load_face_analyzer(cfg)
-    if clip_embedder is None:
-        from castlab.models.embedder import load_embedder
-
-        clip_embedder = load_embedder(cfg)
+    models = load_models(cfg, analyzer, clip_embedder)
+    analyzer, clip_embedder = models.analyzer, models.embedder
     settings = ClusterSettings.from_config(cfg)  # bad settings fail before any work
     join_min = float(cfg.identity.clip_join_min_similarity)
     updates = []
     for chunk in chunked(instances, cfg.identity.chunk_instances):
-        updates += process(chunk, cfg, IdentityModels(analyzer, clip_embedder), run_dir=run_dir, frames=frames)
+        updates += process(chunk, cfg, models, run_dir=run_dir, frames=frames)
     face_m = np.stack([u.pop("face_vector") for u in updates])
     clip_m = np.stack([u.pop("clip_vector") for u in updates])
     meta = embedding_meta(analyzer, clip_embedder, cfg)

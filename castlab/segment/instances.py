@@ -153,22 +153,22 @@ def segment_frames(
     segmenter: Segmenter, frame_rows: list[dict[str, Any]], run_dir: Path, cfg: Config,
     detector: EvidenceDetector | None = None, scorer: CharacterScorer | None = None,
 ) -> list[dict[str, Any]]:
-    """:func:`process` over all `frame_rows` in one go, then ``segmentation_results.json``; the instance rows."""
-    rows = process(frame_rows, cfg, SegmentModels(segmenter, detector, scorer), run_dir=run_dir)
+    """:func:`process` over `frame_rows`, ``segmentation.chunk_frames`` at a time, then
+    ``segmentation_results.json``; returns the instance rows (the caller adds them to the manifest)."""
+    models = SegmentModels(segmenter, detector, scorer)
+    rows: list[dict[str, Any]] = []
+    for chunk in chunked(frame_rows, cfg.segmentation.chunk_frames):
+        rows += process(chunk, cfg, models, run_dir=run_dir)
     write_results(run_dir, frame_rows, rows, cfg, segmenter)
     return rows
 
 
 def run(run_dir: Path, cfg: Config, models: SegmentModels | None = None) -> dict[str, Any]:
-    """Segment every kept frame of a run, ``segmentation.chunk_frames`` at a time; save the manifest."""
-    run_dir = Path(run_dir).resolve()
+    """Segment every kept frame of a run (:func:`segment_frames`); save the manifest."""
     manifest = Manifest.for_run(run_dir)
     models = models or load_models(cfg)
-    frames = manifest.rows(kind="frame", status="kept")
-    rows: list[dict[str, Any]] = []
-    for chunk in chunked(frames, cfg.segmentation.chunk_frames):
-        rows += process(chunk, cfg, models, run_dir=run_dir)
+    rows = segment_frames(models.segmenter, manifest.rows(kind="frame", status="kept"), run_dir, cfg,
+                          models.detector, models.scorer)
     manifest.add_rows(rows)
-    write_results(run_dir, frames, rows, cfg, models.segmenter)
     manifest.save()
     return {"instances": len(rows), "model_version": models.segmenter.model_version}

@@ -109,3 +109,25 @@ def test_character_aware_segmentation_prompts_from_faces_and_scores_everything(s
         assert (inst["evidence_box"] is not None) == (inst["source"] != "auto")
     sources = [r["source"] for r in rows]
     assert sources == sorted(sources, key=lambda s: s == "auto")  # evidence first
+
+
+def test_stage_run_chunks_the_frames_and_saves_the_manifest(segmenter, tmp_path: Path):
+    """segment.run: the same rows in chunks of one frame as in one go, saved; results list every kept frame."""
+    from castlab import segment
+
+    video = make_video(tmp_path / "clip.mp4", shots=("sharp",), frames_per_shot=24)
+    run = tmp_path / "run"
+    frames = extract_frames(video, run, load_config(extra={"frames": {"interval_seconds": 0.3}}), mode="interval")
+    manifest = Manifest.for_run(run)
+    manifest.add_rows(frames)
+    manifest.save()
+    one_go = segment_frames(segmenter, manifest.rows(kind="frame"), tmp_path / "one-go", load_config(profile="tiny"))
+    chunked_cfg = load_config(profile="tiny", extra={"segmentation": {"chunk_frames": 1}})
+    summary = segment.run(run, chunked_cfg, segment.SegmentModels(segmenter))
+    saved = Manifest.for_run(run).rows(kind="instance")
+    assert summary["instances"] == len(saved) == len(one_go) > 0
+    assert [r["bbox"] for r in saved] == [r["bbox"] for r in one_go]
+    results = json.loads((run / "segmentation_results.json").read_text())
+    kept = [f["row_id"] for f in frames if f["status"] == "kept"]
+    assert [f["row_id"] for f in results["frames"]] == kept and len(kept) >= 2
+    assert sum(len(f["instances"]) for f in results["frames"]) == results["instances"] == len(saved)
