@@ -146,12 +146,32 @@ class DatasetSettings(Section):
     resolution: int = Field(ge=8)
     val_fraction: float = Field(ge=0.0, lt=1.0)
     background_rgb: list[int] = Field(min_length=3, max_length=3)
+    min_instances: int = Field(ge=1)
+    triggers: dict[str, str]
+    class_words: dict[str, str]
+    view_quotas: dict[str, float]
+    max_similarity: float = Field(gt=-1.0, le=1.0)
+    min_quality: float = Probability
+    sharpness_ref: float = Field(gt=0)
+    caption_flag_penalty: float = Probability
+    context_margin: float = Field(ge=0.0, le=2.0)
+    max_upscale: float = Field(ge=1.0)
+    background: Literal["original", "neutral"]
 
     @field_validator("background_rgb")
     @classmethod
     def _rgb(cls, value: list[int]) -> list[int]:
         if any(not 0 <= c <= 255 for c in value):
             raise ValueError("every channel must be 0..255")
+        return value
+
+    @field_validator("view_quotas")
+    @classmethod
+    def _quotas(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value or any(v < 0 for v in value.values()) or sum(value.values()) <= 0:
+            raise ValueError("view shares must be >= 0 with a positive sum")
+        if "unknown" not in value:
+            raise ValueError("needs an 'unknown' share (views without a quota of their own count as unknown)")
         return value
 
     @model_validator(mode="after")
@@ -231,6 +251,7 @@ class SegmenterModel(Section):
 class EmbedderModel(Section):
     arch: str
     pretrained: str | None = None
+    max_similarity: float | None = Field(default=None, gt=-1.0, le=1.0)  # overrides dataset.max_similarity
 
 
 class CaptionerModel(Section):

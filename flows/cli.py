@@ -111,11 +111,20 @@ def cmd_propagate(args: argparse.Namespace) -> Any:
 
 
 def cmd_dataset(args: argparse.Namespace) -> Any:
-    _must_exist(args.run)
+    _must_exist(*args.runs)
     _prefect(_config(args))
     from flows.dataset import dataset
 
-    return dataset(run_dir=args.run, out_dir=args.out, force=args.force, **_flow_kwargs(args))
+    return dataset(run_dirs=args.runs, character=args.character, out_dir=args.out, force=args.force,
+                   **_flow_kwargs(args))
+
+
+def cmd_export(args: argparse.Namespace) -> Any:
+    _must_exist(args.dataset)
+    from castlab.dataset.export import export_dataset
+
+    out = Path(args.out) if args.out else Path(args.dataset) / "exports" / args.format
+    return export_dataset(Path(args.dataset), out, args.format, force=args.force)
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
@@ -167,7 +176,10 @@ def demo_summary(result: dict[str, Any]) -> str:
         f"  identities           : {(result.get('identities') or {}).get('clusters')} clusters,"
         f" {(result.get('identities') or {}).get('noise')} noise ({(result.get('identities') or {}).get('report')})",
         "  captions             : " + _captions_line(result.get("captions") or {}),
-        f"  dataset              : {result.get('dataset')}",
+        *[f"  dataset              : {name}: {d['images']} images ({d['train']} train, {d['val']} val),"
+          f" trigger {d['trigger']!r}, {d['rejected']} not taken{' (SMALL)' if d['small'] else ''} — {d['out_dir']}"
+          for name, d in (result.get("datasets") or {}).items()],
+        f"  dataset report       : {result.get('dataset_report')}",
         f"  training TOML        : {result.get('training_toml')}",
         f"  LoRA checkpoints     : {', '.join(result.get('checkpoints') or [])}",
         f"  evaluation           : {result.get('evaluation')}",
@@ -228,10 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("instance", help="instance row id, e.g. inst:<video>:<frame>:0")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p.add_argument("--force", action="store_true", help="propagate again over an earlier result")
-    p = add("dataset", cmd_dataset, "reviewed instances → images/ captions/ metadata.json + kohya TOMLs")
-    p.add_argument("run", help="curate run folder")
-    p.add_argument("--out", help="output folder (default: a new dataset run folder)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    p = add("dataset", cmd_dataset, "reviewed characters of curate runs → one dataset each (images with alpha "
+                                    "masks, captions, metadata.json, kohya TOMLs, report)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="curate run folder(s): a character across episodes")
+    p.add_argument("--character", help="build only this reviewed identity (default: every character with at least "
+                                       "dataset.min_instances reviewed instances)")
+    p.add_argument("--out", help="parent folder of the datasets, one <character>/ each (default: a new dataset run)")
+    p.add_argument("--force", action="store_true", help="rebuild an existing dataset folder")
+    p = add("export", cmd_export, "a castlab dataset → another trainer's format")
+    p.add_argument("dataset", help="a dataset folder written by `castlab dataset` (holds metadata.json)")
+    p.add_argument("--format", required=True, choices=["kohya", "onetrainer", "aitoolkit", "hf"],
+                   help="kohya sd-scripts pair, OneTrainer concepts, ai-toolkit folder + config, HF imagefolder")
+    p.add_argument("--out", help="output folder (default: <dataset>/exports/<format>)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing export folder")
     p = add("train", cmd_train, "train a LoRA from a kohya-compatible training TOML")
     p.add_argument("toml", help="training.toml written by `castlab dataset`")
     p.add_argument("--force", action="store_true", help="replace existing checkpoints of the same output_name")

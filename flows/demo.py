@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from castlab.config import Config
+from castlab.errors import InputError
 from castlab.manifest import Manifest
 from castlab.workspace import workspace_root
 from flows.caption import caption, labelstudio, resolve_config
@@ -97,7 +98,11 @@ def demo(
         review_sync(run_dir=run_dir, **kwargs)
     else:
         logger.warning("caption skipped: %s", captions["skipped"])
-    data = dataset(run_dir=run_dir, **kwargs)
+    built = dataset(run_dirs=[run_dir], **kwargs)  # one dataset per reviewed character (the named cluster)
+    if not built["datasets"]:
+        raise InputError(run_dir, f"no character dataset was built ({built['skipped']})")
+    name, data = next(iter(built["datasets"].items()))
+    logger.info("training on the dataset of %s (%d images)", name, data["images"])
     checkpoints = train(training_toml=data["training_toml"], **kwargs)
     report = evaluate(checkpoints=checkpoints, **kwargs)
     from castlab.labelstudio.connection import labelstudio_connection
@@ -119,7 +124,11 @@ def demo(
         "captions": {k: captions.get(k) for k in ("instances", "status", "flagged", "style", "report", "labelstudio",
                                                   "skipped") if k in captions},
         "captions_accepted": accepted_captions,
+        "datasets": {n: {k: d[k] for k in ("out_dir", "images", "train", "val", "rejected", "trigger", "small")}
+                     for n, d in built["datasets"].items()},
+        "dataset_skipped": built["skipped"],
         "dataset": data["out_dir"],
+        "dataset_report": data["report"]["report"],
         "training_toml": data["training_toml"],
         "checkpoints": checkpoints,
         "evaluation": report.get("out_dir"),

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from castlab.config import Config
-from castlab.dataset.assemble import flatten_toml, tomllib
+from castlab.dataset.kohya import flatten_toml, tomllib
 from castlab.errors import InputError
 from castlab.models.kohya import save_kohya_lora
 from castlab.workspace import write_json_atomic
@@ -115,8 +115,8 @@ def _load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
             image = im.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(path, f"training image is not readable ({exc})") from exc
-    if image.size != size:  # dataset images are square-letterboxed; kohya would bucket, we resize
-        image = image.resize(size, Image.Resampling.BICUBIC)
+    if image.size != size:  # no aspect-ratio buckets yet: centre crop to the training aspect, then resize
+        image = ImageOps.fit(image, size, Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)
 

@@ -17,15 +17,12 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from castlab.captions.schema import CHOICE_FIELDS, TEXT_FIELDS, get_field, set_field
 from castlab.config import Config
 from castlab.errors import ConfigError
-
-if TYPE_CHECKING:
-    from transformers import CLIPTokenizer
+from castlab.models.tokenizers import count_clip_tokens
 
 STYLES = ("natural", "tags")
 # field paths that can be caption parts (final_caption is the model's sentence, never a part)
@@ -49,17 +46,6 @@ class AssembledCaption:
     short: bool  # tokens < dataset.caption_min_tokens
     long: bool  # still > dataset.caption_max_tokens (only when the lead and prefix alone are too long)
 
-
-@lru_cache(maxsize=1)
-def _tokenizer() -> CLIPTokenizer:
-    from castlab.models.tokenizers import clip_tokenizer
-
-    return clip_tokenizer()
-
-
-def count_clip_tokens(text: str) -> int:
-    """CLIP tokens of `text`, BOS and EOS included (the real CLIP BPE tokenizer)."""
-    return len(_tokenizer()(text, verbose=False).input_ids)
 
 
 def norm_value(value: Any) -> str:

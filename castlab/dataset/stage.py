@@ -1,4 +1,4 @@
-"""Which rows make a dataset, and a run's dataset in one call."""
+"""The dataset stage: one dataset per reviewed character of one or more curate runs."""
 
 from __future__ import annotations
 
@@ -6,23 +6,39 @@ from pathlib import Path
 from typing import Any
 
 from castlab.config import Config
-from castlab.dataset.assemble import assemble_dataset
+from castlab.dataset.assemble import assemble_character
+from castlab.dataset.candidates import CharacterPool, gather
 from castlab.errors import InputError
-from castlab.manifest import MANIFEST_NAME, Manifest
-
-REVIEWED_STATES = ("accepted", "corrected", "added")
+from castlab.layers import safe_name
 
 
-def reviewed_instances(manifest: Manifest) -> list[dict[str, Any]]:
-    """Kept instances whose mask a reviewer accepted, corrected or drew (input of dataset assembly)."""
-    if "review_state" not in manifest.df.columns:
-        return []
-    return [r for r in manifest.rows(kind="instance", status="kept") if r.get("review_state") in REVIEWED_STATES]
+def characters_to_build(pool: CharacterPool, cfg: Config, character: str | None = None) -> tuple[list[str], dict]:
+    """(names to build, names skipped → why). With `character`: that one (InputError listing the known names
+    when unknown); else every character with at least ``dataset.min_instances`` reviewed instances."""
+    if character:
+        return [pool.find(character)], {}
+    minimum = int(cfg.dataset.min_instances)
+    names = [n for n in pool.names() if len(pool.by_name[n]) >= minimum]
+    skipped = {n: f"{len(pool.by_name[n])} reviewed instances < dataset.min_instances {minimum}"
+               for n in pool.names() if n not in names}
+    if not names:
+        listing = ", ".join(f"{n} ({len(pool.by_name[n])})" for n in pool.names())
+        raise InputError(", ".join(map(str, pool.runs)), f"no character has dataset.min_instances={minimum} "
+                         f"reviewed instances (known: {listing}); pass --character NAME to build one anyway")
+    return names, skipped
 
 
-def run(run_dir: Path, cfg: Config, out_dir: Path, force: bool = False) -> dict[str, Any]:
-    """Assemble the dataset of a run's reviewed instances into `out_dir` (the run's manifest is only read)."""
-    rows = reviewed_instances(Manifest.load(Path(run_dir) / MANIFEST_NAME))
-    if not rows:
-        raise InputError(run_dir, "has no reviewed instances yet (review masks in Label Studio, then review-sync)")
-    return assemble_dataset(rows, Path(out_dir), cfg, force=force)
+def dataset_folder(out_root: Path, name: str) -> Path:
+    return Path(out_root) / safe_name(name)
+
+
+def run(
+    run_dirs: list[Path] | Path, cfg: Config, out_root: Path, character: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Build the datasets of `run_dirs` (manifests are only read) under ``out_root/<character>/``."""
+    runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+    pool = gather(runs)
+    names, skipped = characters_to_build(pool, cfg, character)
+    datasets = {name: assemble_character(name, pool.by_name[name], dataset_folder(out_root, name), cfg,
+                                         runs=runs, force=force) for name in names}
+    return {"out_root": str(out_root), "datasets": datasets, "skipped": skipped, "notes": pool.notes}

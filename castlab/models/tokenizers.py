@@ -101,3 +101,13 @@ def clip_tokenizer() -> CLIPTokenizer:
     import copy
 
     return copy.deepcopy(_load())
+
+
+@lru_cache(maxsize=1)
+def _shared() -> CLIPTokenizer:
+    return _load()
+
+
+def count_clip_tokens(text: str) -> int:
+    """CLIP tokens of `text`, BOS and EOS included (the real CLIP BPE tokenizer)."""
+    return len(_shared()(text, verbose=False).input_ids)

@@ -37,3 +37,57 @@ def instance_run(
     manifest.add_rows(rows)
     manifest.save()
     return manifest
+
+
+def character_run(
+    run: Path, specs: list[dict[str, Any]], seed: int = 0, size: tuple[int, int] = (96, 128), video: str = "vid",
+    clip_dim: int = 16,
+) -> Manifest:
+    """A reviewed curate run: one frame per spec (smooth gradient plus noise, so it has texture), one kept instance
+    ``inst:<video>:<k>:0`` with a soft-edged box mask, and its clip embedding in ``embeddings/identity.npz``.
+
+    Spec keys (all optional): ``identity`` and ``identity_state`` (default ``cluster`` when identity is given, else
+    ``noise``), ``review_state`` (default ``accepted``), ``view``, ``shot`` (default ``s<k // 3>``), ``split``,
+    ``score``, ``caption``, ``caption_pred``, ``caption_flags``, ``clip`` (a vector; default a random unit vector),
+    ``box`` (y0, y1, x0, x1).
+    """
+    from castlab.identity.embed import save_embeddings
+
+    manifest = Manifest.for_run(run)
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    rows, ids, clips = [], [], []
+    for k, spec in enumerate(specs):
+        frame = np.dstack([(xx * 255 // w), (yy * 255 // h), np.full((h, w), 90)]).astype(np.int32)
+        frame = np.clip(frame + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+        path = run / "frames" / f"{video}_{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(frame).save(path)
+        frame_id, row_id = f"frame:{video}:{k}", f"inst:{video}:{k}:0"
+        shot = spec.get("shot", f"s{k // 3}")
+        rows.append({"row_id": frame_id, "kind": "frame", "status": "kept", "path": str(path), "video_id": video,
+                     "shot_id": shot, "width": w, "height": h})
+        y0, y1, x0, x1 = spec.get("box", (h // 4, 3 * h // 4, w // 3, 2 * w // 3))
+        mask = np.zeros((h, w), bool)
+        mask[y0:y1, x0:x1] = True
+        alpha = np.zeros((h, w), np.float32)
+        alpha[y0:y1, x0:x1] = 1.0
+        alpha[y0:y1, x0] = alpha[y0:y1, x1 - 1] = 0.5  # soft left/right edges
+        layers = write_instance_layers(frame, mask, run, row_id, alpha=alpha)
+        identity = spec.get("identity")
+        state = spec.get("identity_state", "cluster" if identity else "noise")
+        fields = {"identity": identity, "identity_state": state,
+                  "review_state": spec.get("review_state", "accepted"), "view": spec.get("view", "front"),
+                  "split": spec.get("split", "train"), "score": spec.get("score", 0.9)}
+        fields.update({key: spec[key] for key in ("caption", "caption_pred", "caption_flags") if key in spec})
+        rows.append({"row_id": row_id, "kind": "instance", "status": "kept", "parent_id": frame_id, "video_id": video,
+                     "shot_id": shot, **fields, **layers})
+        vector = np.asarray(spec["clip"], np.float32) if "clip" in spec else rng.normal(size=clip_dim)
+        ids.append(row_id)
+        clips.append(vector / np.linalg.norm(vector))
+    manifest.add_rows(rows)
+    manifest.save()
+    clip = np.stack(clips).astype(np.float32)
+    save_embeddings(run, ids, np.full((len(ids), 4), np.nan, np.float32), clip, {"profile": "tiny"})
+    return manifest
