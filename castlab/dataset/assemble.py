@@ -24,8 +24,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+import castlab.dataset.kohya as kohya
 from castlab.config import Config
-from castlab.dataset import kohya
 from castlab.dataset.candidates import run_label
 from castlab.dataset.images import dataset_image, measure_quality
 from castlab.dataset.report import write_dataset_report

@@ -77,13 +77,22 @@ def test_caption_review_round_trip(ls_env, tmp_path: Path):
     assert report["review"]["reviewed"] == 3 and report["review"]["edited_share"] == 1.0
     assert rows[third["data"]["instance"]]["caption_reviewed_tokens"] > 77  # kept as written, recorded
 
-    out = tmp_path / "dataset"
-    data = dataset(run_dir=str(run), out_dir=str(out), config_files=[str(override)])
-    meta = json.loads((out / "metadata.json").read_text())
-    by_row = {e["row_id"]: e for e in meta["images"]}
-    edited = by_row[first["data"]["instance"]]
-    assert edited["caption_source"] == "reviewed" and "hopping over a log" in (out / edited["caption_file"]).read_text()
-    assert data["images"] == 6 and {e["caption_source"] for e in meta["images"]} <= {"reviewed", "predicted"}
+    override.write_text(override.read_text() + "dataset:\n  min_instances: 1\n")
+    built = dataset(run_dirs=[str(run)], out_dir=str(tmp_path / "datasets"), config_files=[str(override)])
+    assert set(built["datasets"]) == {"Bunny", "Squirrel"}  # one dataset per reviewed character
+    by_row, folders = {}, {}
+    for name, data in built["datasets"].items():
+        meta = json.loads(Path(data["metadata"]).read_text())
+        assert {rows[e["row_id"]]["identity"] for e in meta["images"]} == {name}
+        assert all(e["caption"].startswith(meta["class_tokens"] + ", ") for e in meta["images"])
+        by_row.update({e["row_id"]: e for e in meta["images"]})
+        folders.update({e["row_id"]: Path(data["out_dir"]) for e in meta["images"]})
+    first_id = first["data"]["instance"]
+    edited = by_row[first_id]
+    assert edited["caption_source"] == "reviewed"
+    assert edited["caption"].endswith(", 3d animated character, hopping over a log, low angle")
+    assert (folders[first_id] / edited["caption_file"]).read_text().strip() == edited["caption"]
+    assert len(by_row) == 6 and {e["caption_source"] for e in by_row.values()} <= {"reviewed", "predicted"}
 
 
 def test_backend_suggests_captions_through_label_studio(ls_server, tmp_path: Path):

@@ -1,5 +1,6 @@
 """The thin path end to end under a real Prefect runtime against a real Label Studio server:
-curate → (reviewer edits over the LS API) → review-sync → dataset → train → evaluate."""
+curate → (reviewer edits masks over the LS API) → review-sync → identify → (reviewer names a cluster) →
+review-sync → dataset of that character only → train → evaluate."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def test_thin_path_end_to_end(ls_env, tmp_path: Path):
     from flows.curate import curate
     from flows.dataset import dataset
     from flows.evaluate import evaluate
+    from flows.identify import identify
     from flows.review_sync import review_sync
     from flows.train import train
 
@@ -111,12 +113,33 @@ def test_thin_path_end_to_end(ls_env, tmp_path: Path):
     removed = [r for r in rejected if r["reject_reason"] == "removed in review"]
     assert len(removed) == counts["removed"]
 
-    data = dataset(run_dir=str(run_dir), out_dir=str(tmp_path / "dataset"))
-    out = Path(data["out_dir"])
-    assert (out / "metadata.json").is_file() and (out / "dataset_config.toml").is_file()
+    # identities: cluster, then a reviewer names cluster 0 "Hero" and leaves the others undecided
+    with pytest.raises(InputError, match="no reviewed identities"):
+        dataset(run_dirs=[str(run_dir)], out_dir=str(tmp_path / "too-early"))
+    override = tmp_path / "small_clusters.yaml"
+    override.write_text("clustering:\n  min_cluster_size: 3\n  min_samples: 1\ndataset:\n  min_instances: 2\n")
+    ids = identify(run_dir=str(run_dir), config_files=[str(override)])
+    assert ids["clusters"] >= 1, ids
+    cluster_tasks = client.list_tasks(ls, ids["labelstudio"]["clusters"]["project_id"])
+    client.create_annotation(ls, next(t for t in cluster_tasks if t["data"]["cluster"] == 0)["id"], [
+        {"from_name": "decision", "to_name": "sheet", "type": "choices", "value": {"choices": ["name"]}},
+        {"from_name": "name", "to_name": "sheet", "type": "textarea", "value": {"text": ["Hero"]}}])
+    review_sync(run_dir=str(run_dir), config_files=[str(override)])
+    rows = Manifest.load(run_dir / "manifest.parquet").rows(kind="instance", status="kept")
+    heroes = {r["row_id"] for r in rows if r.get("identity") == "Hero" and r.get("review_state")}
+    assert heroes
+
+    data = dataset(run_dirs=[str(run_dir)], out_dir=str(tmp_path / "dataset"), config_files=[str(override)])
+    assert set(data["datasets"]) == {"Hero"}  # unreviewed clusters and noise get no dataset
+    hero = data["datasets"]["Hero"]
+    out = Path(hero["out_dir"])
+    meta = json.loads((out / "metadata.json").read_text())
+    assert {e["row_id"] for e in meta["images"]} | {r["row_id"] for r in meta["rejected"]} == heroes
     images = sorted((out / "images").glob("*.png"))
-    assert len(images) == counts["accepted"] + counts["corrected"] + counts["added"]
+    assert len(images) == hero["images"] > 0 and all(Image.open(p).mode == "RGBA" for p in images)
     assert len(list((out / "captions").glob("*.txt"))) == len(images)
+    assert (out / "dataset_report.md").is_file() and (out / "contact_sheet.png").is_file()
+    data = hero
 
     checkpoints = train(training_toml=data["training_toml"])
     assert checkpoints and all(Path(c).suffix == ".safetensors" for c in checkpoints)

@@ -11,6 +11,7 @@ from flows.cli import build_parser, main
 def test_every_flow_has_a_command():
     parser = build_parser()
     for argv in (["curate", "v.mp4", "--mode", "interval"], ["review-sync", "r"], ["dataset", "r", "--force"],
+                 ["dataset", "ep1", "ep2", "--character", "Bob", "--out", "d"], ["export", "d", "--format", "hf"],
                  ["train", "t.toml"], ["evaluate", "a.safetensors", "b.safetensors"], ["demo"],
                  ["up", "--backend"], ["down"], ["status"]):
         args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from castlab.config import load_config
-from castlab.dataset.assemble import assemble_dataset
+from castlab.dataset.assemble import assemble_character
 from castlab.errors import ConfigError, InputError
 from castlab.models.diffusion import encode_prompts, load_base_pipeline
 from castlab.models.kohya import load_lora_into_pipeline, read_kohya_lora
@@ -38,8 +38,8 @@ def dataset(models_workspace, cfg, tmp_path_factory) -> dict:
         crop[..., 3] = (((xx - 16) / 14) ** 2 + ((yy - 24) / 22) ** 2 < 1) * 255
         Image.fromarray(crop, "RGBA").save(folder / f"c{i}.png")
         rows.append({"row_id": f"inst:v:{i}:0", "crop_path": str(folder / f"c{i}.png"),
-                     "shot_id": f"s{i // 2}", "video_id": "v"})
-    return assemble_dataset(rows, tmp_path_factory.mktemp("ds") / "dataset", cfg)
+                     "shot_id": f"s{i // 2}", "video_id": "v", "identity": "hero", "run": "runs/r"})
+    return assemble_character("hero", rows, tmp_path_factory.mktemp("ds") / "dataset", cfg)
 
 
 @pytest.fixture(scope="module")
