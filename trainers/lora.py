@@ -109,6 +109,14 @@ def read_dataset_samples(dataset_config: Path, caption_extension: str = ".txt") 
     return samples
 
 
+def dataset_class_tokens(dataset_config: Path) -> str:
+    """The subsets' ``class_tokens`` ("<trigger> <class word>"), joined by " | " when they differ."""
+    data = _read_toml(dataset_config)
+    tokens = {str(s["class_tokens"]) for d in data.get("datasets") or [] for s in d.get("subsets") or []
+              if s.get("class_tokens")}
+    return " | ".join(sorted(tokens))
+
+
 def _load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
     try:
         with Image.open(path) as im:
@@ -227,7 +235,8 @@ def run_training(
         order: list[int] = []
         losses: list[float] = []
         checkpoints: list[Path] = []
-        meta = _metadata(tc, cfg, base_version, len(unique_images), len(samples))
+        meta = _metadata(tc, cfg, base_version, len(unique_images), len(samples),
+                         dataset_class_tokens(tc["dataset_config"]))
         bar = tqdm(range(1, max_steps + 1), desc="train lora", unit="step", disable=not progress)
         loop_start = time.perf_counter()
         for step in bar:
@@ -300,7 +309,7 @@ def _lora_version(name: str, step: int, base_version: str) -> str:
 
 
 def _metadata(
-    tc: dict[str, Any], cfg: Config, base_version: str, n_images: int, n_samples: int
+    tc: dict[str, Any], cfg: Config, base_version: str, n_images: int, n_samples: int, class_tokens: str
 ) -> dict[str, Any]:
     """kohya ``ss_*`` fields readers look for, plus castlab's provenance stamps."""
     width, height = tc["resolution"]
@@ -328,5 +337,6 @@ def _metadata(
         "castlab_base_model_version": base_version,
         "castlab_unique_images": n_images,
         "castlab_lora_targets": ",".join(LORA_TARGETS),
+        "castlab_class_tokens": class_tokens,
     }
 

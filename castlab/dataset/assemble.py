@@ -86,6 +86,7 @@ class Layout:
     names: dict[str, str]  # row id → file name (no suffix)
     trigger: Trigger
     resolution: int  # image size target: about resolution² pixels
+    min_side: int  # an image with a shorter side is rejected (sd-scripts would give it a zero-size bucket)
 
 
 def _unique_names(rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -120,6 +121,12 @@ def process(rows: list[dict[str, Any]], cfg: Config, models: Any, *, layout: Lay
             built = dataset_image(row, cfg, layout.resolution)
         except InputError as exc:
             rejected.append(rejection(row, "missing_file", str(exc)))
+            continue
+        if min(built.image.size) < layout.min_side:
+            w, h = built.image.size
+            why = f"too small: {w}x{h} after scaling (max_upscale {cfg.dataset.max_upscale}), a side < " \
+                  f"{layout.min_side} px"
+            rejected.append(rejection(row, "low_quality", why))
             continue
         caption = build_caption(row, cfg, layout.trigger)
         split = layout.splits[shot_key(row)]
@@ -227,7 +234,14 @@ def assemble_character(
     kohya_dir = out_dir / "kohya" / f"{repeats}_{trigger.class_tokens}"
     for sub in (out_dir / "images", out_dir / "captions", kohya_dir):
         sub.mkdir(parents=True, exist_ok=True)
-    layout = Layout(out_dir, kohya_dir, splits, _unique_names(chosen.selected), trigger, size)
+    resolution = training_resolution(cfg)
+    training = kohya.training_toml(template, cfg, {
+        "base_model": base_model, "dataset_config": str(out_dir / "dataset_config.toml"),
+        "output_dir": str(out_dir / "checkpoints"), "resolution": kohya.resolution_text(resolution),
+        "output_name": f"castlab_{safe_name(name).lower()}",
+    })
+    layout = Layout(out_dir, kohya_dir, splits, _unique_names(chosen.selected), trigger, size,
+                    kohya.min_image_side(training))
     entries: list[dict[str, Any]] = []
     for chunk in tqdm(list(chunked(chosen.selected, DATASET_CHUNK)), desc=f"dataset {name}", unit="chunk"):
         written, failed = process(chunk, cfg, None, layout=layout)
@@ -237,12 +251,6 @@ def assemble_character(
         raise InputError(out_dir, f"none of the {len(candidates)} candidates of {name!r} could be used: "
                                   + "; ".join(sorted({r['code'] for r in rejected})))
 
-    resolution = training_resolution(cfg)
-    training = kohya.training_toml(template, cfg, {
-        "base_model": base_model, "dataset_config": str(out_dir / "dataset_config.toml"),
-        "output_dir": str(out_dir / "checkpoints"), "resolution": kohya.resolution_text(resolution),
-        "output_name": f"castlab_{safe_name(name).lower()}",
-    })
     pair = kohya.write_pair(out_dir, training, kohya.dataset_config(
         training, resolution=resolution, image_dir=kohya_dir, class_tokens=trigger.class_tokens,
         num_repeats=repeats, cfg=cfg))

@@ -107,6 +107,12 @@ def training_toml(template: dict[str, Any], cfg: Config, values: dict[str, Any])
     return training
 
 
+def min_image_side(training: dict[str, Any]) -> int:
+    """The shortest image side the training TOML can bucket: ``bucket_reso_steps`` when buckets are on."""
+    flat = flatten_toml(training)
+    return int(flat.get("bucket_reso_steps", 64)) if flat.get("enable_bucket") else 8
+
+
 def dataset_config(training: dict[str, Any], *, resolution: int, image_dir: Path, class_tokens: str,
                    num_repeats: int, cfg: Config) -> dict[str, Any]:
     """The ``--dataset_config`` of one subset of train images at one resolution."""

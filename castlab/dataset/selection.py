@@ -77,7 +77,7 @@ def deduplicate(ranked: list[dict[str, Any]], max_similarity: float) -> tuple[li
             sims = np.stack(vectors) @ v
             best = int(np.argmax(sims))
             if sims[best] > max_similarity:
-                rejected.append(rejection(row, "duplicate", f"duplicate of {owners[best]} (cosine {sims[best]:.3f} > "
+                rejected.append(rejection(row, "duplicate", f"duplicate of {owners[best]} (cosine {sims[best]:.4f} > "
                                                             f"{max_similarity})"))
                 continue
         vectors.append(v)

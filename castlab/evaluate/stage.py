@@ -52,6 +52,17 @@ def evaluation_prompts(cfg: Config) -> list[str]:
     return prompts
 
 
+def with_trained_trigger(cfg: Config, metas: list[dict[str, str]]) -> Config:
+    """`cfg` whose ``{trigger}``/``{class_word}`` are the ones the checkpoints were trained with (their
+    ``castlab_class_tokens``, "<trigger> <class word>") when they all agree; else `cfg` unchanged."""
+    tokens = {m.get("castlab_class_tokens") for m in metas}
+    if len(tokens) != 1 or not (only := tokens.pop()) or " | " in only or " " not in only.strip():
+        return cfg
+    trigger, _, class_word = only.strip().partition(" ")
+    return cfg.with_overrides({"dataset": {"trigger_token": trigger, "class_word": class_word}},
+                              source="checkpoint metadata (castlab_class_tokens)")
+
+
 def _check_checkpoints(checkpoints: list[Path], cfg: Config, out_dir: Path) -> list[dict[str, str]]:
     from castlab.models.kohya import read_kohya_metadata
 
@@ -157,6 +168,7 @@ def evaluate_checkpoints(
     out_dir = Path(out_dir).resolve()
     checkpoints = [Path(c).resolve() for c in checkpoints]
     metas = _check_checkpoints(checkpoints, cfg, out_dir)
+    cfg = with_trained_trigger(cfg, metas)
     if (out_dir / REPORT_NAME).exists() and not force:
         raise InputError(out_dir, f"already holds {REPORT_NAME} (pass --force to evaluate again)")
     prompts = evaluation_prompts(cfg)

@@ -17,7 +17,7 @@ from castlab.errors import InputError
 from castlab.manifest import Manifest
 from castlab.models.tokenizers import count_clip_tokens
 
-RES = 64
+RES = 128
 
 
 def make_cfg(**dataset):
@@ -101,7 +101,7 @@ def test_two_runs_one_character_duplicates_removed_across_runs(workspace, cfg):
     assert {e["run"] for e in meta["images"]} == {"runs/ep1", "runs/ep2"} and meta["runs"] == ["runs/ep1", "runs/ep2"]
     duplicates = [r for r in meta["rejected"] if r["code"] == "duplicate"]
     assert [d["row_id"] for d in duplicates] == ["inst:ep2:0:0"]
-    assert duplicates[0]["reason"].startswith("duplicate of inst:ep1:0:0 (cosine 1.000")
+    assert duplicates[0]["reason"].startswith("duplicate of inst:ep1:0:0 (cosine 1.0000")
     assert meta["counts"] == {"candidates": 10, "selected": 9, "train": 9, "val": 0, "rejected": 1}
 
 
@@ -168,6 +168,15 @@ def test_mask_round_trips_into_png_alpha_with_real_context(workspace, cfg):
     image = np.asarray(Image.open(Path(summary["out_dir"]) / "images" / f"{entry['name']}.png")).astype(int)
     flat = image[..., :3][image[..., 3] == 0]
     assert (np.abs(flat - np.array(neutral.dataset.background_rgb)).max(axis=1) <= 1).all()
+
+
+def test_crops_too_small_to_bucket_are_rejected(workspace, cfg):
+    run = workspace / "runs" / "r"
+    character_run(run, [{"identity": "Alice"}] * 3 + [{"identity": "Alice", "box": (10, 90, 60, 63)}])
+    meta = json.loads(Path(build_datasets([run], cfg, workspace / "d")["datasets"]["Alice"]["metadata"]).read_text())
+    small = [r for r in meta["rejected"] if r["row_id"] == "inst:vid:3:0"]
+    assert small and small[0]["code"] == "low_quality" and "a side < 64 px" in small[0]["reason"]
+    assert all(min(e["size"]) >= 64 for e in meta["images"]) and len(meta["images"]) == 3
 
 
 def test_missing_crop_is_rejected_and_the_rest_built(workspace, cfg):
@@ -270,6 +279,6 @@ def test_kohya_pair_passes_the_sd_scripts_schema(workspace, cfg):
     out = assemble_character("Alice", pool.by_name["Alice"], workspace / "sdxl", sdxl, base_model="sdxl/base")
     training = tomllib.loads(Path(out["training_toml"]).read_text())
     dataset = tomllib.loads(Path(out["dataset_config"]).read_text())
-    assert check_training_toml(training, sdxl=True) == [] and check_dataset_config(dataset) == []
+    assert check_training_toml(training, sdxl=True) == [] and check_dataset_config(dataset, sdxl=True) == []
     assert flatten_toml(training)["resolution"] == "1024" and dataset["datasets"][0]["resolution"] == 1024
     assert dataset["datasets"][0]["bucket_reso_steps"] == 32

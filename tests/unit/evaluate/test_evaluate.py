@@ -10,7 +10,13 @@ from PIL import Image
 
 from castlab.config import load_config
 from castlab.errors import InputError
-from castlab.evaluate.stage import GRID_NAME, REPORT_NAME, evaluate_checkpoints, evaluation_prompts
+from castlab.evaluate.stage import (
+    GRID_NAME,
+    REPORT_NAME,
+    evaluate_checkpoints,
+    evaluation_prompts,
+    with_trained_trigger,
+)
 from castlab.models.diffusion import load_base_pipeline
 from castlab.models.kohya import save_kohya_lora
 
@@ -103,3 +109,12 @@ def test_refuses_to_overwrite_and_bad_checkpoints(report, checkpoints, cfg, tmp_
         evaluate_checkpoints([checkpoints[0], checkpoints[0]], tmp_path / "z", cfg)
     with pytest.raises(InputError, match="tiny profile"):
         evaluate_checkpoints(checkpoints, tmp_path / "full", load_config(profile="full"))
+
+
+def test_prompts_use_the_trigger_the_checkpoints_were_trained_with(cfg):
+    trained = with_trained_trigger(cfg, [{"castlab_class_tokens": "godum rabbit"}] * 2)
+    assert all(p.startswith("godum rabbit, ") for p in evaluation_prompts(trained))
+    assert "checkpoint metadata" in trained.origin("dataset.trigger_token")
+    for metas in ([{}], [{"castlab_class_tokens": "a x"}, {"castlab_class_tokens": "b x"}],
+                  [{"castlab_class_tokens": "a x | b y"}], [{"castlab_class_tokens": "lonely"}]):
+        assert evaluation_prompts(with_trained_trigger(cfg, metas)) == evaluation_prompts(cfg)

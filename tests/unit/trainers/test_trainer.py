@@ -20,7 +20,7 @@ RANK, ALPHA, STEPS = 8, 3.0, 4  # alpha != rank: the exported .alpha tensors mus
 @pytest.fixture(scope="module")
 def cfg():
     return load_config(profile="tiny", extra={
-        "dataset": {"resolution": 64, "val_fraction": 0.0},
+        "dataset": {"resolution": 128, "val_fraction": 0.0},
         "training": {"kohya": {"network_dim": RANK, "network_alpha": ALPHA, "max_train_steps": STEPS,
                                "save_every_n_steps": 2, "learning_rate": 1e-2, "train_batch_size": 2}},
     })
@@ -58,7 +58,7 @@ def unet_out(pipe, prompt: str = "cstlb character, 3d animated character") -> to
 def test_training_writes_kohya_checkpoints(trained, dataset):
     assert len(trained.losses) == STEPS and all(np.isfinite(trained.losses))
     names = [p.name for p in trained.checkpoints]
-    assert names == ["castlab_lora-step00000002.safetensors", "castlab_lora-step00000004.safetensors"]
+    assert names == ["castlab_hero-step00000002.safetensors", "castlab_hero-step00000004.safetensors"]
     state, meta = read_kohya_lora(trained.checkpoints[-1])
     assert state and all(k.startswith("lora_unet_") for k in state)
     alphas = {k: v for k, v in state.items() if k.endswith(".alpha")}
@@ -73,7 +73,8 @@ def test_training_writes_kohya_checkpoints(trained, dataset):
     assert trained.base_version.startswith("tiny-")
     settings = read_training_config(Path(dataset["training_toml"]))
     assert meta["castlab_base_model"] == settings["pretrained_model_name_or_path"]
-    log = json.loads((trained.checkpoints[-1].parent / "castlab_lora-training.json").read_text())
+    assert meta["castlab_class_tokens"] == dataset["class_tokens"]  # evaluation prompts use the trained trigger
+    log = json.loads((trained.checkpoints[-1].parent / "castlab_hero-training.json").read_text())
     assert log["losses"] == trained.losses and log["steps_per_second"] > 0
 
 
