@@ -60,13 +60,9 @@ import tomli_w
 import yaml
 from PIL import Image
 
+from castlab.dataset.kohya import tomllib
 from castlab.errors import InputError
 from castlab.workspace import atomic_path, write_json_atomic, write_text_atomic
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 FORMATS = ("kohya", "onetrainer", "aitoolkit", "hf")
 DATASET_FORMAT = "castlab-dataset/1"
