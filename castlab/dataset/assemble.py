@@ -195,6 +195,11 @@ def duplicate_threshold(cfg: Config) -> tuple[float, str]:
     return float(cfg.dataset.max_similarity), "dataset.max_similarity"
 
 
+def _repeats(n_train: int, target_min: int) -> int:
+    """kohya ``num_repeats`` that brings `n_train` images up to `target_min` per epoch (1 when already there)."""
+    return max(1, math.ceil(target_min / n_train)) if n_train else 1
+
+
 def _splits(rows: list[dict[str, Any]], cfg: Config) -> dict[str, str]:
     splits = row_splits(rows, float(cfg.dataset.val_fraction), int(cfg.seed))
     if rows and all(splits[shot_key(r)] == "val" for r in rows):  # every chosen shot was a val shot at curate time
@@ -228,9 +233,8 @@ def assemble_character(
     chosen = select(ranked, shares, int(cfg.dataset.target_size_max), threshold)
     rejected += chosen.rejected
     splits = _splits(chosen.selected, cfg)
-    n_train = sum(1 for r in chosen.selected if splits[shot_key(r)] == "train")
     target_min = int(cfg.dataset.target_size_min)
-    repeats = max(1, math.ceil(target_min / n_train)) if n_train else 1
+    repeats = _repeats(sum(1 for r in chosen.selected if splits[shot_key(r)] == "train"), target_min)
     kohya_dir = out_dir / "kohya" / f"{repeats}_{trigger.class_tokens}"
     for sub in (out_dir / "images", out_dir / "captions", kohya_dir):
         sub.mkdir(parents=True, exist_ok=True)
@@ -250,6 +254,10 @@ def assemble_character(
     if not entries:
         raise InputError(out_dir, f"none of the {len(candidates)} candidates of {name!r} could be used: "
                                   + "; ".join(sorted({r['code'] for r in rejected})))
+    written_repeats = _repeats(sum(1 for e in entries if e["split"] == "train"), target_min)
+    if written_repeats != repeats:  # some chosen crops could not be written: keep the epoch at target_size_min
+        repeats, kohya_dir = written_repeats, kohya_dir.rename(kohya_dir.with_name(f"{written_repeats}_"
+                                                                                   f"{trigger.class_tokens}"))
 
     pair = kohya.write_pair(out_dir, training, kohya.dataset_config(
         training, resolution=resolution, image_dir=kohya_dir, class_tokens=trigger.class_tokens,

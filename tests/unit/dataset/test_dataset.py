@@ -177,6 +177,13 @@ def test_crops_too_small_to_bucket_are_rejected(workspace, cfg):
     small = [r for r in meta["rejected"] if r["row_id"] == "inst:vid:3:0"]
     assert small and small[0]["code"] == "low_quality" and "a side < 64 px" in small[0]["reason"]
     assert all(min(e["size"]) >= 64 for e in meta["images"]) and len(meta["images"]) == 3
+    # the repeats follow what was written: 3 train images fill an epoch of target_size_min=200
+    assert meta["num_repeats"] == 67
+    kohya = workspace / "d" / "Alice" / "kohya"
+    assert [p.name for p in kohya.iterdir()] == [f"67_{meta['class_tokens']}"]
+    config = tomllib.loads((workspace / "d" / "Alice" / "dataset_config.toml").read_text())
+    assert config["datasets"][0]["subsets"][0]["num_repeats"] == 67
+    assert Path(config["datasets"][0]["subsets"][0]["image_dir"]) == kohya / f"67_{meta['class_tokens']}"
 
 
 def test_missing_crop_is_rejected_and_the_rest_built(workspace, cfg):
