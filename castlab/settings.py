@@ -275,8 +275,10 @@ class FacesModel(Section):
 
 
 class BaseModelSettings(Section):
-    arch: str
-    path: str | None = None
+    arch: str  # sd15 | sdxl (tiny: sd15-tiny | sdxl-tiny)
+    path: str | None = None  # diffusers folder, hub id or single-file .safetensors
+    config: str | None = None  # single file, offline: a local diffusers folder of the same family (its configs)
+    local_files_only: bool = True
     resolution: int | None = Field(default=None, ge=8)
     kohya: dict[str, Any] = Field(default_factory=dict)
 

@@ -68,3 +68,43 @@ def test_full_profile_needs_a_base_model(tmp_path):
 def test_tiny_refuses_a_foreign_base_model(models_workspace, cfg):
     with pytest.raises(ConfigError, match="tiny profile's base model"):
         load_base_pipeline(cfg, source="runwayml/stable-diffusion-v1-5")
+
+
+def test_tiny_sdxl_is_the_sdxl_architecture(models_workspace, cfg):
+    from castlab.models.diffusion import encode_prompts_sdxl, is_sdxl, sdxl_time_ids
+
+    version, folder = tiny_model_id(cfg, "sdxl-tiny")
+    assert version.startswith("tiny-sdxl-") and folder.name.startswith("sdxl-tiny-")
+    assert base_model_source(cfg, "sdxl-tiny") == str(folder) != base_model_source(cfg)
+    pipe, got = load_base_pipeline(cfg, source=str(folder))  # a training TOML naming the tiny SDXL selects it
+    assert got == version and is_sdxl(pipe) and type(pipe).__name__ == "StableDiffusionXLPipeline"
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    again, _ = load_base_pipeline(cfg, source=str(folder))
+    a, b = pipe.unet.state_dict(), again.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    hidden, pooled = encode_prompts_sdxl(pipe, ["a cat", "a dog"])
+    width = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    assert hidden.shape == (2, 77, width) == (2, 77, pipe.unet.config.cross_attention_dim)
+    assert pooled.shape == (2, pipe.text_encoder_2.config.projection_dim)
+    assert not torch.allclose(hidden[0], hidden[1])
+    ids = torch.stack([sdxl_time_ids((200, 100), (0, 4), (64, 64))] * 2)
+    assert ids[0].tolist() == [100, 200, 4, 0, 64, 64]  # (h, w) order, as SDXL expects
+    latents = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = pipe.unet(latents, torch.tensor([10, 500]), hidden,
+                        added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        other = pipe.unet(latents, torch.tensor([10, 500]), hidden,
+                          added_cond_kwargs={"text_embeds": pooled, "time_ids": ids * 2}).sample
+    assert out.shape == latents.shape and not torch.allclose(out, other)  # size conditioning reaches the UNet
+    with pytest.raises(ConfigError, match="encode_prompts_sdxl"):
+        encode_prompts(pipe, ["a cat"], 1)
+
+
+def test_single_file_checkpoint_needs_a_config_offline(tmp_path):
+    broken = tmp_path / "community_model.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(broken))
+    cfg = load_config(profile="full", extra={"models": {"full": {"base_model": {"path": str(broken), "arch": "sdxl"}}}})
+    with pytest.raises(ConfigError, match=r"(?s)single-file checkpoint .*as SDXL.*models\.full\.base_model\.config"):
+        load_base_pipeline(cfg)
