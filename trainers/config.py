@@ -15,6 +15,7 @@ from typing import Any
 
 from castlab.dataset.kohya import flatten_toml, read_toml
 from castlab.errors import InputError
+from trainers import buckets
 
 REQUIRED = (
     "pretrained_model_name_or_path", "dataset_config", "output_dir", "output_name", "network_dim",
@@ -75,19 +76,14 @@ def _resolve(base: Path, value: Any) -> Path:
 
 
 def parse_resolution(value: Any, where: Path | str) -> tuple[int, int]:
-    """sd-scripts' resolution forms: "512", "768,512", 512, [768, 512] → (width, height)."""
+    """sd-scripts' resolution forms ("512", "768,512", 512, [768, 512]) → (width, height), multiples of 8."""
     try:
-        if isinstance(value, (list, tuple)):
-            parts = [int(v) for v in value]
-        else:
-            parts = [int(p) for p in str(value).replace("x", ",").split(",") if p.strip()]
-    except (TypeError, ValueError) as exc:
-        raise InputError(where, f"resolution {value!r} is not 'N' or 'W,H'") from exc
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 8 or any(p % 8 for p in parts):
+        size = buckets.parse_resolution(value)
+    except ValueError as exc:
+        raise InputError(where, str(exc)) from exc
+    if min(size) < 8 or any(p % 8 for p in size):
         raise InputError(where, f"resolution {value!r} must be one or two multiples of 8")
-    return parts[0], parts[1]
+    return size
 
 
 def read_training_args(training_toml: Path) -> dict[str, Any]:

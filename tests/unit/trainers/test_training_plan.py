@@ -11,6 +11,7 @@ from castlab.dataset import run as build_datasets
 from castlab.dataset.kohya import tomllib
 from castlab.errors import InputError
 from trainers.config import parse_resolution, read_caption, read_plan
+from trainers.data import build_items, dataset_summary, epoch_batches, static_captions
 from trainers.latents import ImageJob, LatentCache, load_pixels
 
 
@@ -98,3 +99,26 @@ def test_latents_are_cached_on_disk_and_reused(models_workspace, tmp_path):
     again = LatentCache(pipe.vae, version, tmp_path / "cache")
     again.get(job)
     assert sum(again.hits.values()) == 1  # a damaged file is re-encoded or read, never an error
+
+
+def test_items_are_bucketed_and_epochs_are_seeded(dataset):
+    plan = read_plan(Path(dataset["training_toml"]))
+    items, notes = build_items(plan)
+    assert len(items) == dataset["train"] and notes and notes[0].startswith("dataset 0: ")
+    for item in items:
+        w, h = item.placement.bucket
+        assert w % 64 == 0 and h % 64 == 0 and item.alpha_mask and item.caption.startswith(dataset["class_tokens"])
+    batches, _ = epoch_batches(items, seed=1, epoch=1)
+    flat = [i.key for b in batches for i in b]
+    assert sorted(flat) == sorted(i.key for i in items for _ in range(i.repeats))  # every repeat, nothing dropped
+    assert all(len({i.placement.bucket for i in b}) == 1 for b in batches)
+    again, _ = epoch_batches(items, seed=1, epoch=1)
+    other, _ = epoch_batches(items, seed=1, epoch=2)
+    assert [[i.key for i in b] for b in again] == [[i.key for i in b] for b in batches]
+    assert [[i.key for i in b] for b in other] != [[i.key for i in b] for b in batches]
+    assert static_captions(items)  # castlab's datasets do not shuffle captions
+    summary = dataset_summary(items)
+    assert summary["num_train_images"] == dataset["train"] * dataset["num_repeats"]
+    (folder,) = summary["dataset_dirs"]
+    assert summary["dataset_dirs"][folder] == {"n_repeats": dataset["num_repeats"], "img_count": dataset["train"]}
+    assert summary["tag_frequency"][folder][dataset["class_tokens"]] == dataset["train"]

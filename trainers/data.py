@@ -1,0 +1,110 @@
+"""Training items from a :class:`~trainers.config.TrainingPlan`: every image with its caption, bucket placement,
+repeats and options; one epoch's batches, seeded by (seed, epoch) so any epoch can be rebuilt on resume."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from castlab.errors import InputError
+from trainers.buckets import BucketSettings, Placement, bucket_resolutions, place, plan_batches
+from trainers.captions import CaptionSettings, caption_variants_are_static
+from trainers.config import TrainingPlan, read_caption
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str  # unique: "<dataset>:<subset>:<file name>"
+    image: Path
+    caption: str
+    captions: CaptionSettings
+    placement: Placement
+    repeats: int
+    alpha_mask: bool
+    flip_aug: bool
+    dataset: int
+    batch_size: int
+    image_dir: Path
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(path, f"training image is not readable ({exc})") from exc
+
+
+def build_items(plan: TrainingPlan) -> tuple[list[Item], list[str]]:
+    """Every training image of the plan, placed in its dataset's buckets; notes say how buckets filled."""
+    items: list[Item] = []
+    notes: list[str] = []
+    for d, spec in enumerate(plan.datasets):
+        settings = BucketSettings.from_config({**spec.values, "resolution": list(spec.resolution)})
+        buckets = bucket_resolutions(settings) if settings.enable and not settings.no_upscale else None
+        for s, subset in enumerate(spec.subsets):
+            captions = CaptionSettings.from_subset(subset.values, plan.args)
+            for path in subset.images:
+                try:
+                    placement = place(image_size(path), settings, buckets)
+                except ValueError as exc:
+                    raise InputError(path, str(exc)) from exc
+                caption = read_caption(path, str(subset["caption_extension"]), subset.get("class_tokens"))
+                items.append(Item(f"{d}:{s}:{path.name}", path, caption, captions, placement,
+                                  int(subset["num_repeats"]), bool(subset["alpha_mask"]), bool(subset["flip_aug"]),
+                                  d, int(spec.values["batch_size"]), subset.image_dir))
+        counts = Counter(i.placement.bucket for i in items if i.dataset == d)
+        notes.append(f"dataset {d}: {len(counts)} bucket(s): " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in
+                                                                             sorted(counts.items())))
+    return items, notes
+
+
+def epoch_batches(items: list[Item], seed: int, epoch: int) -> tuple[list[list[Item]], list[str]]:
+    """Epoch `epoch`'s batches (each of one dataset and one bucket; nothing dropped), seeded by (seed, epoch)."""
+    rng = random.Random(f"{seed}:{epoch}")
+    by_key = {i.key: i for i in items}
+    batches: list[list[Item]] = []
+    notes: list[str] = []
+    for d in sorted({i.dataset for i in items}):
+        members = [i for i in items if i.dataset == d]
+        keys, dataset_notes = plan_batches({i.key: i.placement.bucket for i in members}, members[0].batch_size, rng,
+                                           {i.key: i.repeats for i in members})
+        batches += [[by_key[k] for k in batch] for batch in keys]
+        notes += dataset_notes
+    rng.shuffle(batches)
+    return batches, notes
+
+
+def static_captions(items: list[Item]) -> bool:
+    """True when no item's caption ever changes (shuffle/dropout off): text encodings can be cached once."""
+    return all(caption_variants_are_static(i.captions) for i in items)
+
+
+def dataset_summary(items: list[Item]) -> dict[str, Any]:
+    """What the checkpoint metadata says about the data (sd-scripts' ss_dataset_dirs / ss_tag_frequency /
+    ss_bucket_info shapes)."""
+    dirs: dict[str, dict[str, int]] = {}
+    tags: dict[str, Counter] = {}
+    buckets: Counter = Counter()
+    errors = []
+    for item in items:
+        name = item.image_dir.name
+        entry = dirs.setdefault(name, {"n_repeats": item.repeats, "img_count": 0})
+        entry["img_count"] += 1
+        tags.setdefault(name, Counter()).update(t.strip() for t in item.caption.split(",") if t.strip())
+        buckets[item.placement.bucket] += item.repeats
+        errors.append(abs(item.placement.aspect_error))
+    return {
+        "dataset_dirs": dirs,
+        "tag_frequency": {k: dict(v) for k, v in tags.items()},
+        "bucket_info": {"buckets": {str(i): {"resolution": list(b), "count": n}
+                                    for i, (b, n) in enumerate(sorted(buckets.items()))},
+                        "mean_img_ar_error": sum(errors) / len(errors) if errors else 0.0},
+        "num_train_images": sum(i.repeats for i in items),
+        "unique_images": len(items),
+    }
