@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from castlab.errors import InputError
+from trainers import saving
 from trainers.buckets import BucketSettings, Placement, bucket_resolutions, place, plan_batches
 from trainers.captions import CaptionSettings, caption_variants_are_static
 from trainers.config import TrainingPlan, read_caption
@@ -85,26 +86,30 @@ def static_captions(items: list[Item]) -> bool:
     return all(caption_variants_are_static(i.captions) for i in items)
 
 
-def dataset_summary(items: list[Item]) -> dict[str, Any]:
-    """What the checkpoint metadata says about the data (sd-scripts' ss_dataset_dirs / ss_tag_frequency /
-    ss_bucket_info shapes)."""
-    dirs: dict[str, dict[str, int]] = {}
-    tags: dict[str, Counter] = {}
-    buckets: Counter = Counter()
-    errors = []
-    for item in items:
-        name = item.image_dir.name
-        entry = dirs.setdefault(name, {"n_repeats": item.repeats, "img_count": 0})
-        entry["img_count"] += 1
-        tags.setdefault(name, Counter()).update(t.strip() for t in item.caption.split(",") if t.strip())
-        buckets[item.placement.bucket] += item.repeats
-        errors.append(abs(item.placement.aspect_error))
-    return {
-        "dataset_dirs": dirs,
-        "tag_frequency": {k: dict(v) for k, v in tags.items()},
-        "bucket_info": {"buckets": {str(i): {"resolution": list(b), "count": n}
-                                    for i, (b, n) in enumerate(sorted(buckets.items()))},
-                        "mean_img_ar_error": sum(errors) / len(errors) if errors else 0.0},
-        "num_train_images": sum(i.repeats for i in items),
-        "unique_images": len(items),
-    }
+def dataset_summary(plan: TrainingPlan, items: list[Item]) -> dict[str, Any]:
+    """The data as :func:`trainers.saving.training_metadata` describes it (sd-scripts' ss_datasets shape): per
+    dataset its batch size, resolution, buckets (every bucket, counts with repeats) and subsets with the
+    captions as read."""
+    datasets = []
+    for d, spec in enumerate(plan.datasets):
+        members = [i for i in items if i.dataset == d]
+        settings = BucketSettings.from_config({**spec.values, "resolution": list(spec.resolution)})
+        counts: Counter = Counter()
+        if settings.enable and not settings.no_upscale:
+            counts.update(dict.fromkeys(bucket_resolutions(settings), 0))
+        for item in members:
+            counts[item.placement.bucket] += item.repeats
+        subsets = []
+        for s, subset in enumerate(spec.subsets):
+            own = [i for i in members if i.key.startswith(f"{d}:{s}:")]
+            subsets.append({**subset.values, "image_dir": str(subset.image_dir), "img_count": len(own),
+                            "num_repeats": int(subset["num_repeats"]), "captions": [i.caption for i in own]})
+        datasets.append({
+            "batch_size": int(spec.values["batch_size"]), "resolution": list(spec.resolution),
+            "enable_bucket": settings.enable, "min_bucket_reso": settings.min_reso,
+            "max_bucket_reso": settings.max_reso,
+            "bucket_info": saving.bucket_info(counts, [i.placement.aspect_error for i in members]),
+            "subsets": subsets,
+        })
+    return {"datasets": datasets, "num_validation_images": 0,
+            "num_train_images": sum(i.repeats for i in items), "unique_images": len(items)}

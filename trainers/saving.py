@@ -616,3 +616,20 @@ def file_hashes(path: str | Path) -> tuple[str, str]:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             full.update(chunk)
     return legacy, full.hexdigest()
+
+
+SAVE_DTYPES = {"float": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def write_checkpoint(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write a kohya LoRA atomically with its ``sshs_model_hash`` / ``sshs_legacy_hash`` added to `metadata`."""
+    from safetensors.torch import save_file
+
+    from castlab.workspace import atomic_path
+
+    meta = {k: str(v) for k, v in metadata.items()}
+    meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(state, meta)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(path)) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return Path(path)

@@ -58,9 +58,17 @@ def unet_out(pipe, prompt: str = "cstlb character, 3d animated character") -> to
 def test_training_writes_kohya_checkpoints(trained, dataset):
     assert len(trained.losses) == STEPS and all(np.isfinite(trained.losses))
     names = [p.name for p in trained.checkpoints]
-    assert names == ["castlab_hero-step00000002.safetensors", "castlab_hero-step00000004.safetensors"]
+    assert names == ["castlab_hero-step00000002.safetensors", "castlab_hero.safetensors"]  # kohya's names
     state, meta = read_kohya_lora(trained.checkpoints[-1])
     assert state and all(k.startswith("lora_unet_") for k in state)
+    modules = {k.split(".")[0] for k in state}
+    for kind in ("attn1_to_q", "attn2_to_out_0", "proj_in", "proj_out", "ff_net_0_proj", "ff_net_2"):
+        assert any(m.endswith(kind) for m in modules), f"networks.lora puts LoRA on {kind} too"
+    for key in ("ss_datasets", "ss_tag_frequency", "ss_dataset_dirs", "sshs_model_hash", "sshs_legacy_hash",
+                "modelspec.architecture", "ss_optimizer", "ss_network_module", "ss_num_train_images"):
+        assert meta.get(key), key
+    assert json.loads(meta["ss_tag_frequency"])  # sd-scripts' JSON shapes
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
     alphas = {k: v for k, v in state.items() if k.endswith(".alpha")}
     downs = [k for k in state if k.endswith(".lora_down.weight")]
     assert len(alphas) == len(downs) > 0

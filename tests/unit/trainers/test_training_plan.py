@@ -117,8 +117,11 @@ def test_items_are_bucketed_and_epochs_are_seeded(dataset):
     assert [[i.key for i in b] for b in again] == [[i.key for i in b] for b in batches]
     assert [[i.key for i in b] for b in other] != [[i.key for i in b] for b in batches]
     assert static_captions(items)  # castlab's datasets do not shuffle captions
-    summary = dataset_summary(items)
+    summary = dataset_summary(plan, items)
     assert summary["num_train_images"] == dataset["train"] * dataset["num_repeats"]
-    (folder,) = summary["dataset_dirs"]
-    assert summary["dataset_dirs"][folder] == {"n_repeats": dataset["num_repeats"], "img_count": dataset["train"]}
-    assert summary["tag_frequency"][folder][dataset["class_tokens"]] == dataset["train"]
+    (entry,) = summary["datasets"]
+    (subset,) = entry["subsets"]
+    assert subset["img_count"] == dataset["train"] and subset["num_repeats"] == dataset["num_repeats"]
+    assert all(c.startswith(dataset["class_tokens"]) for c in subset["captions"])
+    counted = sum(b["count"] for b in entry["bucket_info"]["buckets"].values())
+    assert counted == summary["num_train_images"]

@@ -1,0 +1,179 @@
+"""The training loop end to end on tiny models: exact resume, SDXL, and that a LoRA really learns a concept."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from castlab.config import load_config
+from castlab.dataset.kohya import tomllib
+from castlab.errors import InputError
+from trainers.loop import run_training
+
+RES = 64
+
+
+def write_pair(folder: Path, images: list[Image.Image], caption: str, *, base_model: str, steps: int,
+               extra: dict | None = None, dataset_extra: dict | None = None) -> Path:
+    """A kohya pair over `images` (RGBA or RGB), all captioned `caption`."""
+    image_dir = folder / "img"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for k, image in enumerate(images):
+        image.save(image_dir / f"i{k}.png")
+        (image_dir / f"i{k}.txt").write_text(caption + "\n")
+    subset = {"image_dir": str(image_dir), "num_repeats": 1, "caption_extension": ".txt",
+              "class_tokens": caption, "alpha_mask": any(i.mode == "RGBA" for i in images)}
+    dataset = {"resolution": RES, "batch_size": 2, "enable_bucket": True, "min_bucket_reso": 64,
+               "max_bucket_reso": 256, "bucket_reso_steps": 64, "bucket_no_upscale": False,
+               **(dataset_extra or {}), "subsets": [subset]}
+    (folder / "dataset_config.toml").write_text(tomli_w.dumps({"general": {}, "datasets": [dataset]}))
+    training = {
+        "pretrained_model_name_or_path": base_model, "network_module": "networks.lora", "network_dim": 8,
+        "network_alpha": 4, "optimizer_type": "AdamW", "learning_rate": 1e-3, "lr_scheduler": "constant",
+        "dataset_config": str(folder / "dataset_config.toml"), "resolution": str(RES),
+        "output_dir": str(folder / "out"), "output_name": "concept", "max_train_steps": steps,
+        "train_batch_size": 2, "seed": 7, "save_precision": "float", **(extra or {}),
+    }
+    (folder / "training.toml").write_text(tomli_w.dumps(training))
+    return folder / "training.toml"
+
+
+def concept_images(n: int, distractor: bool = False) -> list[Image.Image]:
+    """A red disc on grey (alpha = the disc); with `distractor` a green bar outside the disc."""
+    yy, xx = np.mgrid[:RES, :RES]
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        cx, cy = RES // 2 + rng.integers(-4, 5), RES // 2 + rng.integers(-4, 5)
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 < (RES // 4) ** 2
+        rgb = np.full((RES, RES, 3), 128, np.uint8)
+        rgb[disc] = (220, 30, 30)
+        if distractor:
+            rgb[:8, :] = (30, 220, 30)
+        alpha = np.where(disc, 255, 0).astype(np.uint8)
+        out.append(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(profile="tiny")
+
+
+@pytest.fixture(scope="module")
+def base(models_workspace, cfg):
+    from castlab.models.diffusion import base_model_source, load_base_pipeline
+
+    load_base_pipeline(cfg)
+    return base_model_source(cfg)
+
+
+def lora_weights(result) -> dict[str, torch.Tensor]:
+    return load_file(str(result.checkpoints[-1]))
+
+
+def test_resume_is_exact_even_twice(base, cfg, tmp_path):
+    extra = {"save_every_n_steps": 2, "save_state": True}
+    whole = run_training(write_pair(tmp_path / "whole", concept_images(6), "zorvik disc", base_model=base, steps=6,
+                                    extra=extra), cfg, progress=False)
+    toml = write_pair(tmp_path / "cut", concept_images(6), "zorvik disc", base_model=base, steps=6, extra=extra)
+    first = run_training(toml, cfg, progress=False, stop_after_steps=1)
+    assert first.interrupted and first.states[-1].name == "concept-step00000001-state"
+    second = run_training(toml, cfg, progress=False, resume=first.states[-1], stop_after_steps=3)
+    assert second.interrupted and second.report["steps"] == 3
+    third = run_training(toml, cfg, progress=False, resume=second.states[-1])
+    assert not third.interrupted and third.report["steps"] == 6
+    assert first.losses + second.losses + third.losses == whole.losses  # same data, noise and order
+    a, b = lora_weights(whole), lora_weights(third)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    names = sorted(p.name for p in (tmp_path / "cut" / "out").glob("*.safetensors"))
+    assert names == sorted(p.name for p in (tmp_path / "whole" / "out").glob("*.safetensors"))
+    # a state of other settings is refused
+    other = write_pair(tmp_path / "other", concept_images(6), "zorvik disc", base_model=base, steps=6,
+                       extra={**extra, "learning_rate": 5e-4})
+    with pytest.raises(InputError, match="other training settings"):
+        run_training(other, cfg, progress=False, resume=second.states[-1])
+
+
+def _denoise(pipe, hidden, steps: int = 8) -> torch.Tensor:
+    """DDIM from fixed noise to x0 in latent space (the VAE is random: latents are where the concept shows)."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    latents = torch.randn(4, 4, RES // 2, RES // 2, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = pipe.unet(latents, t, hidden.expand(4, -1, -1)).sample
+            latents = scheduler.step(eps, t, latents).prev_sample
+    return latents
+
+
+def _concept_distance(result, cfg, images, region: np.ndarray | None = None) -> tuple[float, float]:
+    """Mean squared distance of the LoRA's denoised latents (weight 1) and the base model's (weight 0) to the
+    concept's mean latent, over `region` (latent pixels) or everywhere."""
+    from castlab.models.diffusion import encode_prompts, load_base_pipeline
+    from castlab.models.kohya import load_lora_into_pipeline
+
+    pipe, _ = load_base_pipeline(cfg)
+    with torch.no_grad():
+        pixels = torch.stack([torch.from_numpy(np.asarray(i.convert("RGB"), np.float32) / 127.5 - 1).permute(2, 0, 1)
+                              for i in images])
+        target = pipe.vae.encode(pixels).latent_dist.mean.mean(0) * pipe.vae.config.scaling_factor
+        hidden = encode_prompts(pipe, ["zorvik disc"], 1)
+    off = _denoise(pipe, hidden)
+    load_lora_into_pipeline(pipe, result.checkpoints[-1])
+    on = _denoise(pipe, hidden)
+    mask = torch.ones(RES // 2, RES // 2, dtype=torch.bool) if region is None else torch.from_numpy(region)
+
+    def distance(latents: torch.Tensor) -> float:
+        return float(((latents - target)[..., mask] ** 2).mean())
+
+    return distance(on), distance(off)
+
+
+def test_the_lora_learns_the_concept(base, cfg, tmp_path):
+    images = [i.convert("RGB") for i in concept_images(4)]
+    result = run_training(write_pair(tmp_path / "learn", images, "zorvik disc", base_model=base, steps=120),
+                          cfg, progress=False)
+    assert np.mean(result.losses[-20:]) < np.mean(result.losses[:20])
+    on, off = _concept_distance(result, cfg, images)
+    assert on < 0.5 * off, (on, off)  # weight 1 carries the concept measurably more than weight 0
+
+
+def test_masked_loss_ignores_what_is_outside_the_mask(base, cfg, tmp_path):
+    images = concept_images(4, distractor=True)
+    masked = run_training(write_pair(tmp_path / "masked", images, "zorvik disc", base_model=base, steps=120),
+                          cfg, progress=False)
+    plain = run_training(write_pair(tmp_path / "plain", [i.convert("RGB") for i in images], "zorvik disc",
+                                    base_model=base, steps=120), cfg, progress=False)
+    band = np.zeros((RES // 2, RES // 2), bool)
+    band[:4, :] = True  # the latent rows of the green bar, outside every disc
+    masked_on, base_off = _concept_distance(masked, cfg, images, band)
+    plain_on, _ = _concept_distance(plain, cfg, images, band)
+    assert plain_on < 0.5 * base_off  # unmasked training learns the distractor ...
+    assert masked_on > 2 * plain_on  # ... masked training does not
+
+
+def test_tiny_sdxl_trains_end_to_end(models_workspace, cfg, tmp_path):
+    from castlab.models.diffusion import base_model_source, load_base_pipeline
+    from castlab.models.kohya import read_kohya_lora
+
+    source = base_model_source(cfg, "sdxl-tiny")
+    load_base_pipeline(cfg, source=source)
+    images = concept_images(3) + [concept_images(1)[0].resize((RES * 2, RES))]  # two buckets
+    toml = write_pair(tmp_path / "sdxl", images, "zorvik disc", base_model=source, steps=4,
+                      extra={"save_every_n_steps": 2}, dataset_extra={"bucket_reso_steps": 32, "max_bucket_reso": 128,
+                                                                     "min_bucket_reso": 32})
+    result = run_training(toml, cfg, progress=False)
+    assert len(result.losses) == 4 and all(np.isfinite(result.losses))
+    state, meta = read_kohya_lora(result.checkpoints[-1])
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert any(k.startswith("lora_unet_") for k in state)
+    assert len(result.report["buckets"][0]["buckets"]) >= 2
+    training = tomllib.loads(toml.read_text())
+    assert training["resolution"] == str(RES)
