@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> Any:
     _prefect(_config(args))
     from flows.train import train
 
-    return train(training_toml=args.toml, force=args.force, **_flow_kwargs(args))
+    return train(training_toml=args.toml, force=args.force, resume=args.resume, **_flow_kwargs(args))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "train a LoRA from a kohya-compatible training TOML")
     p.add_argument("toml", help="training.toml written by `castlab dataset`")
     p.add_argument("--force", action="store_true", help="replace existing checkpoints of the same output_name")
+    p.add_argument("--resume", help="a state folder (<name>-step00000100-state/) saved with save_state = true")
     p = add("evaluate", cmd_evaluate, "render fixed prompts/seeds per checkpoint, CLIP-T, grid")
     p.add_argument("checkpoints", nargs="+", help="kohya-format LoRA .safetensors files")
     p.add_argument("--out", help="output folder (default: a new evaluate run folder)")

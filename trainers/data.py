@@ -3,6 +3,7 @@ repeats and options; one epoch's batches, seeded by (seed, epoch) so any epoch c
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -63,6 +64,35 @@ def build_items(plan: TrainingPlan) -> tuple[list[Item], list[str]]:
         notes.append(f"dataset {d}: {len(counts)} bucket(s): " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in
                                                                              sorted(counts.items())))
     return items, notes
+
+
+def validation_items(plan: TrainingPlan) -> list[Item]:
+    """The shot-level validation split of a castlab dataset (``metadata.json`` beside the dataset config lists the
+    ``val`` images, which never enter the train subset), placed in the first dataset's buckets; [] otherwise."""
+    meta_path = Path(plan.args["dataset_config"]).parent / "metadata.json"
+    if not plan.datasets or not meta_path.is_file():
+        return []
+    try:
+        entries = json.loads(meta_path.read_text(encoding="utf-8")).get("images") or []
+    except ValueError as exc:
+        raise InputError(meta_path, f"is not valid JSON ({exc})") from exc
+    spec = plan.datasets[0]
+    subset = spec.subsets[0]
+    settings = BucketSettings.from_config({**spec.values, "resolution": list(spec.resolution)})
+    buckets = bucket_resolutions(settings) if settings.enable and not settings.no_upscale else None
+    captions = CaptionSettings()  # validation captions are used as written
+    items = []
+    for entry in entries:
+        if entry.get("split") != "val":
+            continue
+        path = meta_path.parent / str(entry["image"])
+        try:
+            placement = place(image_size(path), settings, buckets)
+        except ValueError as exc:
+            raise InputError(path, str(exc)) from exc
+        items.append(Item(f"val:{path.name}", path, str(entry["caption"]), captions, placement, 1,
+                          bool(subset["alpha_mask"]), False, 0, 1, path.parent))
+    return items
 
 
 def epoch_batches(items: list[Item], seed: int, epoch: int) -> tuple[list[list[Item]], list[str]]:

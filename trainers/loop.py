@@ -27,8 +27,9 @@ from castlab.workspace import workspace_root, write_json_atomic
 from trainers import loss as losses
 from trainers.captions import process_caption
 from trainers.config import TrainingPlan, read_plan
-from trainers.data import Item, build_items, dataset_summary, epoch_batches, static_captions
+from trainers.data import Item, build_items, dataset_summary, epoch_batches, static_captions, validation_items
 from trainers.latents import ImageJob, LatentCache
+from trainers.report import write_training_report
 from trainers.state import Position, load_state, save_state
 
 
@@ -151,6 +152,9 @@ def run_training(
     for item in tqdm(items, desc="cache latents", unit="img", disable=not progress):
         for flip in ((False, True) if item.flip_aug else (False,)):
             latents.get(_jobs(item, flip))
+    val_items = validation_items(plan)
+    for item in val_items:
+        latents.get(_jobs(item, False))
     prepare_seconds = time.perf_counter() - prepare_start
     scaling = float(pipe.vae.config.scaling_factor)
 
@@ -215,6 +219,41 @@ def run_training(
         result.states.append(save_state(folder, modules, optimizer, lr_scheduler, scaler, position, fingerprint))
         return folder
 
+    def conditioning(batch: list[Item], flips: list[bool], captions: list[str]) -> tuple[torch.Tensor, dict]:
+        hidden, pooled = text(captions)
+        extra: dict[str, Any] = {}
+        if sdxl:
+            crops = [(i.placement.crop_top_left_flipped if f else i.placement.crop_top_left)[::-1]
+                     for i, f in zip(batch, flips, strict=True)]
+            time_ids = torch.stack([sdxl_time_ids(i.placement.original, c, i.placement.bucket)
+                                    for i, c in zip(batch, crops, strict=True)]).to(device)
+            extra["added_cond_kwargs"] = {"text_embeds": pooled.to(device), "time_ids": time_ids}
+        return hidden.to(device), extra
+
+    def validate() -> float | None:
+        """Mean loss over the validation images with fixed noise and timesteps (the same at every call)."""
+        if not val_items:
+            return None
+        pipe.unet.eval()
+        values = []
+        with torch.no_grad():
+            for k, item in enumerate(val_items):
+                gen = torch.Generator(device=device).manual_seed(seed + 7919 * (k + 1))
+                encoded = latents.get(_jobs(item, False))
+                x0 = encoded.mean[None].to(device) * scaling
+                noise, noisy, timesteps = losses.sample_noisy_latents(schedule.scheduler, x0, noise_settings, gen)
+                target = losses.prediction_target(schedule.scheduler, x0, noise, timesteps,
+                                                  loss_settings.v_parameterization)
+                hidden, extra = conditioning([item], [False], [item.caption])
+                pred = pipe.unet(noisy, timesteps, hidden, **extra).sample
+                mask = encoded.alpha[None] if item.alpha_mask and encoded.alpha is not None else None
+                value, _ = losses.training_loss(pred, target, timesteps, schedule, loss_settings, mask=mask)
+                values.append(float(value))
+        pipe.unet.train()
+        return sum(values) / len(values)
+
+    validate_every = int(args.get("validate_every_n_steps") or 0)
+    result.report.update(validation=[], validation_images=len(val_items))
     save_every_steps = int(args.get("save_every_n_steps") or 0)
     save_every_epochs = int(args.get("save_every_n_epochs") or 0)
     bar = tqdm(total=max_steps, initial=position.step, desc="train lora", unit="step", disable=not progress)
@@ -233,19 +272,12 @@ def run_training(
             rng = random.Random(f"{seed}:{position.epoch}:{position.batch}")
             captions = [process_caption(i.caption, i.captions, rng, position.epoch, step=position.step,
                                         max_train_steps=max_steps) for i in batch]
-            hidden, pooled = text(captions)
+            hidden, extra = conditioning(batch, flips, captions)
             noise, noisy, timesteps = losses.sample_noisy_latents(schedule.scheduler, x0, noise_settings, gen)
             target = losses.prediction_target(schedule.scheduler, x0, noise, timesteps,
                                               loss_settings.v_parameterization)
-            extra = {}
-            if sdxl:
-                crops = [(i.placement.crop_top_left_flipped if f else i.placement.crop_top_left)[::-1]
-                         for i, f in zip(batch, flips, strict=True)]
-                time_ids = torch.stack([sdxl_time_ids(i.placement.original, c, i.placement.bucket)
-                                        for i, c in zip(batch, crops, strict=True)]).to(device)
-                extra["added_cond_kwargs"] = {"text_embeds": pooled.to(device), "time_ids": time_ids}
             with torch.autocast("cuda", dtype=amp, enabled=amp is not None):
-                pred = pipe.unet(noisy, timesteps, hidden.to(device), **extra).sample
+                pred = pipe.unet(noisy, timesteps, hidden, **extra).sample
             mask = None
             if any(i.alpha_mask for i in batch):
                 mask = torch.stack([e.alpha if (e.alpha is not None and i.alpha_mask) else
@@ -258,7 +290,7 @@ def run_training(
                 network.set_lora_enabled([pipe.unet], False)  # the base model's prediction: the target outside
                 try:
                     with torch.no_grad():
-                        prior = pipe.unet(noisy, timesteps, hidden.to(device), **extra).sample
+                        prior = pipe.unet(noisy, timesteps, hidden, **extra).sample
                 finally:
                     network.set_lora_enabled([pipe.unet], True)
             loss, _ = losses.training_loss(pred, target, timesteps, schedule, loss_settings, mask=mask,
@@ -285,6 +317,11 @@ def run_training(
             bar.update(1)
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}",
                             epoch=position.epoch)
+            if validate_every and (position.step % validate_every == 0 or position.step == max_steps):
+                value = validate()
+                if value is not None:
+                    result.report["validation"].append({"step": position.step, "loss": value})
+                    bar.set_postfix(loss=f"{result.losses[-1]:.4f}", val=f"{value:.4f}", epoch=position.epoch)
             if save_every_steps and position.step % save_every_steps == 0 and position.step < max_steps:
                 save(None, position.step)
                 if args.get("save_state"):
@@ -316,6 +353,8 @@ def _finish(result: TrainingResult, plan: TrainingPlan, args: dict[str, Any], ou
             loop_start: float, position: Position, max_steps: int, cfg: Config) -> TrainingResult:
     seconds = time.perf_counter() - loop_start
     result.report = {
+        "validation": result.report.get("validation", []),
+        "validation_images": result.report.get("validation_images", 0),
         "training_toml": str(plan.training_toml), "profile": cfg.profile, "base_model_version": result.base_version,
         "steps": position.step, "max_steps": max_steps, "epoch": position.epoch, "interrupted": result.interrupted,
         "losses": result.losses, "seconds_loop": seconds,
@@ -325,5 +364,6 @@ def _finish(result: TrainingResult, plan: TrainingPlan, args: dict[str, Any], ou
         "buckets": [d["bucket_info"] for d in summary["datasets"]], "notes": notes + plan.notes,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()},
     }
+    result.report["pictures"] = write_training_report(out_dir, name, result.report)
     write_json_atomic(out_dir / f"{name}-training.json", result.report)
     return result

@@ -84,6 +84,11 @@ def test_training_writes_kohya_checkpoints(trained, dataset):
     assert meta["castlab_class_tokens"] == dataset["class_tokens"]  # evaluation prompts use the trained trigger
     log = json.loads((trained.checkpoints[-1].parent / "castlab_hero-training.json").read_text())
     assert log["losses"] == trained.losses and log["steps_per_second"] > 0
+    folder = trained.checkpoints[-1].parent
+    with Image.open(folder / "castlab_hero-loss.png") as curve:
+        assert curve.size[0] > 300
+    assert "castlab_hero: training loss" in (folder / "castlab_hero-training.md").read_text() or \
+        "Training castlab_hero" in (folder / "castlab_hero-training.md").read_text()
 
 
 def test_reloaded_checkpoint_reproduces_the_trained_unet(trained, cfg, tmp_path):

@@ -210,3 +210,29 @@ def test_tiny_sdxl_trains_end_to_end(models_workspace, cfg, tmp_path):
     assert len(result.report["buckets"][0]["buckets"]) >= 2
     training = tomllib.loads(toml.read_text())
     assert training["resolution"] == str(RES)
+
+
+def test_validation_loss_on_the_shot_level_val_split(workspace, cfg):
+    import json
+
+    from run_builder import character_run
+
+    from castlab.dataset import run as build_datasets
+    from castlab.models.diffusion import load_base_pipeline
+
+    load_base_pipeline(cfg)
+    run = workspace / "runs" / "r"
+    character_run(run, [{"identity": "Alice", "split": "val" if k < 2 else "train", "shot": f"s{k // 2}"}
+                        for k in range(6)])
+    dcfg = load_config(profile="tiny", extra={"dataset": {"resolution": 128, "min_instances": 1},
+                                              "training": {"kohya": {"validate_every_n_steps": 2,
+                                                                     "max_train_steps": 4}}})
+    data = build_datasets([run], dcfg, workspace / "d")["datasets"]["Alice"]
+    assert data["val"] == 2
+    result = run_training(Path(data["training_toml"]), dcfg, progress=False)
+    assert result.report["validation_images"] == 2
+    steps = [v["step"] for v in result.report["validation"]]
+    assert steps == [2, 4] and all(np.isfinite(v["loss"]) for v in result.report["validation"])
+    log = json.loads((Path(data["out_dir"]) / "checkpoints" / "castlab_alice-training.json").read_text())
+    assert log["validation"] == result.report["validation"]
+    assert "validation (2 images" in (Path(data["out_dir"]) / "checkpoints" / "castlab_alice-training.md").read_text()
