@@ -30,6 +30,7 @@ from trainers.config import TrainingPlan, read_plan
 from trainers.data import Item, build_items, dataset_summary, epoch_batches, static_captions, validation_items
 from trainers.latents import ImageJob, LatentCache
 from trainers.report import write_training_report
+from trainers.sampling import read_prompts, render_samples
 from trainers.state import Position, load_state, save_state
 
 
@@ -252,6 +253,18 @@ def run_training(
         pipe.unet.train()
         return sum(values) / len(values)
 
+    prompts = read_prompts(Path(args["sample_prompts"])) if args.get("sample_prompts") else []
+    sample_every_steps = int(args.get("sample_every_n_steps") or 0) if prompts else 0
+    sample_every_epochs = int(args.get("sample_every_n_epochs") or 0) if prompts else 0
+    result.report["samples"] = []
+
+    def sample(step: int) -> None:
+        size = plan.datasets[0].resolution
+        result.report["samples"] += [str(p) for p in render_samples(
+            pipe, prompts, out_dir, name, step, size, int(args.get("clip_skip") or 1), device)]
+
+    if prompts and args.get("sample_at_first") and position.step == 0:
+        sample(0)
     validate_every = int(args.get("validate_every_n_steps") or 0)
     result.report.update(validation=[], validation_images=len(val_items))
     save_every_steps = int(args.get("save_every_n_steps") or 0)
@@ -322,6 +335,8 @@ def run_training(
                 if value is not None:
                     result.report["validation"].append({"step": position.step, "loss": value})
                     bar.set_postfix(loss=f"{result.losses[-1]:.4f}", val=f"{value:.4f}", epoch=position.epoch)
+            if sample_every_steps and position.step % sample_every_steps == 0:
+                sample(position.step)
             if save_every_steps and position.step % save_every_steps == 0 and position.step < max_steps:
                 save(None, position.step)
                 if args.get("save_state"):
@@ -333,6 +348,8 @@ def run_training(
                 return _finish(result, plan, args, out_dir, name, summary, notes, latents, prepare_seconds,
                                loop_start, position, max_steps, cfg)
         if position.batch >= len(batches):
+            if sample_every_epochs and position.epoch % sample_every_epochs == 0:
+                sample(position.step)
             if save_every_epochs and position.epoch % save_every_epochs == 0 and position.step < max_steps:
                 save(position.epoch, None)
                 if args.get("save_state"):
@@ -353,6 +370,7 @@ def _finish(result: TrainingResult, plan: TrainingPlan, args: dict[str, Any], ou
             loop_start: float, position: Position, max_steps: int, cfg: Config) -> TrainingResult:
     seconds = time.perf_counter() - loop_start
     result.report = {
+        "samples": result.report.get("samples", []),
         "validation": result.report.get("validation", []),
         "validation_images": result.report.get("validation_images", 0),
         "training_toml": str(plan.training_toml), "profile": cfg.profile, "base_model_version": result.base_version,

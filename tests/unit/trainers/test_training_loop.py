@@ -236,3 +236,22 @@ def test_validation_loss_on_the_shot_level_val_split(workspace, cfg):
     log = json.loads((Path(data["out_dir"]) / "checkpoints" / "castlab_alice-training.json").read_text())
     assert log["validation"] == result.report["validation"]
     assert "validation (2 images" in (Path(data["out_dir"]) / "checkpoints" / "castlab_alice-training.md").read_text()
+
+
+def test_prompt_lines_in_sd_scripts_syntax_and_samples_while_training(base, cfg, tmp_path):
+    from trainers.sampling import parse_prompt_line
+
+    spec = parse_prompt_line("zorvik disc, smiling --n blurry, low quality --w 96 --h 64 --d 5 --s 3 --l 6.5 --zz 1")
+    assert spec == {"prompt": "zorvik disc, smiling", "negative_prompt": "blurry, low quality", "width": 96,
+                    "height": 64, "seed": 5, "steps": 3, "scale": 6.5}
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# comment\nzorvik disc --d 1 --s 2\n\nzorvik disc on grass --d 2 --s 2 --w 64 --h 64\n")
+    toml = write_pair(tmp_path / "s", concept_images(2), "zorvik disc", base_model=base, steps=2,
+                      extra={"sample_prompts": str(prompts), "sample_every_n_steps": 1, "sample_at_first": True})
+    result = run_training(toml, cfg, progress=False)
+    names = sorted(Path(p).name for p in result.report["samples"])
+    assert names == [f"concept_{s:06d}_{i:02d}.png" for s in (0, 1, 2) for i in (0, 1)]
+    first, last = (np.asarray(Image.open(tmp_path / "s" / "out" / "sample" / f"concept_{s:06d}_00.png"))
+                   for s in (0, 2))
+    assert first.shape == (RES, RES, 3) and not np.array_equal(first, last)  # same seed, the LoRA changed it
+    assert (tmp_path / "s" / "out" / "sample" / "concept_000002_grid.png").is_file()
