@@ -1,0 +1,200 @@
+"""castlab's LoRA trainer vs a bare diffusers + peft loop on the same model, data, batch and LoRA modules.
+
+Prints the step-time ratio (goal: castlab's overhead <= 5 %), peak memory of each (separate processes) and the
+latent-cache reuse (second run's preparation time / first's). ``--arch tiny`` (default, seconds) uses the tiny
+SD1.5; ``--arch sd15`` builds the full-size SD1.5 architecture with random weights once (a ~4 GB diffusers folder
+under the workspace) and trains at a small resolution, so the ratio is that of a real UNet.
+
+    python benchmarks/bench_train.py [--arch tiny|sd15] [--steps 20] [--resolution 64] [--batch 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_pair(folder: Path, base_model: str, steps: int, resolution: int, batch: int) -> Path:
+    import tomli_w
+    from PIL import Image
+
+    image_dir = folder / "img"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k in range(8):
+        rgba = rng.integers(0, 255, (resolution, resolution, 4), dtype=np.uint8)
+        rgba[..., 3] = 255
+        Image.fromarray(rgba, "RGBA").save(image_dir / f"i{k}.png")
+        (image_dir / f"i{k}.txt").write_text(f"zorvik character, sample {k}\n")
+    dataset = {"resolution": resolution, "batch_size": batch, "enable_bucket": False,
+               "subsets": [{"image_dir": str(image_dir), "num_repeats": 1, "caption_extension": ".txt"}]}
+    (folder / "dataset_config.toml").write_text(tomli_w.dumps({"general": {}, "datasets": [dataset]}))
+    training = {"pretrained_model_name_or_path": base_model, "network_module": "networks.lora", "network_dim": 8,
+                "network_alpha": 8, "network_train_unet_only": True, "learning_rate": 1e-4,
+                "dataset_config": str(folder / "dataset_config.toml"), "resolution": str(resolution),
+                "output_dir": str(folder / "out"), "output_name": "bench", "max_train_steps": steps,
+                "train_batch_size": batch, "seed": 1}
+    (folder / "training.toml").write_text(tomli_w.dumps(training))
+    return folder / "training.toml"
+
+
+def profile_config(arch: str, base: str | None):
+    from castlab.config import load_config
+
+    if arch == "tiny":
+        return load_config(profile="tiny")
+    return load_config(profile="full", extra={"models": {"full": {"base_model": {"arch": "sd15", "path": base}}}})
+
+
+def build_full_sd15(folder: Path) -> None:
+    """The real SD1.5 architecture (UNet 859.5 M parameters, VAE, CLIP ViT-L text encoder), random weights."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from castlab.models.tokenizers import clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                        num_attention_heads=12, projection_dim=768))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
+                                   scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                                           beta_end=0.012, clip_sample=False),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+
+
+def run_castlab(toml: Path, arch: str, base: str | None) -> dict:
+    from trainers.loop import run_training
+
+    cfg = profile_config(arch, base)
+    first = run_training(toml, cfg, progress=False, force=True)
+    second = run_training(toml, cfg, progress=False, force=True)
+    return {"step_s": 1 / first.report["steps_per_second"], "prepare_first_s": first.report["prepare_seconds"],
+            "prepare_second_s": second.report["prepare_seconds"], "cache": second.report["latent_cache"]}
+
+
+def run_bare(toml: Path, arch: str, base: str | None, steps: int) -> dict:
+    """The same work written directly with diffusers + peft: latents and text encoded once, AdamW, MSE."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+    from PIL import Image
+
+    from castlab.models.diffusion import encode_prompts, load_base_pipeline
+    from trainers.config import read_plan
+    from trainers.network import unet_target_modules
+
+    plan = read_plan(toml)
+    cfg = profile_config(arch, base)
+    pipe, _ = load_base_pipeline(cfg, source=str(plan.args["pretrained_model_name_or_path"]))
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    images = plan.datasets[0].subsets[0].images
+    batch = int(plan.args["train_batch_size"])
+    with torch.no_grad():
+        pixels = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), np.float32) / 127.5 - 1)
+                              .permute(2, 0, 1) for p in images])
+        dist = pipe.vae.encode(pixels).latent_dist
+        captions = [p.with_suffix(".txt").read_text().strip() for p in images]
+        hidden = encode_prompts(pipe, captions, 1)
+    torch.manual_seed(1)
+    pipe.unet.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=unet_target_modules(pipe.unet)))
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
+    gen = torch.Generator().manual_seed(1)
+    pipe.unet.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        index = torch.tensor([(step * batch + k) % len(images) for k in range(batch)])
+        latents = (dist.mean[index] + dist.std[index] * torch.randn(dist.mean[index].shape, generator=gen)) * 0.18215
+        noise = torch.randn(latents.shape, generator=gen)
+        timesteps = torch.randint(0, 1000, (batch,), generator=gen)
+        pred = pipe.unet(scheduler.add_noise(latents, noise, timesteps), timesteps, hidden[index]).sample
+        loss = F.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {"step_s": (time.perf_counter() - start) / steps}
+
+
+def child(kind: str, toml: str, arch: str, base: str | None, steps: int) -> None:
+    result = run_castlab(Path(toml), arch, base) if kind == "castlab" else run_bare(Path(toml), arch, base, steps)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", choices=["tiny", "sd15"], default="tiny")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--base", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], args.arch, args.base, args.steps)
+        return 0
+    from castlab.config import load_config
+    from castlab.models.diffusion import base_model_source, load_base_pipeline
+    from castlab.runtime import setup_runtime
+    from castlab.workspace import workspace_root
+
+    setup_runtime()
+    work = Path(tempfile.mkdtemp(prefix="castlab-bench-train-"))
+    os.environ.setdefault("CASTLAB_WORKSPACE", str(work / "workspace"))
+    if args.arch == "tiny":
+        cfg = load_config(profile="tiny")
+        load_base_pipeline(cfg)
+        base = base_model_source(cfg)
+    else:
+        folder = workspace_root() / "models" / "sd15-full-random"
+        if not (folder / "model_index.json").is_file():
+            print(f"building the full-size SD1.5 architecture with random weights in {folder} ...", flush=True)
+            build_full_sd15(folder)
+        base = str(folder)
+    toml = make_pair(work / "data", base, args.steps, args.resolution, args.batch)
+    results = {}
+    for kind in ("bare", "castlab"):
+        cmd = [sys.executable, __file__, "--arch", args.arch, "--steps", str(args.steps), "--child", kind, str(toml),
+               "--base", base]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
+        line = next((s for s in out.stdout.splitlines() if s.startswith("RESULT ")), None)
+        if line is None:
+            print(out.stdout[-2000:], out.stderr[-4000:])
+            return 1
+        results[kind] = json.loads(line[len("RESULT "):])
+    bare, ours = results["bare"], results["castlab"]
+    print(f"arch {args.arch}, {args.resolution}px, batch {args.batch}, {args.steps} steps, LoRA rank 8 on kohya's "
+          "UNet module set")
+    print(f"  step time: bare diffusers+peft {bare['step_s'] * 1000:.1f} ms, castlab {ours['step_s'] * 1000:.1f} ms"
+          f" -> castlab / bare = {ours['step_s'] / bare['step_s']:.3f} (goal <= 1.05)")
+    print(f"  peak RSS: bare {bare['peak_rss_gb']:.2f} GB, castlab {ours['peak_rss_gb']:.2f} GB"
+          f" -> ratio {ours['peak_rss_gb'] / bare['peak_rss_gb']:.2f}")
+    print(f"  latent preparation: first run {ours['prepare_first_s']:.2f} s, second run {ours['prepare_second_s']:.2f}"
+          f" s -> second / first = {ours['prepare_second_s'] / max(ours['prepare_first_s'], 1e-9):.3f}"
+          f" (cache {ours['cache']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
