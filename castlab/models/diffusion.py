@@ -96,11 +96,7 @@ def _tiny_sdxl_configs(resolution: int) -> dict[str, dict[str, Any]]:
     sd15 = _tiny_configs(resolution)
     te_dim, time_dim = 32, 8
     unet = {
-        "sample_size": resolution // 2,
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": [32, 64],
-        "layers_per_block": 1,
+        **sd15["unet"],
         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
         "transformer_layers_per_block": [1, 2],
@@ -110,7 +106,6 @@ def _tiny_sdxl_configs(resolution: int) -> dict[str, dict[str, Any]]:
         "addition_embed_type": "text_time",
         "addition_time_embed_dim": time_dim,
         "projection_class_embeddings_input_dim": 6 * time_dim + te_dim,
-        "norm_num_groups": 32,
     }
     text_encoder_2 = {**sd15["text_encoder"], "projection_dim": te_dim}
     return {"unet": unet, "vae": sd15["vae"], "text_encoder": sd15["text_encoder"], "text_encoder_2": text_encoder_2,
