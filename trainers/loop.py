@@ -147,8 +147,7 @@ def run_training(
     schedule = losses.training_schedule(noise_settings.zero_terminal_snr, loss_settings.v_parameterization)
 
     # latents once, before training (sd-scripts' cache_latents), reused across runs from the disk cache
-    cache_dir = None if args.get("castlab_latent_cache") is False else workspace_root() / "cache" / "latents"
-    latents = LatentCache(pipe.vae, base_version, cache_dir, device)
+    latents = LatentCache(pipe.vae, base_version, workspace_root() / "cache" / "latents", device)
     prepare_start = time.perf_counter()
     for item in tqdm(items, desc="cache latents", unit="img", disable=not progress):
         for flip in ((False, True) if item.flip_aug else (False,)):
