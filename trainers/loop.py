@@ -269,7 +269,9 @@ def run_training(
     save_every_steps = int(args.get("save_every_n_steps") or 0)
     save_every_epochs = int(args.get("save_every_n_epochs") or 0)
     bar = tqdm(total=max_steps, initial=position.step, desc="train lora", unit="step", disable=not progress)
-    loop_start = time.perf_counter()
+    loop_start = step_start = time.perf_counter()
+    step_seconds: list[float] = []
+    result.report["step_seconds"] = step_seconds
     micro = 0
     while position.step < max_steps:
         batches, _ = epoch_batches(items, seed, position.epoch)
@@ -326,6 +328,7 @@ def run_training(
             optimizer.zero_grad(set_to_none=True)
             position.step += 1
             result.losses.append(float(loss.item()))
+            step_seconds.append(time.perf_counter() - step_start)
             bar.update(1)
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}",
                             epoch=position.epoch)
@@ -340,6 +343,7 @@ def run_training(
                 save(None, position.step)
                 if args.get("save_state"):
                     store_state(None, position.step)
+            step_start = time.perf_counter()  # the next step's time excludes this one's saving and sampling
             if stop_after_steps is not None and position.step >= stop_after_steps and position.step < max_steps:
                 store_state(None, position.step)
                 result.interrupted = True
@@ -369,6 +373,7 @@ def _finish(result: TrainingResult, plan: TrainingPlan, args: dict[str, Any], ou
             loop_start: float, position: Position, max_steps: int, cfg: Config) -> TrainingResult:
     seconds = time.perf_counter() - loop_start
     result.report = {
+        "step_seconds": result.report.get("step_seconds", []),
         "samples": result.report.get("samples", []),
         "validation": result.report.get("validation", []),
         "validation_images": result.report.get("validation_images", 0),
