@@ -32,7 +32,7 @@ def loss_curve(losses: list[float], title: str, validation: list[dict] | None = 
     left, top, right, bottom = MARGIN, 36, WIDTH - 16, HEIGHT - MARGIN
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
     draw.text((left + (right - left) // 2 - 30, bottom + 22), "optimizer step", fill="black", font=font(11))
-    draw.text((4, top - 14), "loss", fill="black", font=font(11))
+    draw.text((8, (top + bottom) // 2 - 6), "loss", fill="black", font=font(11))
     if not losses:
         draw.text((left + 20, top + 20), "no steps", fill="black", font=font(12))
         return image
