@@ -86,6 +86,10 @@ class TextEncoding:
     def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         from castlab.models.diffusion import encode_prompts, encode_prompts_sdxl
 
+        if not self.cache:  # text encoders trained (or captions that vary): encode every step, with gradients
+            if self.sdxl:
+                return encode_prompts_sdxl(self.pipe, captions)
+            return encode_prompts(self.pipe, captions, self.clip_skip), None
         missing = [c for c in dict.fromkeys(captions) if c not in self.memory]
         if missing:
             with torch.no_grad():
@@ -93,10 +97,7 @@ class TextEncoding:
                     hidden, pooled = encode_prompts_sdxl(self.pipe, missing)
                 else:
                     hidden, pooled = encode_prompts(self.pipe, missing, self.clip_skip), None
-            encoded = {c: (hidden[i], None if pooled is None else pooled[i]) for i, c in enumerate(missing)}
-            if not self.cache:
-                return self._stack([encoded.get(c) or self.memory[c] for c in captions])
-            self.memory.update(encoded)
+            self.memory.update({c: (hidden[i], None if pooled is None else pooled[i]) for i, c in enumerate(missing)})
         return self._stack([self.memory[c] for c in captions])
 
     @staticmethod

@@ -255,3 +255,13 @@ def test_prompt_lines_in_sd_scripts_syntax_and_samples_while_training(base, cfg,
                    for s in (0, 2))
     assert first.shape == (RES, RES, 3) and not np.array_equal(first, last)  # same seed, the LoRA changed it
     assert (tmp_path / "s" / "out" / "sample" / "concept_000002_grid.png").is_file()
+
+
+def test_text_encoder_lora_is_trained_too(base, cfg, tmp_path):
+    toml = write_pair(tmp_path / "te", concept_images(2), "zorvik disc", base_model=base, steps=3,
+                      extra={"network_train_unet_only": False, "text_encoder_lr": 1e-2, "learning_rate": 1e-2})
+    result = run_training(toml, cfg, progress=False)
+    state = lora_weights(result)
+    ups = {k: v for k, v in state.items() if k.startswith("lora_te_") and k.endswith("lora_up.weight")}
+    assert ups and all(v.abs().max() > 0 for v in ups.values())  # zero-initialised, so moved by training
+    assert any(k.startswith("lora_unet_") for k in state)
