@@ -265,3 +265,21 @@ def test_text_encoder_lora_is_trained_too(base, cfg, tmp_path):
     ups = {k: v for k, v in state.items() if k.startswith("lora_te_") and k.endswith("lora_up.weight")}
     assert ups and all(v.abs().max() > 0 for v in ups.values())  # zero-initialised, so moved by training
     assert any(k.startswith("lora_unet_") for k in state)
+
+
+def test_epochs_name_checkpoints_and_resume_from_an_epoch_state(base, cfg, tmp_path):
+    extra = {"max_train_epochs": 3, "save_every_n_epochs": 1, "save_state": True}
+    whole = run_training(write_pair(tmp_path / "whole", concept_images(4), "zorvik disc", base_model=base, steps=1,
+                                    extra=extra), cfg, progress=False)
+    names = [p.name for p in whole.checkpoints]
+    assert names == ["concept-000001.safetensors", "concept-000002.safetensors", "concept.safetensors"]
+    assert len(whole.losses) == 3 * 2  # 4 images, batch 2: 2 steps an epoch
+    toml = write_pair(tmp_path / "cut", concept_images(4), "zorvik disc", base_model=base, steps=1, extra=extra)
+    first = run_training(toml, cfg, progress=False, stop_after_steps=3)  # mid-epoch 2
+    assert [p.name for p in first.checkpoints] == ["concept-000001.safetensors"]
+    middle = run_training(toml, cfg, progress=False, resume=first.states[-1], stop_after_steps=5)
+    assert (tmp_path / "cut" / "out" / "concept-000002-state").is_dir()  # the epoch state of save_state
+    rest = run_training(toml, cfg, progress=False, resume=tmp_path / "cut" / "out" / "concept-000002-state")
+    assert first.losses + middle.losses[:1] + rest.losses == whole.losses
+    a, b = lora_weights(whole), lora_weights(rest)
+    assert all(torch.equal(a[k], b[k]) for k in a)
