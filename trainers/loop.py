@@ -295,11 +295,10 @@ def run_training(
                 pred = pipe.unet(noisy, timesteps, hidden, **extra).sample
             mask = None
             if any(i.alpha_mask for i in batch):
+                # a flipped job's cached alpha is already flipped with its pixels (latents.load_pixels)
                 mask = torch.stack([e.alpha if (e.alpha is not None and i.alpha_mask) else
                                     torch.ones(1, *reversed(i.placement.bucket)) for e, i in
                                     zip(encoded, batch, strict=True)])
-                mask = torch.stack([m.flip(-1) if f else m for m, f in zip(mask, flips, strict=True)]) \
-                    if any(flips) else mask
             prior = None
             if loss_settings.castlab_prior_outside_mask and mask is not None:
                 network.set_lora_enabled([pipe.unet], False)  # the base model's prediction: the target outside
