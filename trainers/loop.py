@@ -196,11 +196,18 @@ def run_training(
                     "castlab_class_tokens": " | ".join(sorted({str(s.get("class_tokens")) for d in plan.datasets
                                                                for s in d.subsets if s.get("class_tokens")}))}
 
+    def ss_epoch(epoch: int | None, final: bool) -> int:
+        """sd-scripts' ss_epoch: the epochs completed at an epoch save and at the end (the loop has moved on to the
+        next epoch by then), else the 0-based epoch being trained."""
+        if epoch is not None:
+            return epoch
+        return math.ceil(position.step / steps_per_epoch) if final else position.epoch - 1
+
     def save(epoch: int | None, step: int | None, final: bool = False) -> None:
         path = out_dir / saving.checkpoint_name(name, epoch=epoch, step=step)
         meta = saving.training_metadata(
             args, summary, sdxl=sdxl, optimizer=optim.optimizer_label(optimizer, args), max_train_steps=max_steps,
-            num_batches_per_epoch=batches_per_epoch, epoch=position.epoch if final else position.epoch - 1,
+            num_batches_per_epoch=batches_per_epoch, epoch=ss_epoch(epoch, final),
             step=position.step, session_id=seed, training_started_at=started_at, saved_at=time.time())
         meta.update(castlab_meta)
         meta["castlab_model_version"] = _lora_version(name, position.step, base_version)

@@ -230,6 +230,9 @@ def test_epochs_name_checkpoints_and_resume_from_an_epoch_state(base, cfg, tmp_p
                                     extra=extra), cfg, progress=False)
     names = [p.name for p in whole.checkpoints]
     assert names == ["concept-000001.safetensors", "concept-000002.safetensors", "concept.safetensors"]
+    from castlab.models.kohya import read_kohya_metadata
+
+    assert [read_kohya_metadata(p)["ss_epoch"] for p in whole.checkpoints] == ["1", "2", "3"]
     assert len(whole.losses) == 3 * 2  # 4 images, batch 2: 2 steps an epoch
     toml = write_pair(tmp_path / "cut", concept_images(4), "zorvik disc", base_model=base, steps=1, extra=extra)
     first = run_training(toml, cfg, progress=False, stop_after_steps=3)  # mid-epoch 2
