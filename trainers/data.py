@@ -16,7 +16,7 @@ from castlab.errors import InputError
 from trainers import saving
 from trainers.buckets import BucketSettings, Placement, bucket_resolutions, place, plan_batches
 from trainers.captions import CaptionSettings, caption_variants_are_static
-from trainers.config import TrainingPlan, read_caption
+from trainers.config import DatasetSpec, TrainingPlan, read_caption
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,18 @@ def image_size(path: Path) -> tuple[int, int]:
         raise InputError(path, f"training image is not readable ({exc})") from exc
 
 
+def _buckets(spec: DatasetSpec) -> tuple[BucketSettings, list[tuple[int, int]] | None]:
+    """A dataset's bucket settings and its predefined buckets (None without them, or with bucket_no_upscale)."""
+    settings = BucketSettings.from_config({**spec.values, "resolution": list(spec.resolution)})
+    return settings, bucket_resolutions(settings) if settings.enable and not settings.no_upscale else None
+
+
 def build_items(plan: TrainingPlan) -> tuple[list[Item], list[str]]:
     """Every training image of the plan, placed in its dataset's buckets; notes say how buckets filled."""
     items: list[Item] = []
     notes: list[str] = []
     for d, spec in enumerate(plan.datasets):
-        settings = BucketSettings.from_config({**spec.values, "resolution": list(spec.resolution)})
-        buckets = bucket_resolutions(settings) if settings.enable and not settings.no_upscale else None
+        settings, buckets = _buckets(spec)
         for s, subset in enumerate(spec.subsets):
             captions = CaptionSettings.from_subset(subset.values, plan.args)
             for path in subset.images:
@@ -78,8 +83,7 @@ def validation_items(plan: TrainingPlan) -> list[Item]:
         raise InputError(meta_path, f"is not valid JSON ({exc})") from exc
     spec = plan.datasets[0]
     subset = spec.subsets[0]
-    settings = BucketSettings.from_config({**spec.values, "resolution": list(spec.resolution)})
-    buckets = bucket_resolutions(settings) if settings.enable and not settings.no_upscale else None
+    settings, buckets = _buckets(spec)
     captions = CaptionSettings()  # validation captions are used as written
     items = []
     for entry in entries:
@@ -123,10 +127,8 @@ def dataset_summary(plan: TrainingPlan, items: list[Item]) -> dict[str, Any]:
     datasets = []
     for d, spec in enumerate(plan.datasets):
         members = [i for i in items if i.dataset == d]
-        settings = BucketSettings.from_config({**spec.values, "resolution": list(spec.resolution)})
-        counts: Counter = Counter()
-        if settings.enable and not settings.no_upscale:
-            counts.update(dict.fromkeys(bucket_resolutions(settings), 0))
+        settings, buckets = _buckets(spec)
+        counts: Counter = Counter(dict.fromkeys(buckets or [], 0))
         for item in members:
             counts[item.placement.bucket] += item.repeats
         subsets = []
