@@ -65,6 +65,16 @@ def load_pixels(job: ImageJob) -> tuple[torch.Tensor, torch.Tensor | None]:
     return pixels, alpha
 
 
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A digest of `module`'s weights: two VAEs share cached latents only when their weights are equal (a model's
+    name alone cannot tell two checkpoints saved under the same file name apart)."""
+    digest = hashlib.sha1()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def cache_key(job: ImageJob, vae_version: str) -> str:
     digest = hashlib.sha256()
     digest.update(Path(job.path).read_bytes())

@@ -53,7 +53,7 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
 def render_samples(pipe: Any, prompts: list[dict[str, Any]], out_dir: Path, name: str, step: int,
                    default_size: tuple[int, int], clip_skip: int, device: str = "cpu") -> list[Path]:
     """Render every prompt with the pipeline as it is now (the LoRA active) and write a grid beside them."""
-    from castlab.models.diffusion import encode_prompts, encode_prompts_sdxl, is_sdxl
+    from castlab.models.diffusion import prompt_conditioning
 
     folder = Path(out_dir) / "sample"
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,14 +67,7 @@ def render_samples(pipe: Any, prompts: list[dict[str, Any]], out_dir: Path, name
             kwargs: dict[str, Any] = {"num_inference_steps": int(spec.get("steps", 20)),
                                       "guidance_scale": float(spec.get("scale", 7.5)), "width": width,
                                       "height": height, "generator": generator, "output_type": "pil"}
-            texts = [spec["prompt"], spec.get("negative_prompt", "")]
-            if is_sdxl(pipe):
-                hidden, pooled = encode_prompts_sdxl(pipe, texts)
-                kwargs.update(prompt_embeds=hidden[:1], negative_prompt_embeds=hidden[1:],
-                              pooled_prompt_embeds=pooled[:1], negative_pooled_prompt_embeds=pooled[1:])
-            else:
-                hidden = encode_prompts(pipe, texts, clip_skip)
-                kwargs.update(prompt_embeds=hidden[:1], negative_prompt_embeds=hidden[1:])
+            kwargs.update(prompt_conditioning(pipe, [spec["prompt"]], [spec.get("negative_prompt", "")], clip_skip))
             image = pipe(**kwargs).images[0]
             path = folder / f"{name}_{step:06d}_{index:02d}.png"
             image.save(path)

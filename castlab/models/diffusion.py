@@ -31,6 +31,7 @@ from castlab.errors import ConfigError
 from castlab.workspace import workspace_root
 
 MARKER = "castlab_model.json"
+TINY_VAE_LOGVAR = -12.0  # posterior std e^-6 ~ 0.0025 (_quiet_posterior)
 TINY_TEXT_LAYERS = 4  # enough hidden layers for kohya clip_skip up to 4
 
 _SCHEDULER = {
@@ -72,6 +73,9 @@ def _tiny_configs(resolution: int) -> dict[str, dict[str, Any]]:
             "latent_channels": 4,
             "layers_per_block": 1,
             "norm_num_groups": 32,
+            # the random encoder's latents have a std of ~0.29: scale them to ~1 as SD's 0.18215 does for its VAE,
+            # so the tiny diffusion task has real SD's signal-to-noise (with 0.18215 every image is ~0 in noise)
+            "scaling_factor": 3.5,
         },
         "text_encoder": {
             "vocab_size": 49408,
@@ -125,7 +129,7 @@ def tiny_model_id(cfg: Config, arch: str | None = None) -> tuple[str, Path]:
     family = _family(arch or cfg.models.tiny.base_model.arch)
     resolution = int(cfg.models.tiny.base_model.resolution)
     configs = _tiny_sdxl_configs(resolution) if family == "sdxl" else _tiny_configs(resolution)
-    spec = json.dumps({"configs": configs, "seed": int(cfg.seed)}, sort_keys=True)
+    spec = json.dumps({"configs": configs, "seed": int(cfg.seed), "vae_logvar": TINY_VAE_LOGVAR}, sort_keys=True)
     digest = hashlib.sha1(spec.encode()).hexdigest()[:10]
     return f"tiny-{family}-{digest}", workspace_root() / "models" / f"{family}-tiny-{digest}"
 
@@ -149,6 +153,16 @@ def _full_path(cfg: Config) -> str:
     return str(path)
 
 
+def _quiet_posterior(vae: Any) -> None:
+    """Give the random VAE a trained VAE's near-deterministic posterior: its log-variance half of ``quant_conv``
+    outputs the constant TINY_VAE_LOGVAR. With random weights the posterior std is ~1, 3.6x the spread of the
+    latent means: every training sample would be mostly noise and no LoRA could learn a concept."""
+    latent = int(vae.config.latent_channels)
+    with torch.no_grad():
+        vae.quant_conv.weight[latent:] = 0.0
+        vae.quant_conv.bias[latent:] = TINY_VAE_LOGVAR
+
+
 def _build_tiny(folder: Path, cfg: Config, version: str, family: str = "sd15") -> None:
     from diffusers import (
         AutoencoderKL,
@@ -167,6 +181,7 @@ def _build_tiny(folder: Path, cfg: Config, version: str, family: str = "sd15") -
         torch.manual_seed(int(cfg.seed))
         unet = UNet2DConditionModel(**configs["unet"])
         vae = AutoencoderKL(**configs["vae"])
+        _quiet_posterior(vae)
         text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
         if family == "sdxl":
             text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
@@ -241,13 +256,20 @@ def _from_single_file(path: Path, cfg: Config, device: str) -> Any:
     if settings.config:
         kwargs["config"] = str(Path(str(settings.config)).expanduser())
     extra = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
     try:
         pipe = _quiet_load(_pipeline_class(sdxl).from_single_file, str(path), **extra, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SingleFileComponentError) as exc:
         hint = ("" if settings.config else " Offline, set models.full.base_model.config to a local diffusers folder "
                 "of the same family (its component configs are used).")
         raise ConfigError(f"models.full.base_model.path: cannot load single-file checkpoint {path} as "
                           f"{'SDXL' if sdxl else 'SD1.x'} ({exc}).{hint}") from exc
+    empty = [name for name, part in pipe.components.items()
+             if isinstance(part, torch.nn.Module) and any(p.is_meta for p in part.parameters())]
+    if empty:  # diffusers leaves a component it found no weights for on the meta device
+        raise ConfigError(f"models.full.base_model.path: {path} has no weights for {', '.join(empty)} "
+                          f"(is models.full.base_model.arch = {settings.arch!r} right for this checkpoint?)")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -333,6 +355,18 @@ def encode_prompts_sdxl(pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, to
         if encoder is pipe.text_encoder_2:
             pooled = out.text_embeds
     return torch.cat(hidden, dim=-1), pooled
+
+
+def prompt_conditioning(pipe: Any, prompts: list[str], negatives: list[str], clip_skip: int) -> dict[str, Any]:
+    """The pipeline-call keyword arguments that condition one image per prompt (SD1.x: ``clip_skip`` text
+    states; SDXL: both encoders' states and the pooled embedding), negatives the same way."""
+    if is_sdxl(pipe):
+        hidden, pooled = encode_prompts_sdxl(pipe, [*prompts, *negatives])
+        n = len(prompts)
+        return {"prompt_embeds": hidden[:n], "negative_prompt_embeds": hidden[n:],
+                "pooled_prompt_embeds": pooled[:n], "negative_pooled_prompt_embeds": pooled[n:]}
+    hidden = encode_prompts(pipe, [*prompts, *negatives], clip_skip)
+    return {"prompt_embeds": hidden[: len(prompts)], "negative_prompt_embeds": hidden[len(prompts):]}
 
 
 def sdxl_time_ids(original: tuple[int, int], crop_top_left: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
