@@ -189,11 +189,31 @@ class TrainingSettings(Section):
     kohya: dict[str, Any]
 
 
+class EvaluationIdentitySettings(Section):
+    region: Literal["face", "image"]  # face: the detector's head box (a miss is a failure); image: the whole image
+    head_scale: float = Field(ge=1.0)  # the face box grown by this factor (about the face's centre) = the head
+    miss_margin: float = Field(ge=-2.0, le=0.0)  # identity margin of an image where no face was found
+    references: int = Field(ge=1)  # reviewed reference crops per character (view-balanced sample)
+
+
+class EvaluationGates(Section):
+    max_leakage_gain: float  # identity margin on trigger-free prompts, minus the base model's
+    max_drift: float = Field(ge=0.0, le=2.0)  # 1 - cosine to the base model's image on trigger-free prompts
+    max_memorisation: float = Field(ge=-1.0, le=1.0)  # nearest training image similarity
+    min_diversity_ratio: float = Field(ge=0.0)  # diversity across seeds / the base model's
+
+
 class EvaluationSettings(Section):
-    prompts: list[str] = Field(min_length=1)
+    suite: str = Field(min_length=1)  # configs/evaluation/<suite>.yaml, or a path to a suite YAML
     seeds: list[int] = Field(min_length=1)
     steps: int = Field(ge=1)
     guidance_scale: float = Field(ge=0)
+    lora_weights: list[float] = Field(min_length=1)  # the first is the one ranked
+    batch_size: int = Field(ge=1)  # images per pipeline call
+    caption_prompts: int = Field(ge=0)  # training captions echoed as prompts
+    bootstrap: int = Field(ge=10)  # resamples of the seeds for the intervals
+    identity: EvaluationIdentitySettings
+    gates: EvaluationGates
 
 
 class CaptionsSettings(Section):
@@ -226,6 +246,7 @@ class LabelStudioSettings(ServiceSettings):
     identity_instances_title: str = Field(min_length=1)
     identity_clusters_title: str = Field(min_length=1)
     captions_title: str = Field(min_length=1)
+    checkpoints_title: str = Field(min_length=1)
 
 
 class PrefectSettings(ServiceSettings):
@@ -283,7 +304,15 @@ class BaseModelSettings(Section):
     kohya: dict[str, Any] = Field(default_factory=dict)
 
 
+class ImageEncoderModel(Section):
+    arch: str | None = None  # tiny: the tiny DINOv2 configuration
+    model: str | None = None  # full: a hub id or a local folder of a transformers Dinov2Model
+    revision: str | None = None
+    local_files_only: bool = True
+
+
 class ProfileModels(Section):
+    image_encoder: ImageEncoderModel
     segmenter: SegmenterModel
     embedder: EmbedderModel
     captioner: CaptionerModel

@@ -140,7 +140,10 @@ def cmd_evaluate(args: argparse.Namespace) -> Any:
     _prefect(_config(args))
     from flows.evaluate import evaluate
 
-    return evaluate(checkpoints=args.checkpoints, out_dir=args.out, force=args.force, **_flow_kwargs(args))
+    if args.dataset:
+        _must_exist(args.dataset)
+    return evaluate(checkpoints=args.checkpoints, out_dir=args.out, dataset=args.dataset, push=not args.no_push,
+                    register=not args.no_register, force=args.force, **_flow_kwargs(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> Any:
@@ -183,7 +186,10 @@ def demo_summary(result: dict[str, Any]) -> str:
         f"  training TOML        : {result.get('training_toml')}",
         f"  LoRA checkpoints     : {', '.join(result.get('checkpoints') or [])}",
         f"  evaluation           : {result.get('evaluation')}",
-        f"  comparison grid      : {result.get('comparison_grid')}",
+        f"  recommended          : {result.get('recommended')}",
+        f"  comparison           : {result.get('comparison')}",
+        f"  checkpoints project  : {result.get('checkpoints_project')} ({result.get('checkpoint_pairs')} blind pairs)",
+        f"  LoRA registry        : {result.get('registry')}",
     ]
     if result.get("profile") == "tiny":
         lines.append("  (tiny profile: random-weight models; the pictures show plumbing, not quality)")
@@ -257,9 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("toml", help="training.toml written by `castlab dataset`")
     p.add_argument("--force", action="store_true", help="replace existing checkpoints of the same output_name")
     p.add_argument("--resume", help="a state folder (<name>-step00000100-state/) saved with save_state = true")
-    p = add("evaluate", cmd_evaluate, "render fixed prompts/seeds per checkpoint, CLIP-T, grid")
+    p = add("evaluate", cmd_evaluate, "rank checkpoints (identity, prompt following, leakage), recommend one, "
+                                      "register it, push blind pairs to Label Studio")
     p.add_argument("checkpoints", nargs="+", help="kohya-format LoRA .safetensors files")
+    p.add_argument("--dataset", help="the character's castlab dataset folder (reference crops; default: the one "
+                                     "the checkpoints were trained from)")
     p.add_argument("--out", help="output folder (default: a new evaluate run folder)")
+    p.add_argument("--no-push", action="store_true", help="do not push the checkpoints review to Label Studio")
+    p.add_argument("--no-register", action="store_true", help="do not register the recommendation in loras.yaml")
     p.add_argument("--force", action="store_true", help="overwrite an existing quality_evaluation.json")
     p = add("demo", cmd_demo, "the whole path on Big Buck Bunny (or --video): curate → … → evaluate")
     p.add_argument("--video", help="video to use instead of the Big Buck Bunny sample")

@@ -104,7 +104,7 @@ def demo(
     name, data = next(iter(built["datasets"].items()))
     logger.info("training on the dataset of %s (%d images)", name, data["images"])
     checkpoints = train(training_toml=data["training_toml"], **kwargs)
-    report = evaluate(checkpoints=checkpoints, **kwargs)
+    report = evaluate(checkpoints=checkpoints, dataset=data["out_dir"], **kwargs)
     from castlab.labelstudio.connection import labelstudio_connection
 
     ls_url, _ = labelstudio_connection(cfg)
@@ -132,5 +132,10 @@ def demo(
         "training_toml": data["training_toml"],
         "checkpoints": checkpoints,
         "evaluation": report.get("out_dir"),
-        "comparison_grid": report.get("grid_path"),
+        "recommended": report.get("recommended_file"),
+        "recommendation_reason": report.get("reason"),
+        "comparison": str(Path(report["out_dir"]) / report["files"]["comparison_png"]),
+        "checkpoints_project": (report.get("labelstudio") or {}).get("project_id"),
+        "checkpoint_pairs": (report.get("labelstudio") or {}).get("tasks"),
+        "registry": report.get("registry"),
     }

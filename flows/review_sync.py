@@ -1,4 +1,5 @@
-"""review-sync: pull reviewed Label Studio annotations back into a curate run's manifest."""
+"""review-sync: pull reviewed Label Studio annotations back into a curate run's manifest, or the reviewers'
+blind checkpoint picks back into an evaluation (Bradley–Terry ranking, agreement, the registry)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,25 @@ def sync_captions_task(run_dir: str, cfg: Config) -> dict[str, Any]:
     return {"counts": counts, "changes": manifest.changes()}
 
 
+@task(name="sync-checkpoint-picks", **LABEL_STUDIO_RETRIES)
+def sync_checkpoints_task(eval_dir: str, cfg: Config) -> dict[str, Any]:
+    """The reviewers' pairwise answers → BT ranking and agreement (human_pick.json); their chosen checkpoint
+    replaces the recommendation in the LoRA registry."""
+    import json
+
+    from castlab.evaluate.registry import register_lora
+    from castlab.evaluate.stage import REPORT_NAME, registry_entry
+    from castlab.labelstudio.projects.checkpoints import sync_checkpoint_picks
+
+    pick = sync_checkpoint_picks(labelstudio(cfg), Path(eval_dir), cfg)
+    if pick.get("chosen"):
+        report = json.loads((Path(eval_dir) / REPORT_NAME).read_text(encoding="utf-8"))
+        report["out_dir"] = str(Path(eval_dir).resolve())
+        entry = registry_entry(report, pick["chosen"], "reviewers", pick.get("agreement"))
+        pick["registry"] = str(register_lora(entry, cfg))
+    return pick
+
+
 @flow(name="review-sync")
 def review_sync(
     run_dir: str, config_files: list[str] | None = None, preset: str | None = None, profile: str | None = None
@@ -49,6 +69,11 @@ def review_sync(
     captions. Each sync reads the manifest the previous one saved; the flow is the one writer."""
     cfg = resolve_config(config_files, preset, profile)
     run = Run.open(run_dir, cfg)
+    if (run.path / "checkpoints_push.json").is_file():  # an evaluation: the reviewers' checkpoint pick
+        pick = sync_checkpoints_task(str(run.path), cfg)
+        get_run_logger().info("review-sync %s: chosen %s (agreement %s)", run.path.name, pick.get("chosen"),
+                              pick.get("agreement"))
+        return {"checkpoints": pick}
     synced = sync_masks_task(str(run.path), cfg)
     save_changes(run.path, synced["changes"])
     counts: dict[str, Any] = synced["counts"]

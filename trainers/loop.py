@@ -28,7 +28,7 @@ from trainers import loss as losses
 from trainers.captions import process_caption
 from trainers.config import TrainingPlan, read_plan
 from trainers.data import Item, build_items, dataset_summary, epoch_batches, static_captions, validation_items
-from trainers.latents import ImageJob, LatentCache
+from trainers.latents import ImageJob, LatentCache, weights_fingerprint
 from trainers.report import write_training_report
 from trainers.sampling import read_prompts, render_samples
 from trainers.state import Position, load_state, save_state
@@ -48,6 +48,13 @@ class TrainingResult:
 def _lora_version(name: str, step: int, base_version: str) -> str:
     tiny = "tiny-" if base_version.startswith("tiny-") else ""
     return f"{tiny}lora-{name}-step{step:08d}@{base_version}"
+
+
+def _castlab_dataset(args: dict[str, Any]) -> str:
+    """The castlab dataset folder the training pair belongs to (its ``metadata.json`` beside the dataset config),
+    for the evaluation's references; "" for other pairs."""
+    folder = Path(str(args.get("dataset_config") or ".")).resolve().parent
+    return str(folder) if (folder / "metadata.json").is_file() else ""
 
 
 def _fingerprint(plan: TrainingPlan, items: list[Item], base_version: str) -> str:
@@ -148,7 +155,8 @@ def run_training(
     schedule = losses.training_schedule(noise_settings.zero_terminal_snr, loss_settings.v_parameterization)
 
     # latents once, before training (sd-scripts' cache_latents), reused across runs from the disk cache
-    latents = LatentCache(pipe.vae, base_version, workspace_root() / "cache" / "latents", device)
+    vae_version = f"{base_version}@{weights_fingerprint(pipe.vae)}"
+    latents = LatentCache(pipe.vae, vae_version, workspace_root() / "cache" / "latents", device)
     prepare_start = time.perf_counter()
     for item in tqdm(items, desc="cache latents", unit="img", disable=not progress):
         for flip in ((False, True) if item.flip_aug else (False,)):
@@ -184,7 +192,7 @@ def run_training(
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     params = [p for group in attached["param_groups"] for p in group["params"]]
     max_grad_norm = float(args.get("max_grad_norm") or 0.0)
-    fingerprint = _fingerprint(plan, items, base_version)
+    fingerprint = _fingerprint(plan, items, vae_version)
 
     position = Position()
     if resume:
@@ -193,6 +201,7 @@ def run_training(
     started_at = time.time()
     castlab_meta = {"castlab_profile": cfg.profile, "castlab_base_model_version": base_version,
                     "castlab_base_model": str(args["pretrained_model_name_or_path"]),
+                    "castlab_dataset": _castlab_dataset(args),
                     "castlab_class_tokens": " | ".join(sorted({str(s.get("class_tokens")) for d in plan.datasets
                                                                for s in d.subsets if s.get("class_tokens")}))}
 

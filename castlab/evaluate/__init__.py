@@ -1,10 +1,9 @@
-"""Checkpoint evaluation: same prompts and seeds per checkpoint → metrics and ranking.
+"""Checkpoint evaluation: a prompt suite x seeds per checkpoint → identity margin, prompt following, diversity,
+memorisation and leakage → gates, Pareto front, recommendation; a blind human pick; the LoRA registry.
 
-Stage face: :func:`process` (a chunk of checkpoint rows → renders and CLIP-T rows) and :func:`run`
-(:func:`castlab.evaluate.stage.evaluate_checkpoints`: every checkpoint, ranking, grid, report).
+Stage face: :func:`run` (:func:`castlab.evaluate.stage.evaluate_checkpoints`).
 """
 
-from castlab.evaluate.stage import EvalModels, process
 from castlab.evaluate.stage import evaluate_checkpoints as run
 
-__all__ = ["EvalModels", "process", "run"]
+__all__ = ["run"]

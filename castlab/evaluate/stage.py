@@ -1,235 +1,305 @@
-"""Checkpoint evaluation: the same prompts and seeds for every LoRA checkpoint → images, CLIP-T, ranking.
+"""Checkpoint evaluation: render a prompt suite for the base model and every checkpoint, score identity, prompt
+following, diversity, memorisation and leakage, gate and rank without hand-set weights, recommend one.
 
 Output contract (``out_dir``)::
 
-    base/<prompt#>_<seed>.png            the base model without a LoRA (reference row)
-    <checkpoint stem>/<prompt#>_<seed>.png
-    quality_evaluation.json              per checkpoint: per-image and mean CLIP-T, model versions, ranking
-    comparison_grid.png                  rows = base + checkpoints, columns = prompt × seed
+    base/<prompt>_s<seed>.png                   the base model (the reference row; same seeds and settings)
+    <checkpoint>/w<weight>/<prompt>_s<seed>.png  each checkpoint at each evaluation.lora_weights
+    quality_evaluation.json                     every image's metrics, every aggregate with its interval, gates,
+                                                ranking, recommendation and why
+    grid_<family>.png                           rows = base + checkpoints, columns = the family's prompts x seeds
+    metrics_by_step.png                         each metric (mean, 95 % interval) against the checkpoint's step
+    comparison.json, comparison.png             per checkpoint: status, rank, metrics, reasons; the
+                                                identity x prompt-following plane with the Pareto front
 
-Prompts are ``evaluation.prompts`` formatted with ``{trigger}``/``{class_word}`` (``dataset.*``); seeds,
-steps and guidance come from ``evaluation.*``. Rendering is deterministic: a CPU generator seeded per image.
-Under the tiny profile CLIP-T comes from a random-weight embedder: it exercises the path, it means nothing.
+References come from the character's castlab dataset (``--dataset``, else the ``castlab_dataset`` the
+checkpoints were trained from): its images are the reviewed crops of the character, its sibling datasets (the
+other characters of the same film) are the rivals of the identity margin, its train split is what
+memorisation compares with, and its captions are echoed as prompts.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from castlab.config import Config
-from castlab.errors import ConfigError, InputError
-from castlab.pictures import Grid, save_png
-from castlab.pictures import font as pil_font
+from castlab.errors import InputError
+from castlab.evaluate import pictures
+from castlab.evaluate.ranking import aggregate, rank, weight_key
+from castlab.evaluate.render import RenderSettings, render_suite
+from castlab.evaluate.suite import PromptSpec, suite_path, suite_prompts
+from castlab.pictures import save_png
 from castlab.workspace import write_json_atomic
 
 REPORT_NAME = "quality_evaluation.json"
-GRID_NAME = "comparison_grid.png"
+COMPARISON_NAME = "comparison.json"
+COMPARISON_PNG = "comparison.png"
+CURVES_PNG = "metrics_by_step.png"
 BASE_ROW = "base"
+DATASET_FORMAT = "castlab-dataset/"
 
 
-def evaluation_prompts(cfg: Config) -> list[str]:
-    """``evaluation.prompts`` with the dataset's trigger token and class word filled in."""
-    values = {"trigger": cfg.dataset.trigger_token, "class_word": cfg.dataset.class_word}
-    prompts = []
-    for template in cfg.evaluation.prompts:
-        try:
-            prompts.append(str(template).format(**values))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(
-                f"evaluation.prompts: {template!r} uses an unknown placeholder ({exc}); "
-                "known: {trigger}, {class_word}"
-            ) from exc
-    if not prompts:
-        raise ConfigError("evaluation.prompts is empty")
-    return prompts
-
-
-def with_trained_trigger(cfg: Config, metas: list[dict[str, str]]) -> Config:
-    """`cfg` whose ``{trigger}``/``{class_word}`` are the ones the checkpoints were trained with (their
-    ``castlab_class_tokens``, "<trigger> <class word>") when they all agree; else `cfg` unchanged."""
-    tokens = {m.get("castlab_class_tokens") for m in metas}
-    if len(tokens) != 1 or not (only := tokens.pop()) or " | " in only or " " not in only.strip():
-        return cfg
-    trigger, _, class_word = only.strip().partition(" ")
-    return cfg.with_overrides({"dataset": {"trigger_token": trigger, "class_word": class_word}},
-                              source="checkpoint metadata (castlab_class_tokens)")
-
-
-def _check_checkpoints(checkpoints: list[Path], cfg: Config, out_dir: Path) -> list[dict[str, str]]:
+# -- inputs ---------------------------------------------------------------------------------------------------
+def read_checkpoints(checkpoints: list[Path], cfg: Config, sdxl: bool | None = None) -> list[dict[str, str]]:
+    """Each checkpoint's kohya metadata; clear errors for a missing or foreign file, a duplicate name, another
+    profile or (given `sdxl`) another base architecture."""
     from castlab.models.kohya import read_kohya_metadata
 
     if not checkpoints:
-        raise InputError(out_dir, "no checkpoints to evaluate")
+        raise InputError("-", "no checkpoints to evaluate")
     stems = [Path(c).stem for c in checkpoints]
     if len(set(stems)) != len(stems) or BASE_ROW in stems:
-        raise InputError(out_dir, f"checkpoint names must be unique and not {BASE_ROW!r}: {stems}")
+        raise InputError(Path(checkpoints[0]).parent, f"checkpoint names must be unique and not {BASE_ROW!r}: "
+                                                      f"{stems}")
     metas = []
     for path in checkpoints:
         meta = read_kohya_metadata(Path(path))
         stamped = meta.get("castlab_profile")
         if stamped and stamped != cfg.profile:
             raise InputError(path, f"was trained under the {stamped} profile; evaluate it under that profile")
+        arch = str(meta.get("modelspec.architecture") or meta.get("ss_base_model_version") or "")
+        if sdxl is not None and arch and ("xl" in arch.lower()) != sdxl:
+            raise InputError(path, f"is a LoRA for {arch!r}, but the base model is "
+                                   f"{'SDXL' if sdxl else 'SD1.x'} (models.*.base_model)")
         metas.append(meta)
     return metas
 
 
-def _render(
-    pipe: Any, prompts: list[str], seeds: list[int], cfg: Config, clip_skip: int
-) -> list[Image.Image]:
-    from castlab.models.diffusion import encode_prompts, training_resolution
+def _dataset_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if str(meta.get("format", "")).startswith(DATASET_FORMAT) else None
+
+
+def resolve_dataset(dataset: Path | None, metas: list[dict[str, str]]) -> Path:
+    """The character dataset the references come from: `dataset`, else the one every checkpoint names."""
+    if dataset is None:
+        named = {m.get("castlab_dataset") or "" for m in metas}
+        if len(named) != 1 or not (only := named.pop()):
+            raise InputError("-", "no reference set: the checkpoints do not name one castlab dataset "
+                                  "(castlab_dataset); pass --dataset <the character's dataset folder>")
+        dataset = Path(only)
+    dataset = Path(dataset).expanduser().resolve()
+    if _dataset_meta(dataset) is None:
+        raise InputError(dataset / "metadata.json", "is not a castlab dataset (the reference set of the "
+                                                    "character): build it with `castlab dataset`")
+    return dataset
+
+
+def _open(folder: Path, entry: dict[str, Any]) -> Image.Image:
+    from castlab.layers import open_rgba
+
+    return open_rgba(folder / str(entry["image"]), "dataset image")
+
+
+def load_reference_set(dataset: Path, cfg: Config) -> dict[str, Any]:
+    """The character's reference crops (view-balanced), the other characters' (sibling datasets), the train
+    split images (memorisation) and captions (caption prompts)."""
+    from castlab.identity.embed import view_balanced_sample
+
+    meta = _dataset_meta(dataset) or {}
+    count, seed = int(cfg.evaluation.identity.references), int(cfg.seed)
+    images = list(meta.get("images") or [])
+    if not images:
+        raise InputError(dataset / "metadata.json", "lists no images: the character has no reference crops")
+    crops = {str(meta["character"]): [_open(dataset, e) for e in view_balanced_sample(images, count, seed)]}
+    for sibling in sorted(p for p in dataset.parent.iterdir() if p.is_dir() and p != dataset):
+        other = _dataset_meta(sibling)
+        if other and other.get("images") and other.get("character") not in crops:
+            crops[str(other["character"])] = [_open(sibling, e) for e in
+                                             view_balanced_sample(other["images"], count, seed)]
+    train = [e for e in images if e.get("split") == "train"] or images
+    return {"character": str(meta["character"]), "trigger": str(meta.get("trigger") or ""),
+            "class_word": str(meta.get("class_word") or ""), "crops": crops,
+            "train_images": [_open(dataset, e) for e in train],
+            "captions": [str(e.get("caption") or "") for e in train], "base_model": meta.get("base_model")}
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+def render_settings(cfg: Config, clip_skip: int) -> RenderSettings:
+    from castlab.models.diffusion import training_resolution
 
     size = training_resolution(cfg)
-    steps, guidance = int(cfg.evaluation.steps), float(cfg.evaluation.guidance_scale)
-    images = []
-    with torch.no_grad():
-        negative = encode_prompts(pipe, [""], clip_skip)
-        for prompt in prompts:
-            positive = encode_prompts(pipe, [prompt], clip_skip)
-            for seed in seeds:
-                out = pipe(
-                    prompt_embeds=positive, negative_prompt_embeds=negative, height=size, width=size,
-                    num_inference_steps=steps, guidance_scale=guidance,
-                    generator=torch.Generator(device="cpu").manual_seed(int(seed)),
-                )
-                images.append(out.images[0])
-    return images
+    return RenderSettings(tuple(int(s) for s in cfg.evaluation.seeds), int(cfg.evaluation.steps),
+                          float(cfg.evaluation.guidance_scale), size, size, int(cfg.evaluation.batch_size),
+                          clip_skip)
 
 
-@dataclass
-class EvalModels:
-    """The base pipeline (LoRAs are loaded into it one at a time), its version, and open_clip for CLIP-T."""
-
-    pipe: Any
-    base_version: str
-    embedder: Any
-
-
-def evaluation_columns(cfg: Config) -> list[dict[str, Any]]:
-    """One column per (prompt, seed): the same for every checkpoint."""
-    seeds = [int(s) for s in cfg.evaluation.seeds]
-    return [{"prompt_index": i, "prompt": p, "seed": s} for i, p in enumerate(evaluation_prompts(cfg)) for s in seeds]
-
-
-def process(rows: list[dict[str, Any]], cfg: Config, models: EvalModels, *, out_dir: Path) -> list[dict[str, Any]]:
-    """Render and score one chunk of checkpoint rows (``name``, ``checkpoint`` path or None for the base model,
-    ``meta``: its kohya metadata): every (prompt, seed) image under ``out_dir/<name>/``; one result row each."""
-    from castlab.models.kohya import load_lora_into_pipeline
-
-    columns = evaluation_columns(cfg)
-    prompts, seeds = evaluation_prompts(cfg), [int(s) for s in cfg.evaluation.seeds]
-    texts = [c["prompt"] for c in columns]
-    pipe, out = models.pipe, []
-    for job in tqdm(rows, desc="evaluate", unit="ckpt"):
-        name, path, meta = job["name"], job["checkpoint"], job["meta"]
-        started = time.perf_counter()
-        clip_skip = int(meta.get("ss_clip_skip") or cfg.training.clip_skip)
-        if path is not None:
-            load_lora_into_pipeline(pipe, path, adapter_name="castlab_eval")
-        try:
-            images = _render(pipe, prompts, seeds, cfg, clip_skip)
-        finally:
-            if path is not None:
-                pipe.unload_lora_weights()
-        scores = models.embedder.clip_t(images, texts)
-        files = []
-        for image, col in zip(images, columns, strict=True):
-            target = out_dir / name / f"{col['prompt_index']}_{col['seed']}.png"
-            save_png(image, target)
-            files.append(target.relative_to(out_dir).as_posix())
-        out.append({
-            "name": name,
-            "checkpoint": str(path) if path else None,
-            "model_version": meta.get("castlab_model_version") or (models.base_version if path is None else None),
-            "base_model_version": meta.get("castlab_base_model_version", models.base_version),
-            "step": int(meta["ss_steps"]) if meta.get("ss_steps") else None,
-            "clip_skip": clip_skip,
-            "clip_t_mean": float(np.mean(scores)),
-            "images": [{**col, "file": f, "clip_t": s} for col, f, s in zip(columns, files, scores, strict=True)],
-            "seconds": round(time.perf_counter() - started, 3),
-        })
-    return out
+def _states(checkpoints: list[Path], metas: list[dict[str, str]], cfg: Config) -> list[dict[str, Any]]:
+    """The model states rendered: the base model, then each checkpoint at each LoRA weight."""
+    weights = [float(w) for w in cfg.evaluation.lora_weights]
+    states = [{"row": BASE_ROW, "checkpoint": BASE_ROW, "path": None, "weight": None, "step": None,
+               "folder": BASE_ROW, "meta": {}}]
+    for path, meta in zip(checkpoints, metas, strict=True):
+        step = int(meta["ss_steps"]) if str(meta.get("ss_steps", "")).isdigit() else None
+        for weight in weights:
+            states.append({"row": f"{path.stem}@{weight_key(weight)}", "checkpoint": path.stem, "path": path,
+                           "weight": weight, "step": step, "folder": f"{path.stem}/w{weight_key(weight)}",
+                           "meta": meta})
+    return states
 
 
-def evaluate_checkpoints(
-    checkpoints: list[Path], out_dir: Path, cfg: Config, device: str = "cpu", force: bool = False
-) -> dict[str, Any]:
-    """Render, score and rank `checkpoints` (see module docstring); returns the report written to JSON."""
-    from castlab.models.diffusion import load_base_pipeline
+def evaluate_checkpoints(checkpoints: list[Path], out_dir: Path, cfg: Config, device: str = "cpu",
+                         force: bool = False, dataset: Path | None = None) -> dict[str, Any]:
+    """Render, score, gate and rank `checkpoints` against the base model (module docstring); the report."""
+    from castlab.evaluate.metrics import build_references, embed_training_images, score_images
+    from castlab.models.diffusion import is_sdxl, load_base_pipeline
     from castlab.models.embedder import load_embedder
+    from castlab.models.faces import load_face_analyzer
+    from castlab.models.image_encoder import load_image_encoder
+    from castlab.models.kohya import load_lora_into_pipeline
 
     out_dir = Path(out_dir).resolve()
     checkpoints = [Path(c).resolve() for c in checkpoints]
-    metas = _check_checkpoints(checkpoints, cfg, out_dir)
-    cfg = with_trained_trigger(cfg, metas)
+    metas = read_checkpoints(checkpoints, cfg)
     if (out_dir / REPORT_NAME).exists() and not force:
         raise InputError(out_dir, f"already holds {REPORT_NAME} (pass --force to evaluate again)")
-    prompts = evaluation_prompts(cfg)
-    seeds = [int(s) for s in cfg.evaluation.seeds]
-    models = EvalModels(*load_base_pipeline(cfg, device), load_embedder(cfg, device))
-    base_version, embedder = models.base_version, models.embedder
-    columns = evaluation_columns(cfg)
-    jobs = [{"name": BASE_ROW, "checkpoint": None, "meta": {}}]
-    jobs += [{"name": c.stem, "checkpoint": c, "meta": m} for c, m in zip(checkpoints, metas, strict=True)]
-    rows = process(jobs, cfg, models, out_dir=out_dir)
+    refs_in = load_reference_set(resolve_dataset(dataset, metas), cfg)
+    character, trigger, class_word = refs_in["character"], refs_in["trigger"], refs_in["class_word"]
+    specs = suite_prompts(cfg, trigger, class_word, refs_in["captions"])
 
-    ranked = sorted(rows[1:], key=lambda r: (-r["clip_t_mean"], r["name"]))
-    for rank, row in enumerate(ranked, 1):
-        row["rank"] = rank
-    grid_path = out_dir / GRID_NAME
-    note = "tiny profile: random-weight models, scores mean nothing" if cfg.profile == "tiny" else None
-    save_png(comparison_grid(out_dir, rows, columns, note), grid_path)
+    pipe, base_version = load_base_pipeline(cfg, device)
+    sdxl = is_sdxl(pipe)
+    read_checkpoints(checkpoints, cfg, sdxl)
+    encoder = load_image_encoder(cfg, device)
+    analyzer = load_face_analyzer(cfg, device) if cfg.evaluation.identity.region == "face" else None
+    embedder = load_embedder(cfg, device)
+    refs = build_references(refs_in["crops"], encoder, analyzer, cfg, source=str(dataset or "dataset"))
+    train_embeddings = embed_training_images(refs_in["train_images"], encoder, cfg)
+
+    states = _states(checkpoints, metas, cfg)
+    clip_skip = int(next((m["ss_clip_skip"] for m in metas if str(m.get("ss_clip_skip", "")).isdigit()), None)
+                    or cfg.training.clip_skip)  # sd-scripts writes "None" when clip_skip was not set
+    settings = render_settings(cfg, clip_skip)
+    total = len(states) * len(specs) * len(settings.seeds)
+    rows: list[dict[str, Any]] = []
+    embeddings = []
+    base_lookup: dict[tuple[str, int], Any] = {}
+    with tqdm(total=total, desc="evaluate: render", unit="img") as bar:
+        for state in states:
+            if state["path"] is not None:
+                adapter = load_lora_into_pipeline(pipe, state["path"], adapter_name="castlab_eval")
+                pipe.set_adapters([adapter], adapter_weights=[state["weight"]])
+            try:
+                key = {"base_model": base_version, "checkpoint": str(state["path"] or ""),
+                       "weight": state["weight"], "suite": [s.to_dict() for s in specs]}
+                records = render_suite(pipe, specs, settings, out_dir / state["folder"], key, bar)
+            finally:
+                if state["path"] is not None:
+                    pipe.unload_lora_weights()
+            renders = [{**{k: v for k, v in r.items() if k != "path"}, "row": state["row"],
+                        "checkpoint": state["checkpoint"], "weight": state["weight"], "step": state["step"],
+                        "file": Path(r["path"]).relative_to(out_dir).as_posix()} for r in records]
+            images = []
+            for r in records:
+                with Image.open(r["path"]) as im:
+                    images.append(im.convert("RGB"))
+            scored, vectors = score_images(renders, images, refs, character, encoder, analyzer, embedder,
+                                           train_embeddings, base_lookup, cfg)
+            if state["path"] is None:
+                base_lookup = {(r["prompt_id"], int(r["seed"])): v for r, v in zip(scored, vectors, strict=True)
+                               if r["family"] == "leakage"}
+            rows += scored
+            embeddings += list(vectors)
+
+    aggregates = aggregate(rows, cfg, embeddings)
+    ranking = rank(aggregates, cfg, base=BASE_ROW)
+    by_name = {c.stem: c for c in checkpoints}
+    recommended = ranking.get("recommended")
+    tiny = cfg.profile == "tiny"
+    note = ("tiny profile: random-weight models (base, DINOv2, CLIP, faces): the numbers exercise the method, "
+            "they say nothing about a LoRA") if tiny else None
     report = {
-        "profile": cfg.profile,
-        "note": note,
-        "model_versions": {"base_model": base_version, "embedder": embedder.model_version},
-        "metric": "clip_t",
-        "prompts": prompts,
-        "seeds": seeds,
-        "steps": int(cfg.evaluation.steps),
-        "guidance_scale": float(cfg.evaluation.guidance_scale),
-        "baseline": rows[0],
-        "checkpoints": rows[1:],
-        "ranking": [r["name"] for r in ranked],
-        "best": ranked[0]["checkpoint"],
-        "grid": GRID_NAME,
+        "profile": cfg.profile, "note": note,
+        "model_versions": {"base_model": base_version, "image_encoder": encoder.model_version,
+                           "embedder": embedder.model_version,
+                           "faces": getattr(analyzer, "model_version", None)},
+        "character": character, "trigger": trigger, "class_word": class_word,
+        "dataset": str(dataset) if dataset else None, "references": refs.meta,
+        "suite": {"file": str(suite_path(cfg)), "prompts": [s.to_dict() for s in specs]},
+        "settings": {"seeds": list(settings.seeds), "steps": settings.steps,
+                     "guidance_scale": settings.guidance_scale, "width": settings.width, "height": settings.height,
+                     "clip_skip": settings.clip_skip, "lora_weights": [float(w) for w in cfg.evaluation.lora_weights],
+                     "identity": dict(cfg.evaluation.identity)},
+        "checkpoints": [{"name": c.stem, "file": str(c), "step": int(m["ss_steps"]) if str(m.get("ss_steps", ""))
+                         .isdigit() else None, "output_name": m.get("ss_output_name") or c.stem,
+                         "base_model_version": m.get("castlab_base_model_version")}
+                        for c, m in zip(checkpoints, metas, strict=True)],
+        "aggregates": aggregates, "ranking": ranking,
+        "recommended": recommended, "recommended_file": str(by_name[recommended]) if recommended else None,
+        "reason": ranking.get("reason"),
+        "renders": rows,
     }
+    files = write_outputs(out_dir, report, states, specs, tiny)
+    report["files"] = files
     write_json_atomic(out_dir / REPORT_NAME, report)
-    paths = {"out_dir": str(out_dir), "report": str(out_dir / REPORT_NAME), "grid_path": str(grid_path)}
-    return {**report, **paths}
+    return {**report, "out_dir": str(out_dir), "report": str(out_dir / REPORT_NAME)}
 
 
-def comparison_grid(
-    out_dir: Path, rows: list[dict[str, Any]], columns: list[dict[str, Any]], note: str | None = None
-) -> Image.Image:
-    """Rows = base + checkpoints (label: name, mean CLIP-T), columns = prompt × seed (label: p#/seed).
+def registry_entry(report: dict[str, Any], name: str, chosen_by: str, agreement: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """The LoRA registry entry (castlab/evaluate/registry.py) of checkpoint `name` of an evaluation report."""
+    checkpoint = next(c for c in report["checkpoints"] if c["name"] == name)
+    row = report["ranking"]["checkpoints"][name]
+    version = str(report["model_versions"]["base_model"])
+    entry = {"name": str(checkpoint["output_name"]), "character": report["character"], "trigger": report["trigger"],
+             "class_word": report["class_word"], "base_model": version,
+             "arch": "sdxl" if "sdxl" in version else "sd15", "file": checkpoint["file"],
+             "metrics": row.get("metrics") or {}, "chosen_by": chosen_by, "evaluation": report["out_dir"],
+             "checkpoint": name, "step": checkpoint["step"], "weight": report["ranking"].get("weight")}
+    if agreement is not None:
+        entry["agreement"] = agreement
+    return entry
 
-    `note` (e.g. the tiny-profile stamp) is printed in red under the grid.
-    """
-    tile, label_w = 128, 220
-    footer_h = 24 if note else 0
-    layout = Grid(len(columns), len(rows), (tile, tile), pad=4, left=label_w, top=28, bottom=footer_h)
-    grid, draw = layout.sheet()
-    font = pil_font(12)
-    if note:
-        draw.text((6, grid.height - footer_h + 4), note.upper(), fill=(200, 0, 0), font=font)
-    for j, col in enumerate(columns):
-        x = layout.origin(j, 0)[0]
-        draw.text((x + 2, 8), f"prompt {col['prompt_index']} / seed {col['seed']}", fill=(0, 0, 0), font=font)
-    for i, row in enumerate(rows):
-        y = layout.origin(0, i)[1]
-        rank = f"#{row['rank']} " if "rank" in row else ""
-        draw.text((6, y + tile // 2 - 14), f"{rank}{row['name']}"[:34], fill=(0, 0, 0), font=font)
-        draw.text((6, y + tile // 2 + 2), f"CLIP-T {row['clip_t_mean']:.4f}", fill=(60, 60, 60), font=font)
-        for j, image in enumerate(row["images"]):
-            with Image.open(out_dir / image["file"]) as im:
-                thumb = im.convert("RGB").resize((tile, tile), Image.Resampling.NEAREST)
-            layout.put(grid, draw, j, i, thumb)
-    return grid
+
+# -- outputs ----------------------------------------------------------------------------------------------------
+def _row_label(state: dict[str, Any], ranking: dict[str, Any]) -> str:
+    if state["path"] is None:
+        return "base model\n(no LoRA)"
+    row = (ranking.get("checkpoints") or {}).get(state["checkpoint"]) or {}
+    metrics = row.get("metrics") or {}
+    ident, follow = metrics.get("identity"), metrics.get("prompt_following")
+    rank_text = f"#{row['rank']} " if row.get("rank") else ""
+    return "\n".join([f"{rank_text}{state['checkpoint']}", f"step {state['step']}  weight {state['weight']}",
+                      f"{row.get('status', '')}",
+                      f"id {ident:.3f}  clip {follow:.3f}" if ident is not None and follow is not None else ""])
+
+
+def write_outputs(out_dir: Path, report: dict[str, Any], states: list[dict[str, Any]], specs: list[PromptSpec],
+                  tiny: bool) -> dict[str, str]:
+    """Grids per family, metric curves and the comparison JSON/PNG; their file names."""
+    ranking, aggregates = report["ranking"], report["aggregates"]
+    ranked_weight = weight_key(float(report["settings"]["lora_weights"][0]))
+    shown = [s for s in states if s["path"] is None or weight_key(s["weight"]) == ranked_weight]
+    labels = [(s["row"], _row_label(s, ranking)) for s in shown]
+    files = {}
+    for family in dict.fromkeys(s.family for s in specs):
+        name = f"grid_{family}.png"
+        save_png(pictures.family_grid(out_dir, family, labels, report["renders"], tiny), out_dir / name)
+        files[f"grid_{family}"] = name
+    points = sorted(({"step": s["step"], "metrics": aggregates[s["checkpoint"]]["weights"][ranked_weight]}
+                     for s in shown if s["path"] is not None), key=lambda p: (p["step"] is None, p["step"] or 0))
+    base = aggregates.get(BASE_ROW, {}).get("weights", {}).get("none", {})
+    save_png(pictures.metric_curves(points, base, tiny), out_dir / CURVES_PNG)
+    save_png(pictures.comparison_plot(ranking, tiny), out_dir / COMPARISON_PNG)
+    comparison = {
+        "profile": report["profile"], "note": report["note"], "character": report["character"],
+        "recommended": report["recommended"], "recommended_file": report["recommended_file"],
+        "reason": report["reason"], "front": ranking.get("front"), "ranking": ranking.get("ranking"),
+        "base": ranking.get("base"),
+        "checkpoints": {name: {k: row.get(k) for k in ("step", "status", "rank", "score", "metrics", "normalised",
+                                                       "gates", "reasons")}
+                        for name, row in (ranking.get("checkpoints") or {}).items()},
+        "intervals": {name: agg["weights"].get(ranked_weight) for name, agg in aggregates.items()
+                      if name != BASE_ROW},
+    }
+    write_json_atomic(out_dir / COMPARISON_NAME, comparison)
+    files.update(curves=CURVES_PNG, comparison=COMPARISON_NAME, comparison_png=COMPARISON_PNG)
+    return files

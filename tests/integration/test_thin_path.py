@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from castlab.errors import InputError
+from castlab.evaluate.registry import read_registry
 from castlab.labelstudio import client
 from castlab.manifest import Manifest
 
@@ -144,11 +145,37 @@ def test_thin_path_end_to_end(ls_env, tmp_path: Path):
     checkpoints = train(training_toml=data["training_toml"])
     assert checkpoints and all(Path(c).suffix == ".safetensors" for c in checkpoints)
 
-    report = evaluate(checkpoints=checkpoints, out_dir=str(tmp_path / "eval"))
-    quality = json.loads((tmp_path / "eval" / "quality_evaluation.json").read_text())
-    assert quality["profile"] == "tiny"
-    assert (tmp_path / "eval" / "comparison_grid.png").is_file()
-    assert report
+    # evaluate: the tiny models' scores are noise, so the gates are opened for the round trip to have pairs
+    gates = tmp_path / "evaluation.yaml"
+    gates.write_text("evaluation:\n  seeds: [1, 2]\n  steps: 2\n  lora_weights: [1.0]\n  gates: {max_leakage_gain: 9,"
+                     " max_drift: 2, max_memorisation: 1, min_diversity_ratio: 0}\n")
+    eval_dir = tmp_path / "eval"
+    report = evaluate(checkpoints=checkpoints, out_dir=str(eval_dir), config_files=[str(gates)])
+    quality = json.loads((eval_dir / "quality_evaluation.json").read_text())
+    assert quality["profile"] == "tiny" and quality["character"] == "Hero"  # references from the trained dataset
+    assert (eval_dir / "comparison.png").is_file() and (eval_dir / "grid_identity.png").is_file()
+    recommended = report["recommended"]
+    assert recommended in [Path(c).stem for c in checkpoints]  # nothing gated: one of them is recommended
+    entry = read_registry()[quality["checkpoints"][0]["output_name"]]
+    assert entry["chosen_by"] == "castlab" and Path(entry["file"]).stem == recommended
+
+    # the reviewers always prefer the other checkpoint: review-sync ranks it first and registers it
+    pushed = report["labelstudio"]
+    assert pushed["tasks"] > 0 and pushed["new_tasks"] == pushed["tasks"]
+    mapping = json.loads((eval_dir / "checkpoints_push.json").read_text())["pairs"]
+    preferred = next(Path(c).stem for c in checkpoints if Path(c).stem != recommended)
+    for task in client.list_tasks(ls, pushed["project_id"]):
+        pair = mapping[task["data"]["castlab_key"]]
+        side = "left" if pair["left"] == preferred else "right"
+        client.create_annotation(ls, task["id"], [{"from_name": "pick", "to_name": "pick", "type": "pairwise",
+                                                   "value": {"selected": side}}])
+    synced = review_sync(run_dir=str(eval_dir))["checkpoints"]
+    assert synced["chosen"] == preferred and synced["ranking"][0] == preferred
+    assert synced["agreement"]["top1_hit"] is False and synced["agreement"]["kendall_tau"] == -1.0
+    entry = read_registry()[quality["checkpoints"][0]["output_name"]]
+    assert entry["chosen_by"] == "reviewers" and Path(entry["file"]).stem == preferred
+    assert evaluate(checkpoints=checkpoints, out_dir=str(eval_dir), config_files=[str(gates)],
+                    force=True)["labelstudio"]["new_tasks"] == 0  # re-running never duplicates tasks
 
 
 def _media(ls_server, name: str) -> Path:

@@ -1,120 +1,212 @@
+"""Checkpoint evaluation end to end on the tiny profile: a character dataset (and a rival character's), a tiny LoRA
+trained on it (untrained, early, final checkpoints), the suite rendered for the base model and every checkpoint at
+two weights, scored, gated, ranked, and the outputs written."""
+
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
 from PIL import Image
+from safetensors.torch import load_file, save_file
+from training_pairs import RES, concept_images, write_pair
 
 from castlab.config import load_config
-from castlab.errors import InputError
-from castlab.evaluate.stage import (
-    GRID_NAME,
-    REPORT_NAME,
-    evaluate_checkpoints,
-    evaluation_prompts,
-    with_trained_trigger,
-)
-from castlab.models.diffusion import load_base_pipeline
-from castlab.models.kohya import save_kohya_lora
+from castlab.errors import ConfigError, InputError
+from castlab.evaluate.ranking import STATUSES
+from castlab.evaluate.render import RenderSettings, render_suite
+from castlab.evaluate.stage import COMPARISON_NAME, REPORT_NAME, evaluate_checkpoints, registry_entry
+from castlab.evaluate.suite import PromptSpec, scoring_text, suite_prompts
+from castlab.models.kohya import read_kohya_metadata
+
+SMALL_SUITE = """
+identity:
+  front: "{trigger} {class_word}, front view"
+  profile: "{trigger} {class_word}, side view"
+editability:
+  place: "{trigger} {class_word} on a beach"
+leakage:
+  class_word: "a {class_word}, front view"
+"""
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return load_config(profile="tiny", extra={"evaluation": {"steps": 2}})
+def cfg(tmp_path_factory):
+    suite = tmp_path_factory.mktemp("suite") / "small.yaml"
+    suite.write_text(SMALL_SUITE)
+    return load_config(profile="tiny", extra={"evaluation": {
+        "suite": str(suite), "steps": 2, "seeds": [1, 2], "bootstrap": 50, "caption_prompts": 1,
+        "identity": {"region": "image"}}})
 
 
-def random_lora(cfg, path: Path, seed: int, strength: float) -> Path:
-    """A kohya LoRA with random (non-zero) weights on the tiny base UNet: no training needed."""
-    pipe, version = load_base_pipeline(cfg)
-    torch.manual_seed(seed)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    state = {k: torch.randn_like(v) * strength for k, v in get_peft_model_state_dict(pipe.unet).items()}
-    meta = {"ss_network_dim": 4, "ss_network_alpha": 2.0, "ss_steps": seed, "ss_clip_skip": 2,
-            "castlab_profile": "tiny", "castlab_model_version": f"tiny-lora-test-{seed}@{version}",
-            "castlab_base_model_version": version}
-    return save_kohya_lora(state, path, 2.0, meta)
+def write_dataset(folder: Path, character: str, trigger: str, images: list[Image.Image]) -> Path:
+    """A castlab dataset folder (metadata.json + images) as `castlab dataset` writes it, trimmed to what evaluation
+    reads."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for k, image in enumerate(images):
+        image.save(folder / "images" / f"{k}.png")
+        entries.append({"name": str(k), "image": f"images/{k}.png", "split": "train" if k < len(images) - 1 else
+                        "val", "view": ["front", "profile"][k % 2], "caption": f"{trigger} disc, picture {k}"})
+    meta = {"format": "castlab-dataset/1", "character": character, "trigger": trigger, "class_word": "disc",
+            "images": entries}
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    return folder
 
 
 @pytest.fixture(scope="module")
-def checkpoints(models_workspace, cfg, tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("ckpt")
-    return [random_lora(cfg, folder / "lora-a.safetensors", 1, 0.5),
-            random_lora(cfg, folder / "lora-b.safetensors", 2, 0.5)]
+def trained(models_workspace, cfg, tmp_path_factory):
+    """(hero dataset folder, [untrained, early, final] checkpoints) trained on the hero's red discs."""
+    from castlab.models.diffusion import base_model_source, load_base_pipeline
+
+    load_base_pipeline(cfg)
+    root = tmp_path_factory.mktemp("datasets")
+    hero = write_dataset(root / "zorvik", "Zorvik", "zorvik", [i.convert("RGB") for i in concept_images(5)])
+    blue = [Image.fromarray(np.asarray(i.convert("RGB"))[..., ::-1].copy()) for i in concept_images(5)]
+    write_dataset(root / "blubo", "Blubo", "blubo", blue)
+    toml = write_pair(hero, [i.convert("RGB") for i in concept_images(4)], "zorvik disc",
+                      base_model=base_model_source(cfg), steps=20,
+                      extra={"learning_rate": 1e-2, "network_alpha": 8, "save_every_n_steps": 10})
+    from trainers.loop import run_training
+
+    result = run_training(toml, cfg, progress=False)
+    early, final = result.checkpoints
+    state = load_file(str(final))
+    meta = read_kohya_metadata(final)
+    untrained = final.with_name("concept-untrained.safetensors")
+    save_file({k: torch.zeros_like(v) if "lora_up" in k else v for k, v in state.items()},
+              str(untrained), {**meta, "ss_steps": "0"})
+    return hero, [untrained, early, final]
 
 
 @pytest.fixture(scope="module")
-def report(checkpoints, cfg, tmp_path_factory) -> dict:
-    return evaluate_checkpoints(checkpoints, tmp_path_factory.mktemp("eval") / "out", cfg)
+def report(trained, cfg, tmp_path_factory):
+    return evaluate_checkpoints(trained[1], tmp_path_factory.mktemp("eval") / "out", cfg)
 
 
-def pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+def pixels(out: Path, render: dict) -> np.ndarray:
+    return np.asarray(Image.open(out / render["file"]).convert("RGB"), np.int16)
 
 
-def test_report_and_files(report, cfg):
+def test_outputs_and_every_image_scored(report, trained, cfg):
     out = Path(report["out_dir"])
+    specs = report["suite"]["prompts"]
+    families = {s["family"] for s in specs}
+    assert families == {"identity", "editability", "leakage", "caption"}
+    per_state = len(specs) * len(cfg.evaluation.seeds)
+    assert len(report["renders"]) == per_state * (1 + 3 * 2)  # base + 3 checkpoints x 2 weights
+    assert len(list((out / "base").glob("*.png"))) == per_state
+    for name in ("concept-untrained", "concept-step00000010", "concept"):
+        for weight in ("1.0", "0.7"):
+            assert len(list((out / name / f"w{weight}").glob("*.png"))) == per_state
+    for name in [f"grid_{f}.png" for f in families] + ["metrics_by_step.png", "comparison.png"]:
+        with Image.open(out / name) as im:
+            assert im.width > 200 and im.height > 100
     saved = json.loads((out / REPORT_NAME).read_text())
-    prompts, seeds = evaluation_prompts(cfg), cfg.evaluation.seeds
-    assert saved["prompts"] == prompts and saved["seeds"] == seeds
-    assert all("cstlb character" in p and "{" not in p for p in prompts)
-    assert saved["profile"] == "tiny"
-    assert all(v.startswith("tiny-") for v in saved["model_versions"].values())
-    rows = [saved["baseline"]] + saved["checkpoints"]
-    assert [r["name"] for r in rows] == ["base", "lora-a", "lora-b"]
-    for row in rows:
-        assert len(row["images"]) == len(prompts) * len(seeds)
-        scores = [im["clip_t"] for im in row["images"]]
-        assert row["clip_t_mean"] == pytest.approx(float(np.mean(scores)))
-        for im in row["images"]:
-            assert im["file"] == f"{row['name']}/{im['prompt_index']}_{im['seed']}.png"
-            assert pixels(out / im["file"]).shape == (64, 64, 3)
-    for row in saved["checkpoints"]:
-        assert row["model_version"].startswith("tiny-lora-")
-    means = {r["name"]: r["clip_t_mean"] for r in saved["checkpoints"]}
-    assert saved["ranking"] == sorted(means, key=lambda n: -means[n])
-    assert [r["rank"] for r in sorted(saved["checkpoints"], key=lambda r: r["rank"])] == [1, 2]
-    assert Path(saved["best"]).stem == saved["ranking"][0]
-    grid = Image.open(out / GRID_NAME)
-    assert grid.width > 4 * 128 and grid.height > 3 * 128
+    assert saved["note"].startswith("tiny profile") and saved["profile"] == "tiny"
+    assert saved["dataset"] is None and saved["character"] == "Zorvik"  # found through castlab_dataset
+    assert set(saved["references"]["crops"]) == {"Zorvik", "Blubo"}  # the rival is the sibling dataset
+    for render in saved["renders"]:
+        assert isinstance(render["identity_margin"], float) and isinstance(render["clip_t"], float)
+        assert isinstance(render["memorisation"], float)
+        assert (render["drift"] is not None) == (render["family"] == "leakage")
+        assert "zorvik" not in render["scoring_prompt"]  # CLIP-T reads the class word, not the trigger
+    base_leak = [r for r in saved["renders"] if r["checkpoint"] == "base" and r["family"] == "leakage"]
+    assert base_leak and all(r["drift"] == 0.0 for r in base_leak)
+    comparison = json.loads((out / COMPARISON_NAME).read_text())
+    assert set(comparison["checkpoints"]) == {"concept-untrained", "concept-step00000010", "concept"}
+    for row in comparison["checkpoints"].values():
+        assert row["status"] in STATUSES and row["reasons"]
+    assert report["recommended"] in (comparison["front"] or [None])
+    assert saved["aggregates"]["concept"]["weights"]["1.0"]["identity"]["low"] <= \
+        saved["aggregates"]["concept"]["weights"]["1.0"]["identity"]["mean"]
 
 
-def test_same_seed_same_checkpoint_same_image(report, checkpoints, cfg, tmp_path):
-    again = evaluate_checkpoints(checkpoints[:1], tmp_path / "again", cfg)
-    first, second = Path(report["out_dir"]), Path(again["out_dir"])
-    for row in ("base", "lora-a"):
-        for png in sorted((first / row).glob("*.png")):
-            assert np.array_equal(pixels(png), pixels(second / row / png.name)), png.name
-    # different seed, or different LoRA → different image
-    assert not np.array_equal(pixels(first / "lora-a" / "0_1.png"), pixels(first / "lora-a" / "0_2.png"))
-    assert not np.array_equal(pixels(first / "lora-a" / "0_1.png"), pixels(first / "base" / "0_1.png"))
-    assert not np.array_equal(pixels(first / "lora-a" / "0_1.png"), pixels(first / "lora-b" / "0_1.png"))
-    assert again["checkpoints"][0]["clip_t_mean"] == report["checkpoints"][0]["clip_t_mean"]
+def test_the_lora_is_applied_at_its_weight_and_removed_after(report):
+    out = Path(report["out_dir"])
+    renders = {(r["checkpoint"], r["weight"], r["prompt_id"], r["seed"]): r for r in report["renders"]}
+    key = ("identity/front", 1)
+    base = pixels(out, renders[("base", None, *key)])
+    # a LoRA of zeros renders the base model's image; the trained one changes it, more at weight 1 than 0.7
+    assert np.array_equal(pixels(out, renders[("concept-untrained", 1.0, *key)]), base)
+    full = np.abs(pixels(out, renders[("concept", 1.0, *key)]) - base).mean()
+    part = np.abs(pixels(out, renders[("concept", 0.7, *key)]) - base).mean()
+    assert full > part > 0
+    untrained = [r for r in report["renders"] if r["checkpoint"] == "concept-untrained" and r["family"] == "leakage"]
+    assert all(r["drift"] < 1e-5 for r in untrained)  # no drift from the base model
 
 
-def test_refuses_to_overwrite_and_bad_checkpoints(report, checkpoints, cfg, tmp_path):
+def test_rerun_reuses_images_rendered_with_the_same_settings(report, trained, cfg):
+    out = Path(report["out_dir"])
     with pytest.raises(InputError, match="pass --force"):
-        evaluate_checkpoints(checkpoints, Path(report["out_dir"]), cfg)
-    with pytest.raises(InputError, match="no checkpoints"):
-        evaluate_checkpoints([], tmp_path / "none", cfg)
-    with pytest.raises(InputError, match="LoRA checkpoint does not exist"):
-        evaluate_checkpoints([tmp_path / "missing.safetensors"], tmp_path / "x", cfg)
-    junk = tmp_path / "junk.safetensors"
-    junk.write_bytes(b"not a safetensors file")
-    with pytest.raises(InputError, match="not a readable safetensors"):
-        evaluate_checkpoints([junk], tmp_path / "y", cfg)
-    with pytest.raises(InputError, match="unique"):
-        evaluate_checkpoints([checkpoints[0], checkpoints[0]], tmp_path / "z", cfg)
-    with pytest.raises(InputError, match="tiny profile"):
-        evaluate_checkpoints(checkpoints, tmp_path / "full", load_config(profile="full"))
+        evaluate_checkpoints(trained[1], out, cfg)
+    first = {p: p.stat().st_mtime_ns for p in out.glob("*/w1.0/*.png")}
+    again = evaluate_checkpoints(trained[1], out, cfg, force=True)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/w1.0/*.png")} == first  # resumed, not re-rendered
+    assert again["recommended"] == report["recommended"]
+    assert [r["identity_margin"] for r in again["renders"]] == [r["identity_margin"] for r in report["renders"]]
 
 
-def test_prompts_use_the_trigger_the_checkpoints_were_trained_with(cfg):
-    trained = with_trained_trigger(cfg, [{"castlab_class_tokens": "godum rabbit"}] * 2)
-    assert all(p.startswith("godum rabbit, ") for p in evaluation_prompts(trained))
-    assert "checkpoint metadata" in trained.origin("dataset.trigger_token")
-    for metas in ([{}], [{"castlab_class_tokens": "a x"}, {"castlab_class_tokens": "b x"}],
-                  [{"castlab_class_tokens": "a x | b y"}], [{"castlab_class_tokens": "lonely"}]):
-        assert evaluation_prompts(with_trained_trigger(cfg, metas)) == evaluation_prompts(cfg)
+def test_a_batch_renders_what_single_images_render(models_workspace, cfg, tmp_path):
+    from castlab.models.diffusion import load_base_pipeline
+
+    pipe, _ = load_base_pipeline(cfg)
+    spec = [PromptSpec("identity", "identity/front", "zorvik disc, front", "disc, front")]
+    images = {}
+    for batch in (1, 3):
+        settings = RenderSettings((1, 2, 3), 2, 5.0, RES, RES, batch, 1)
+        records = render_suite(pipe, spec, settings, tmp_path / f"b{batch}", {"test": 1})
+        images[batch] = [np.asarray(Image.open(r["path"])) for r in records]
+    for single, batched in zip(images[1], images[3], strict=True):  # batched kernels round a few pixels apart
+        difference = np.abs(single.astype(np.int16) - batched)
+        assert difference.max() <= 1 and difference.mean() < 0.01
+    assert not np.array_equal(images[1][0], images[1][1])  # seeds differ
+
+
+def test_registry_entry_of_the_recommendation(report):
+    if report["recommended"] is None:
+        pytest.skip("nothing recommended in this tiny run")
+    entry = registry_entry(report, report["recommended"], "castlab")
+    assert entry["character"] == "Zorvik" and entry["trigger"] == "zorvik" and entry["arch"] == "sd15"
+    assert Path(entry["file"]).is_file() and entry["metrics"]["identity"] is not None
+
+
+def test_suite_prompts_and_their_errors(cfg, tmp_path):
+    character = cfg.with_overrides({"evaluation": {"suite": "character", "caption_prompts": 2}})
+    specs = suite_prompts(character, "zkx", "rabbit", ["zkx rabbit, jumping", "zkx rabbit, sitting", "no trigger"])
+    assert {s.family for s in specs} == {"identity", "editability", "leakage", "caption"}
+    assert [s.family for s in specs].count("caption") == 2 and all("zkx" in s.prompt for s in specs
+                                                                   if s.family != "leakage")
+    assert all("zkx" not in s.prompt for s in specs if s.family == "leakage")
+    assert scoring_text("zkx rabbit, portrait", "zkx", "rabbit") == "rabbit, portrait"
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("identity: {}\n")
+    with pytest.raises(InputError, match=r"empty\.yaml.*no identity prompts"):
+        suite_prompts(cfg.with_overrides({"evaluation": {"suite": str(empty)}}), "zkx", "rabbit")
+    leaky = tmp_path / "leaky.yaml"
+    leaky.write_text("identity: {a: '{trigger} {class_word}'}\nleakage: {b: '{trigger} at the beach'}\n")
+    with pytest.raises(ConfigError, match="leakage/b must not use"):
+        suite_prompts(cfg.with_overrides({"evaluation": {"suite": str(leaky)}}), "zkx", "rabbit")
+    with pytest.raises(ConfigError, match="no suite file"):
+        suite_prompts(cfg.with_overrides({"evaluation": {"suite": "nope"}}), "zkx", "rabbit")
+
+
+def test_bad_inputs_are_named(trained, cfg, tmp_path):
+    hero, checkpoints = trained
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(foreign))
+    with pytest.raises(InputError, match="foreign"):
+        evaluate_checkpoints([foreign], tmp_path / "a", cfg, dataset=hero)
+    sdxl = tmp_path / "xl.safetensors"
+    meta = read_kohya_metadata(checkpoints[-1])
+    save_file(load_file(str(checkpoints[-1])), str(sdxl),
+              {**meta, "modelspec.architecture": "stable-diffusion-xl-v1-base/lora"})
+    with pytest.raises(InputError, match=r"xl\.safetensors.*stable-diffusion-xl.*base model is SD1"):
+        evaluate_checkpoints([sdxl], tmp_path / "b", cfg, dataset=hero)
+    with pytest.raises(InputError, match="not a castlab dataset"):
+        evaluate_checkpoints(checkpoints[-1:], tmp_path / "c", cfg, dataset=tmp_path)
+    orphan = tmp_path / "orphan.safetensors"
+    save_file(load_file(str(checkpoints[-1])), str(orphan), {**meta, "castlab_dataset": ""})
+    with pytest.raises(InputError, match="no reference set"):
+        evaluate_checkpoints([orphan], tmp_path / "d", cfg)

@@ -28,7 +28,7 @@ def test_each_project_config_maps_to_its_kind(name, kind):
 def test_every_project_config_is_known():
     """A new label config must be given a kind here (or be refused on purpose, as the cluster review is)."""
     assert {p.name for p in CONFIGS.glob("*.xml")} == {
-        "masks.xml", "identity_instances.xml", "captions.xml", "identity_clusters.xml",
+        "masks.xml", "identity_instances.xml", "captions.xml", "identity_clusters.xml", "checkpoints.xml",
     }  # fmt: skip
 
 
@@ -42,6 +42,7 @@ def test_the_parse_gives_each_predictor_its_facts():
     ("xml", "problem"),
     [
         (_xml("identity_clusters.xml"), "Choices 'decision', TextArea 'name', Choices 'merge_into'"),
+        (_xml("checkpoints.xml"), "Choices 'verdict'"),  # a blind pick: no suggestions, on purpose
         ('<View><Image name="i" value="$image"/></View>', "no BrushLabels control on an Image"),
         ('<View><Text name="t" value="$text"/><Choices name="c" toName="t"/></View>', "Choices 'c'"),
         ("<View><Image name='i' value='$image'/>", "not valid XML"),

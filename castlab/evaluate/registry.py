@@ -1,0 +1,160 @@
+"""The workspace's LoRA registry, ``<workspace>/loras.yaml``: the chosen checkpoint of every trained LoRA.
+
+One entry per LoRA name; registering a name again replaces its entry whole (nothing stale survives). The entry
+is the recommendation (``chosen_by: castlab``) until reviewers pick (``chosen_by: reviewers``). The generation
+tools read it. Layout::
+
+    loras:
+    - name: bunny                 # unique
+      character: Bunny
+      trigger: cstlb
+      class_word: character
+      base_model: <the base model's version>
+      arch: sd15 | sdxl
+      file: /abs/path/bunny-000400.safetensors
+      metrics: {identity: 0.41, prompt_following: 0.27, ...}   # the chosen checkpoint's aggregate means
+      chosen_by: castlab | reviewers
+      evaluation: <the evaluation folder>
+      profile: tiny | full        # the profile it was made under (tiny LoRAs are for tests and demos)
+      updated: 2025-01-01T12:00:00+00:00
+      # optional: checkpoint, step, weight, agreement
+
+Writes are atomic and serialised by a lock file beside the registry (read, replace the entry, write).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from castlab.config import Config
+from castlab.errors import InputError
+from castlab.workspace import workspace_root, write_text_atomic
+
+REGISTRY_NAME = "loras.yaml"
+ARCHES = ("sd15", "sdxl")
+CHOSEN_BY = ("castlab", "reviewers")
+REQUIRED = ("name", "character", "trigger", "class_word", "base_model", "arch", "file", "metrics", "chosen_by",
+            "evaluation")
+OPTIONAL = ("checkpoint", "step", "weight", "agreement", "profile", "updated")
+_HEADER = "# castlab LoRA registry: one entry per name, written by castlab (evaluate, review-sync)\n"
+
+
+def registry_path() -> Path:
+    """``<workspace>/loras.yaml``."""
+    return workspace_root() / REGISTRY_NAME
+
+
+def metric_means(metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    """``{metric: mean}`` from aggregates (``{metric: {"mean", "low", "high"} | None}``) or plain means."""
+    out: dict[str, float | None] = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            value = value.get("mean")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"metric {key!r} is {value!r}, not a number")
+        out[str(key)] = None if value is None or not math.isfinite(float(value)) else float(value)
+    return out
+
+
+def _text(entry: Mapping[str, Any], key: str, name: str) -> str:
+    value = entry.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"LoRA registry entry {name!r}: {key} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def check_entry(entry: Mapping[str, Any], check_file: bool = True) -> dict[str, Any]:
+    """The entry with its fields checked and normalised (ValueError naming the entry and field; InputError for a
+    LoRA file that is missing when `check_file`)."""
+    name = str(entry.get("name") or "?")
+    missing = [k for k in REQUIRED if entry.get(k) is None]
+    unknown = sorted(set(entry) - set(REQUIRED) - set(OPTIONAL))
+    if missing or unknown:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unknown fields {', '.join(unknown)}"] if unknown else [])
+        raise ValueError(f"LoRA registry entry {name!r}: {'; '.join(problems)}")
+    out = dict(entry)
+    for key in ("name", "character", "trigger", "class_word", "base_model"):
+        out[key] = _text(entry, key, name)
+    if entry["arch"] not in ARCHES:
+        raise ValueError(f"LoRA registry entry {name!r}: arch must be one of {ARCHES}, got {entry['arch']!r}")
+    if entry["chosen_by"] not in CHOSEN_BY:
+        raise ValueError(f"LoRA registry entry {name!r}: chosen_by must be one of {CHOSEN_BY}, "
+                         f"got {entry['chosen_by']!r}")
+    file = Path(_text(entry, "file", name))
+    if not file.is_absolute():
+        raise ValueError(f"LoRA registry entry {name!r}: file must be an absolute path, got {str(file)!r}")
+    if check_file and not file.is_file():
+        raise InputError(file, f"LoRA file of registry entry {name!r} does not exist")
+    out["file"] = str(file)
+    out["evaluation"] = _text(entry, "evaluation", name)
+    if not isinstance(entry["metrics"], Mapping):
+        raise ValueError(f"LoRA registry entry {name!r}: metrics must be a mapping, got {entry['metrics']!r}")
+    try:
+        out["metrics"] = metric_means(entry["metrics"])
+    except ValueError as exc:
+        raise ValueError(f"LoRA registry entry {name!r}: {exc}") from exc
+    return out
+
+
+def _load(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(path, f"is not a readable LoRA registry ({type(exc).__name__}: {exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("loras"), list):
+        raise InputError(path, "is not a LoRA registry: expected a mapping with a 'loras' list")
+    entries: dict[str, dict[str, Any]] = {}
+    for n, entry in enumerate(data["loras"]):
+        if not isinstance(entry, dict):
+            raise InputError(path, f"loras[{n}] is not a mapping")
+        try:
+            checked = check_entry(entry, check_file=False)
+        except ValueError as exc:
+            raise InputError(path, f"loras[{n}]: {exc}") from exc
+        if checked["name"] in entries:
+            raise InputError(path, f"loras[{n}]: name {checked['name']!r} appears twice")
+        entries[checked["name"]] = checked
+    return entries
+
+
+def read_registry(cfg: Config | None = None) -> dict[str, dict[str, Any]]:
+    """Every registered LoRA by name ({} without a registry); InputError naming the file when it is corrupt."""
+    return _load(registry_path())
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def register_lora(entry: Mapping[str, Any], cfg: Config) -> Path:
+    """Add or replace the entry named ``entry["name"]`` (checked by :func:`check_entry`; stamped with
+    ``cfg.profile`` and the time); returns the registry's path."""
+    checked = check_entry({**entry, "profile": entry.get("profile") or cfg.profile,
+                           "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    path = registry_path()
+    with _locked(path):
+        entries = _load(path)
+        entries[checked["name"]] = checked
+        body = yaml.safe_dump({"loras": [entries[k] for k in sorted(entries)]}, sort_keys=False, allow_unicode=True)
+        write_text_atomic(path, _HEADER + body)
+    return path
