@@ -212,6 +212,7 @@ class EvaluationSettings(Section):
     batch_size: int = Field(ge=1)  # images per pipeline call
     caption_prompts: int = Field(ge=0)  # training captions echoed as prompts
     bootstrap: int = Field(ge=10)  # resamples of the seeds for the intervals
+    pairs_per_matchup: int = Field(ge=1)  # blind pairs per two checkpoints in the checkpoints review
     identity: EvaluationIdentitySettings
     gates: EvaluationGates
 

@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from castlab.config import Config
-from castlab.workspace import Run
+from castlab.workspace import Run, relative_to_workspace
 from flows.common import LABEL_STUDIO_RETRIES, labelstudio, resolve_config
 
 
@@ -31,7 +31,7 @@ def push_pairs_task(out_dir: str, cfg: Config) -> dict[str, Any]:
     from castlab.labelstudio.projects.checkpoints import push_checkpoint_pairs
 
     report = json.loads((Path(out_dir) / REPORT_NAME).read_text(encoding="utf-8"))
-    pairs = pair_plan(report["ranking"], report["renders"], cfg)
+    pairs = pair_plan(report["ranking"], report["renders"], cfg, int(cfg.evaluation.pairs_per_matchup))
     return push_checkpoint_pairs(labelstudio(cfg) if pairs else None, Path(out_dir), pairs, cfg)
 
 
@@ -74,6 +74,8 @@ def evaluate(
 
     cfg = resolve_config(config_files, preset, profile)
     target = Path(out_dir) if out_dir else Run.create("evaluate", cfg).path
+    if push:  # Label Studio serves the blind pairs from the workspace: fail before rendering, not after
+        relative_to_workspace(target)
     report = evaluate_task(checkpoints, str(target), dataset, force, cfg)
     create_markdown_artifact(key="evaluation-report", markdown=summary_markdown(report),
                              description=f"checkpoint evaluation of {report['character']}")

@@ -22,7 +22,7 @@ def _stamp(image: Image.Image, draw: ImageDraw.ImageDraw) -> None:
 def family_grid(out_dir: Path, family: str, rows: list[tuple[str, str]], renders: list[dict[str, Any]],
                 tiny: bool, tile: int = 128) -> Image.Image:
     """Rows = base + checkpoints (name, label), columns = the family's prompts x seeds, same seed per column."""
-    columns = sorted({(r["prompt_id"], int(r["seed"])) for r in renders if r["family"] == family})
+    columns = list(dict.fromkeys((r["prompt_id"], int(r["seed"])) for r in renders if r["family"] == family))
     by_key = {(r["row"], r["prompt_id"], int(r["seed"])): r for r in renders if r["family"] == family}
     footer = 24 if tiny else 0
     layout = Grid(max(1, len(columns)), len(rows), (tile, tile), pad=4, left=230, top=34, bottom=footer)
@@ -50,7 +50,7 @@ def _axes(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], x_label: st
     left, top, right, bottom = box
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
     draw.text(((left + right) // 2 - 30, bottom + 20), x_label, fill="black", font=font(11))
-    draw.text((6, top - 16), y_label, fill="black", font=font(11))
+    draw.text((max(4, left - 40), top - 18), y_label, fill="black", font=font(11))
 
 
 def metric_curves(points: list[dict[str, Any]], base: dict[str, Any], tiny: bool) -> Image.Image:
@@ -95,8 +95,8 @@ def metric_curves(points: list[dict[str, Any]], base: dict[str, Any], tiny: bool
         for step, m in series:
             x, y = xy(step, m["mean"])
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        draw.text((ox + 4, box[1] - 2), f"{high:.3f}", fill="black", font=font(9))
-        draw.text((ox + 4, box[3] - 8), f"{low:.3f}", fill="black", font=font(9))
+        draw.text((ox + 2, box[1] - 2), f"{high:.4g}", fill="black", font=font(9))
+        draw.text((ox + 2, box[3] - 8), f"{low:.4g}", fill="black", font=font(9))
         draw.text((box[0], box[3] + 4), str(s_low), fill="black", font=font(9))
         draw.text((box[2] - 30, box[3] + 4), str(s_high), fill="black", font=font(9))
     if tiny:
@@ -110,7 +110,7 @@ def comparison_plot(ranking: dict[str, Any], tiny: bool) -> Image.Image:
     width, height, margin = 760, 520, 64
     image = Image.new("RGB", (width, height + (24 if tiny else 0)), "white")
     draw = ImageDraw.Draw(image)
-    box = (margin, 40, width - 180, height - margin)
+    box = (margin, 40, width - 240, height - margin)
     _axes(draw, box, "identity margin", "prompt following (CLIP-T)")
     rows = dict(ranking.get("checkpoints") or {})
     base = (ranking.get("base") or {}).get("metrics") or {}
@@ -143,13 +143,15 @@ def comparison_plot(ranking: dict[str, Any], tiny: bool) -> Image.Image:
             draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
         if status == "recommended":
             draw.ellipse([x - 9, y - 9, x + 9, y + 9], outline=colour, width=2)
-        draw.text((x + 8, y - 6), name[-22:], fill=colour, font=font(10))
+        draw.text((x + 8, y - 6), name if len(name) <= 30 else "…" + name[-29:], fill=colour, font=font(10))
     for k, (status, colour) in enumerate(STATUS_COLOURS.items()):
-        draw.text((width - 165, 50 + 18 * k), f"● {status}", fill=colour, font=font(11))
-    draw.text((box[0], box[3] + 6), f"{x_low:.3f}", fill="black", font=font(9))
-    draw.text((box[2] - 40, box[3] + 6), f"{x_low + x_span:.3f}", fill="black", font=font(9))
-    draw.text((4, box[3] - 14), f"{y_low:.3f}", fill="black", font=font(9))
-    draw.text((4, box[1]), f"{y_low + y_span:.3f}", fill="black", font=font(9))
+        y = height - margin - 18 * (len(STATUS_COLOURS) - k)
+        draw.ellipse([width - 160, y + 3, width - 152, y + 11], fill=colour)
+        draw.text((width - 145, y), status, fill=colour, font=font(11))
+    draw.text((box[0], box[3] + 6), f"{x_low:.4g}", fill="black", font=font(9))
+    draw.text((box[2] - 40, box[3] + 6), f"{x_low + x_span:.4g}", fill="black", font=font(9))
+    draw.text((4, box[3] - 14), f"{y_low:.4g}", fill="black", font=font(9))
+    draw.text((4, box[1]), f"{y_low + y_span:.4g}", fill="black", font=font(9))
     if tiny:
         _stamp(image, draw)
     return image

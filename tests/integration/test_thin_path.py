@@ -149,8 +149,10 @@ def test_thin_path_end_to_end(ls_env, tmp_path: Path):
     gates = tmp_path / "evaluation.yaml"
     gates.write_text("evaluation:\n  seeds: [1, 2]\n  steps: 2\n  lora_weights: [1.0]\n  gates: {max_leakage_gain: 9,"
                      " max_drift: 2, max_memorisation: 1, min_diversity_ratio: 0}\n")
-    eval_dir = tmp_path / "eval"
-    report = evaluate(checkpoints=checkpoints, out_dir=str(eval_dir), config_files=[str(gates)])
+    with pytest.raises(InputError, match="outside the workspace root"):  # LS could not serve the pairs
+        evaluate(checkpoints=checkpoints, out_dir=str(tmp_path / "eval"), config_files=[str(gates)])
+    report = evaluate(checkpoints=checkpoints, config_files=[str(gates)])  # a new evaluate run folder
+    eval_dir = Path(report["out_dir"])
     quality = json.loads((eval_dir / "quality_evaluation.json").read_text())
     assert quality["profile"] == "tiny" and quality["character"] == "Hero"  # references from the trained dataset
     assert (eval_dir / "comparison.png").is_file() and (eval_dir / "grid_identity.png").is_file()

@@ -210,3 +210,22 @@ def test_bad_inputs_are_named(trained, cfg, tmp_path):
     save_file(load_file(str(checkpoints[-1])), str(orphan), {**meta, "castlab_dataset": ""})
     with pytest.raises(InputError, match="no reference set"):
         evaluate_checkpoints([orphan], tmp_path / "d", cfg)
+
+
+def test_an_sdxl_base_and_its_loras(trained, cfg, tmp_path):
+    from castlab.models.diffusion import base_model_source, load_base_pipeline
+    from trainers.loop import run_training
+
+    xl = cfg.with_overrides({"models": {"tiny": {"base_model": {"arch": "sdxl-tiny"}}},
+                             "evaluation": {"lora_weights": [1.0], "caption_prompts": 0}})
+    load_base_pipeline(xl)
+    hero = write_dataset(tmp_path / "zorvik", "Zorvik", "zorvik", [i.convert("RGB") for i in concept_images(3)])
+    toml = write_pair(hero, [i.convert("RGB") for i in concept_images(2)], "zorvik disc",
+                      base_model=base_model_source(xl), steps=2, dataset_extra={"bucket_reso_steps": 32})
+    final = run_training(toml, xl, progress=False).checkpoints[-1]
+    report = evaluate_checkpoints([final], tmp_path / "eval", xl)
+    assert report["model_versions"]["base_model"].startswith("tiny-sdxl-")
+    assert len(report["renders"]) == 2 * 4 * 2  # (base + 1 checkpoint) x 4 prompts x 2 seeds
+    assert report["ranking"]["checkpoints"]["concept"]["status"] in STATUSES
+    with pytest.raises(InputError, match="stable-diffusion-v1.*base model is SDXL"):  # an SD1.5 LoRA, SDXL base
+        evaluate_checkpoints(trained[1][-1:], tmp_path / "eval2", xl)
