@@ -29,3 +29,16 @@ def cache_root(what: str) -> Path:
         except OSError:
             continue
     raise OSError(f"no writable cache folder for {what}")
+
+
+def hub_or_folder(source: str, setting: str) -> tuple[str, str]:
+    """(what to pass to ``from_pretrained``, a display name) for a hub id or a local folder named by `setting`;
+    a path that looks local but does not exist is a :class:`ConfigError` naming the setting."""
+    from castlab.errors import ConfigError
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return str(path), path.name
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise ConfigError(f"{setting}: folder {path} does not exist")
+    return source, source

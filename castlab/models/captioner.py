@@ -37,7 +37,7 @@ import torch
 
 from castlab.config import Config
 from castlab.errors import ConfigError
-from castlab.models import cache_root
+from castlab.models import cache_root, hub_or_folder
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -470,13 +470,7 @@ def _load_full(settings: dict[str, Any]) -> Captioner:
         raise ConfigError(f"{prefix}.model is not set: a transformers image-text-to-text model (hub id or folder)")
     revision = settings.revision or None
     local_only = bool(settings.local_files_only)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        source, name = str(path), path.name
-    elif source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise ConfigError(f"{prefix}.model: folder {path} does not exist")
-    else:
-        name = source
+    source, name = hub_or_folder(source, f"{prefix}.model")
     device = str(settings.device or "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

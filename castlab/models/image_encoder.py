@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 
 from castlab.config import Config
 from castlab.errors import ConfigError
+from castlab.models import hub_or_folder
 
 TINY_ARCH = "tiny-dinov2"
 TINY_SIZE = 64
@@ -110,13 +110,7 @@ def _load_full(cfg: Config, device: str) -> ImageEncoder:
         raise ConfigError(f"{prefix}.model is not set: a DINOv2 hub id (e.g. facebook/dinov2-base) or local folder")
     local_only = bool(settings.local_files_only)
     revision = settings.revision or None
-    path = Path(source).expanduser()
-    if path.is_dir():
-        source, name = str(path), path.name
-    elif source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise ConfigError(f"{prefix}.model: folder {path} does not exist")
-    else:
-        name = source
+    source, name = hub_or_folder(source, f"{prefix}.model")
     kwargs: dict[str, Any] = {"revision": revision, "local_files_only": local_only}
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
