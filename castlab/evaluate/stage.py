@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from castlab.config import Config
 from castlab.errors import InputError
-from castlab.evaluate import pictures
+from castlab.evaluate.pictures import comparison_plot, family_grid, metric_curves
 from castlab.evaluate.ranking import aggregate, rank, weight_key
 from castlab.evaluate.render import RenderSettings, render_suite
 from castlab.evaluate.suite import PromptSpec, suite_path, suite_prompts
@@ -119,7 +119,7 @@ def load_reference_set(dataset: Path, cfg: Config) -> dict[str, Any]:
     return {"character": str(meta["character"]), "trigger": str(meta.get("trigger") or ""),
             "class_word": str(meta.get("class_word") or ""), "crops": crops,
             "train_images": [_open(dataset, e) for e in train],
-            "captions": [str(e.get("caption") or "") for e in train], "base_model": meta.get("base_model")}
+            "captions": [str(e.get("caption") or "") for e in train]}
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
@@ -130,6 +130,14 @@ def render_settings(cfg: Config, clip_skip: int) -> RenderSettings:
     return RenderSettings(tuple(int(s) for s in cfg.evaluation.seeds), int(cfg.evaluation.steps),
                           float(cfg.evaluation.guidance_scale), size, size, int(cfg.evaluation.batch_size),
                           clip_skip)
+
+
+def _file_stamp(path: Path | None) -> list[Any] | None:
+    """Size and modification time of a checkpoint file: a retrained file at the same path is rendered again."""
+    if path is None:
+        return None
+    stat = Path(path).stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _states(checkpoints: list[Path], metas: list[dict[str, str]], cfg: Config) -> list[dict[str, Any]]:
@@ -161,7 +169,8 @@ def evaluate_checkpoints(checkpoints: list[Path], out_dir: Path, cfg: Config, de
     metas = read_checkpoints(checkpoints, cfg)
     if (out_dir / REPORT_NAME).exists() and not force:
         raise InputError(out_dir, f"already holds {REPORT_NAME} (pass --force to evaluate again)")
-    refs_in = load_reference_set(resolve_dataset(dataset, metas), cfg)
+    dataset = resolve_dataset(dataset, metas)
+    refs_in = load_reference_set(dataset, cfg)
     character, trigger, class_word = refs_in["character"], refs_in["trigger"], refs_in["class_word"]
     specs = suite_prompts(cfg, trigger, class_word, refs_in["captions"])
 
@@ -171,7 +180,7 @@ def evaluate_checkpoints(checkpoints: list[Path], out_dir: Path, cfg: Config, de
     encoder = load_image_encoder(cfg, device)
     analyzer = load_face_analyzer(cfg, device) if cfg.evaluation.identity.region == "face" else None
     embedder = load_embedder(cfg, device)
-    refs = build_references(refs_in["crops"], encoder, analyzer, cfg, source=str(dataset or "dataset"))
+    refs = build_references(refs_in["crops"], encoder, analyzer, cfg, source=str(dataset))
     train_embeddings = embed_training_images(refs_in["train_images"], encoder, cfg)
 
     states = _states(checkpoints, metas, cfg)
@@ -189,7 +198,8 @@ def evaluate_checkpoints(checkpoints: list[Path], out_dir: Path, cfg: Config, de
                 pipe.set_adapters([adapter], adapter_weights=[state["weight"]])
             try:
                 key = {"base_model": base_version, "checkpoint": str(state["path"] or ""),
-                       "weight": state["weight"], "suite": [s.to_dict() for s in specs]}
+                       "checkpoint_file": _file_stamp(state["path"]), "weight": state["weight"],
+                       "suite": [s.to_dict() for s in specs]}
                 records = render_suite(pipe, specs, settings, out_dir / state["folder"], key, bar)
             finally:
                 if state["path"] is not None:
@@ -222,7 +232,7 @@ def evaluate_checkpoints(checkpoints: list[Path], out_dir: Path, cfg: Config, de
                            "embedder": embedder.model_version,
                            "faces": getattr(analyzer, "model_version", None)},
         "character": character, "trigger": trigger, "class_word": class_word,
-        "dataset": str(dataset) if dataset else None, "references": refs.meta,
+        "dataset": str(dataset), "references": refs.meta,
         "suite": {"file": str(suite_path(cfg)), "prompts": [s.to_dict() for s in specs]},
         "settings": {"seeds": list(settings.seeds), "steps": settings.steps,
                      "guidance_scale": settings.guidance_scale, "width": settings.width, "height": settings.height,
@@ -282,13 +292,13 @@ def write_outputs(out_dir: Path, report: dict[str, Any], states: list[dict[str, 
     files = {}
     for family in dict.fromkeys(s.family for s in specs):
         name = f"grid_{family}.png"
-        save_png(pictures.family_grid(out_dir, family, labels, report["renders"], tiny), out_dir / name)
+        save_png(family_grid(out_dir, family, labels, report["renders"], tiny), out_dir / name)
         files[f"grid_{family}"] = name
     points = sorted(({"step": s["step"], "metrics": aggregates[s["checkpoint"]]["weights"][ranked_weight]}
                      for s in shown if s["path"] is not None), key=lambda p: (p["step"] is None, p["step"] or 0))
     base = aggregates.get(BASE_ROW, {}).get("weights", {}).get("none", {})
-    save_png(pictures.metric_curves(points, base, tiny), out_dir / CURVES_PNG)
-    save_png(pictures.comparison_plot(ranking, tiny), out_dir / COMPARISON_PNG)
+    save_png(metric_curves(points, base, tiny), out_dir / CURVES_PNG)
+    save_png(comparison_plot(ranking, tiny), out_dir / COMPARISON_PNG)
     comparison = {
         "profile": report["profile"], "note": report["note"], "character": report["character"],
         "recommended": report["recommended"], "recommended_file": report["recommended_file"],

@@ -105,7 +105,7 @@ def test_outputs_and_every_image_scored(report, trained, cfg):
             assert im.width > 200 and im.height > 100
     saved = json.loads((out / REPORT_NAME).read_text())
     assert saved["note"].startswith("tiny profile") and saved["profile"] == "tiny"
-    assert saved["dataset"] is None and saved["character"] == "Zorvik"  # found through castlab_dataset
+    assert saved["dataset"] == str(trained[0].resolve()) and saved["character"] == "Zorvik"  # via castlab_dataset
     assert set(saved["references"]["crops"]) == {"Zorvik", "Blubo"}  # the rival is the sibling dataset
     for render in saved["renders"]:
         assert isinstance(render["identity_margin"], float) and isinstance(render["clip_t"], float)
