@@ -154,7 +154,7 @@ def step_stats(seconds: list[float]) -> dict:
     """Median and fastest step, the first excluded (it pays one-off allocations in both loops); the fastest is the
     one to compare when other processes share the CPUs (one busy core can slow a 2-thread torch step manyfold)."""
     rest = seconds[1:]
-    return {"step_s": float(np.median(rest)), "step_min_s": float(min(rest))}
+    return {"step_s": float(np.median(rest)), "step_min_s": float(min(rest)), "steps_s": [round(t, 3) for t in seconds]}
 
 
 def run_castlab(toml: Path, arch: str, base: str | None) -> dict:
@@ -293,6 +293,8 @@ def main() -> int:
     print(f"  fastest step: bare {bare['step_min_s'] * 1000:.1f} ms, castlab {ours['step_min_s'] * 1000:.1f} ms"
           f" -> castlab / bare = {ours['step_min_s'] / bare['step_min_s']:.3f} (castlab again:"
           f" {again['step_s'] * 1000:.1f} ms median, {again['step_min_s'] * 1000:.1f} ms fastest)")
+    for kind, result in results.items():
+        print(f"  {kind} step times (s): {' '.join(f'{t:.2f}' for t in result['steps_s'])}")
     print(f"  peak RSS: bare {bare['peak_rss_gb']:.2f} GB, castlab {ours['peak_rss_gb']:.2f} GB"
           f" -> ratio {ours['peak_rss_gb'] / bare['peak_rss_gb']:.2f}")
     print(f"  latent preparation: first run {ours['prepare_s']:.2f} s, second run {again['prepare_s']:.2f}"

@@ -166,7 +166,9 @@ def test_thin_path_end_to_end(ls_env, tmp_path: Path):
     assert pushed["tasks"] > 0 and pushed["new_tasks"] == pushed["tasks"]
     mapping = json.loads((eval_dir / "checkpoints_push.json").read_text())["pairs"]
     preferred = next(Path(c).stem for c in checkpoints if Path(c).stem != recommended)
-    for task in client.list_tasks(ls, pushed["project_id"]):
+    ours = [t for t in client.list_tasks(ls, pushed["project_id"]) if t["data"]["castlab_key"] in mapping]
+    assert len(ours) == pushed["tasks"]  # the project is shared by evaluations: each has its own tasks
+    for task in ours:
         pair = mapping[task["data"]["castlab_key"]]
         side = "left" if pair["left"] == preferred else "right"
         client.create_annotation(ls, task["id"], [{"from_name": "pick", "to_name": "pick", "type": "pairwise",
