@@ -16,6 +16,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from peft.tuners.tuners_utils import BaseTunerLayer
+from real_architectures import CLIP_G, CLIP_L, SD15_UNET, SDXL_UNET
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -39,25 +40,6 @@ from trainers.network import (
     unet_conv_modules,
     unet_target_modules,
 )
-
-# the real UNet configs (runwayml/stable-diffusion-v1-5 and stabilityai/stable-diffusion-xl-base-1.0 unet/config.json,
-# architecture keys only; the rest are diffusers' defaults)
-SD15_UNET = {
-    "sample_size": 64, "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
-    "cross_attention_dim": 768, "layers_per_block": 2,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}
-SDXL_UNET = {
-    "sample_size": 128, "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
-    "cross_attention_dim": 2048, "layers_per_block": 2, "transformer_layers_per_block": [1, 2, 10],
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "use_linear_projection": True,
-    "addition_embed_type": "text_time", "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
-}
-CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12}
-CLIP_G = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
-          "projection_dim": 1280}
 
 # sd-scripts' module counts: (without conv_dim, with conv_dim, the 3x3 convs among them) and per top-level block
 SDSCRIPTS_COUNTS = {"sd15": (192, 278, 50), "sdxl": (722, 788, 38)}
