@@ -45,9 +45,9 @@ DATASET_FORMAT = "castlab-dataset/"
 
 
 # -- inputs ---------------------------------------------------------------------------------------------------
-def read_checkpoints(checkpoints: list[Path], cfg: Config, sdxl: bool | None = None) -> list[dict[str, str]]:
-    """Each checkpoint's kohya metadata; clear errors for a missing or foreign file, a duplicate name, another
-    profile or (given `sdxl`) another base architecture."""
+def read_checkpoints(checkpoints: list[Path], cfg: Config) -> list[dict[str, str]]:
+    """Each checkpoint's kohya metadata; clear errors for a missing or foreign file, a duplicate name or another
+    profile."""
     from castlab.models.kohya import read_kohya_metadata
 
     if not checkpoints:
@@ -62,12 +62,17 @@ def read_checkpoints(checkpoints: list[Path], cfg: Config, sdxl: bool | None = N
         stamped = meta.get("castlab_profile")
         if stamped and stamped != cfg.profile:
             raise InputError(path, f"was trained under the {stamped} profile; evaluate it under that profile")
-        arch = str(meta.get("modelspec.architecture") or meta.get("ss_base_model_version") or "")
-        if sdxl is not None and arch and ("xl" in arch.lower()) != sdxl:
-            raise InputError(path, f"is a LoRA for {arch!r}, but the base model is "
-                                   f"{'SDXL' if sdxl else 'SD1.x'} (models.*.base_model)")
         metas.append(meta)
     return metas
+
+
+def check_architecture(checkpoints: list[Path], metas: list[dict[str, str]], sdxl: bool) -> None:
+    """A LoRA made for the other family (SD1.x vs SDXL) than the loaded base model is an error naming its file."""
+    for path, meta in zip(checkpoints, metas, strict=True):
+        arch = str(meta.get("modelspec.architecture") or meta.get("ss_base_model_version") or "")
+        if arch and ("xl" in arch.lower()) != sdxl:
+            raise InputError(path, f"is a LoRA for {arch!r}, but the base model is "
+                                   f"{'SDXL' if sdxl else 'SD1.x'} (models.*.base_model)")
 
 
 def _dataset_meta(folder: Path) -> dict[str, Any] | None:
@@ -140,24 +145,28 @@ def _file_stamp(path: Path | None) -> list[Any] | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+def _step(meta: dict[str, str]) -> int | None:
+    """The checkpoint's training step (sd-scripts' ``ss_steps``), None when not recorded."""
+    return int(meta["ss_steps"]) if str(meta.get("ss_steps", "")).isdigit() else None
+
+
 def _states(checkpoints: list[Path], metas: list[dict[str, str]], cfg: Config) -> list[dict[str, Any]]:
     """The model states rendered: the base model, then each checkpoint at each LoRA weight."""
     weights = [float(w) for w in cfg.evaluation.lora_weights]
     states = [{"row": BASE_ROW, "checkpoint": BASE_ROW, "path": None, "weight": None, "step": None,
-               "folder": BASE_ROW, "meta": {}}]
+               "folder": BASE_ROW}]
     for path, meta in zip(checkpoints, metas, strict=True):
-        step = int(meta["ss_steps"]) if str(meta.get("ss_steps", "")).isdigit() else None
+        step = _step(meta)
         for weight in weights:
             states.append({"row": f"{path.stem}@{weight_key(weight)}", "checkpoint": path.stem, "path": path,
-                           "weight": weight, "step": step, "folder": f"{path.stem}/w{weight_key(weight)}",
-                           "meta": meta})
+                           "weight": weight, "step": step, "folder": f"{path.stem}/w{weight_key(weight)}"})
     return states
 
 
 def evaluate_checkpoints(checkpoints: list[Path], out_dir: Path, cfg: Config, device: str = "cpu",
                          force: bool = False, dataset: Path | None = None) -> dict[str, Any]:
     """Render, score, gate and rank `checkpoints` against the base model (module docstring); the report."""
-    from castlab.evaluate.metrics import build_references, embed_training_images, score_images
+    from castlab.evaluate.metrics import base_embeddings, build_references, embed_training_images, score_images
     from castlab.models.diffusion import is_sdxl, load_base_pipeline
     from castlab.models.embedder import load_embedder
     from castlab.models.faces import load_face_analyzer
@@ -176,7 +185,7 @@ def evaluate_checkpoints(checkpoints: list[Path], out_dir: Path, cfg: Config, de
 
     pipe, base_version = load_base_pipeline(cfg, device)
     sdxl = is_sdxl(pipe)
-    read_checkpoints(checkpoints, cfg, sdxl)
+    check_architecture(checkpoints, metas, sdxl)
     encoder = load_image_encoder(cfg, device)
     analyzer = load_face_analyzer(cfg, device) if cfg.evaluation.identity.region == "face" else None
     embedder = load_embedder(cfg, device)
@@ -214,8 +223,7 @@ def evaluate_checkpoints(checkpoints: list[Path], out_dir: Path, cfg: Config, de
             scored, vectors = score_images(renders, images, refs, character, encoder, analyzer, embedder,
                                            train_embeddings, base_lookup, cfg)
             if state["path"] is None:
-                base_lookup = {(r["prompt_id"], int(r["seed"])): v for r, v in zip(scored, vectors, strict=True)
-                               if r["family"] == "leakage"}
+                base_lookup = base_embeddings(scored, vectors)
             rows += scored
             embeddings += list(vectors)
 
@@ -238,8 +246,8 @@ def evaluate_checkpoints(checkpoints: list[Path], out_dir: Path, cfg: Config, de
                      "guidance_scale": settings.guidance_scale, "width": settings.width, "height": settings.height,
                      "clip_skip": settings.clip_skip, "lora_weights": [float(w) for w in cfg.evaluation.lora_weights],
                      "identity": dict(cfg.evaluation.identity)},
-        "checkpoints": [{"name": c.stem, "file": str(c), "step": int(m["ss_steps"]) if str(m.get("ss_steps", ""))
-                         .isdigit() else None, "output_name": m.get("ss_output_name") or c.stem,
+        "checkpoints": [{"name": c.stem, "file": str(c), "step": _step(m),
+                         "output_name": m.get("ss_output_name") or c.stem,
                          "base_model_version": m.get("castlab_base_model_version")}
                         for c, m in zip(checkpoints, metas, strict=True)],
         "aggregates": aggregates, "ranking": ranking,
