@@ -251,7 +251,15 @@ class LabelStudioSettings(ServiceSettings):
 
 
 class PrefectSettings(ServiceSettings):
-    pass
+    work_pool: str = Field(min_length=1)
+    worker_port: int = Field(ge=1, le=65535)
+
+
+class OrchestrationSettings(Section):
+    task_runner: Literal["thread", "dask", "ray"]
+    address: str | None
+    workers: int = Field(ge=1)
+    gpus_per_task: float = Field(ge=0)
 
 
 class MlBackendSettings(ServiceSettings):
@@ -345,5 +353,6 @@ class Settings(Section):
     captions: CaptionsSettings
     labelstudio: LabelStudioSettings
     prefect: PrefectSettings
+    orchestration: OrchestrationSettings
     ml_backend: MlBackendSettings
     models: ModelsSettings

@@ -1,10 +1,13 @@
-"""The local stack on 127.0.0.1: Label Studio, the Prefect server and (optionally) castlab's ML backend.
+"""The local stack on 127.0.0.1: Label Studio, the Prefect server, a Prefect worker running castlab's
+deployments, and (optionally) castlab's ML backend.
 
 Each service runs as a detached :class:`~castlab.stack.process.ManagedProcess` with a pid file and a log
 file under ``<workspace>/stack/``. ``up`` checks every port before it starts anything and is idempotent;
 ``down`` stops what ``up`` started. Label Studio (:mod:`castlab.stack.labelstudio_server`) keeps its data in
 ``<workspace>/stack/labelstudio``; its admin login is generated once and kept in
 ``<workspace>/stack/labelstudio.credentials.json`` (mode 0600, :mod:`castlab.labelstudio.connection`).
+The worker (:mod:`castlab.stack.deployments`) starts once the Prefect server is healthy: ``up`` first creates the
+work pool and deploys ``prefect.yaml``; ``down`` stops the worker before the server it polls.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from castlab.workspace import stack_dir, workspace_root, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("labelstudio", "prefect", "ml_backend")
-DEFAULT_SERVICES = ("labelstudio", "prefect")
+SERVICES = ("labelstudio", "prefect", "worker", "ml_backend")
+DEFAULT_SERVICES = ("labelstudio", "prefect", "worker")
 
 
 def _labelstudio(cfg: Config, create_credentials: bool = False) -> LabelStudioServer:
@@ -107,6 +110,10 @@ def _services(services: Iterable[str]) -> list[str]:
 def _process(cfg: Config, name: str, create_credentials: bool = False) -> ManagedProcess:
     if name == "labelstudio":
         return _labelstudio(cfg, create_credentials).process
+    if name == "worker":
+        from castlab.stack.deployments import worker_process
+
+        return worker_process(cfg, prefect_api_url(cfg) or f"{_prefect(cfg).url}/api")
     return _prefect(cfg) if name == "prefect" else _ml_backend(cfg)
 
 
@@ -120,7 +127,7 @@ def up(cfg: Config, services: Iterable[str] = DEFAULT_SERVICES) -> dict[str, dic
         _process(cfg, name).check_port()
     started: dict[str, ManagedProcess] = {}
     result: dict[str, dict[str, Any]] = {}
-    for name in names:
+    for name in [n for n in names if n != "worker"]:
         if name == "labelstudio":
             server = _labelstudio(cfg, create_credentials=True)
             if server.process.record() is None and not (server.data_dir / "label_studio.sqlite3").exists():
@@ -135,11 +142,28 @@ def up(cfg: Config, services: Iterable[str] = DEFAULT_SERVICES) -> dict[str, dic
         result[name] = {"state": state, "url": proc.url, "log": str(proc.log_file)}
     for proc in started.values():
         proc.wait_healthy()
+    if "worker" in names:  # needs the Prefect server: pool and deployments first, then the worker
+        result["worker"] = _start_worker(cfg)
     for name in names:
         result[name]["pid"] = _process(cfg, name).pid()
     if "labelstudio" in result:
         result["labelstudio"]["credentials"] = str(credentials_path())
     return result
+
+
+def _start_worker(cfg: Config) -> dict[str, Any]:
+    from castlab.stack.deployments import deploy
+
+    api = prefect_api_url(cfg)
+    if api is None:
+        raise StackError("worker: no Prefect server answers (start it with `castlab up`, or set PREFECT_API_URL)")
+    deployed = deploy(cfg, api)
+    proc = _process(cfg, "worker")
+    fresh = proc.spawn()
+    if fresh:
+        proc.wait_healthy()
+    return {"state": "started" if fresh else "already running", "url": proc.url, "log": str(proc.log_file),
+            "work_pool": cfg.prefect.work_pool, "deployments": deployed}
 
 
 def down(cfg: Config, services: Iterable[str] = SERVICES) -> dict[str, str]:
