@@ -262,6 +262,10 @@ class OrchestrationSettings(Section):
     gpus_per_task: float = Field(ge=0)
 
 
+class ReviewsSettings(ServiceSettings):
+    complete_share: float = Field(gt=0.0, le=1.0)
+
+
 class MlBackendSettings(ServiceSettings):
     batch_budget_s: float = Field(ge=0)  # 0: one task per request
     preload_captioner: bool
@@ -354,5 +358,6 @@ class Settings(Section):
     labelstudio: LabelStudioSettings
     prefect: PrefectSettings
     orchestration: OrchestrationSettings
+    reviews: ReviewsSettings
     ml_backend: MlBackendSettings
     models: ModelsSettings

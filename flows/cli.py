@@ -33,6 +33,21 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"config_files": args.config, "preset": args.preset, "profile": args.profile}
 
 
+def _flow_config(args: argparse.Namespace) -> Config:
+    """The config of a flow command, ``--task-runner`` (if given) overriding ``orchestration.task_runner``."""
+    cfg = _config(args)
+    if getattr(args, "task_runner", None):
+        cfg = cfg.with_overrides({"orchestration": {"task_runner": args.task_runner}})
+    return cfg
+
+
+def _run_flow(flow: Any, cfg: Config, **params: Any) -> Any:
+    """Run `flow` on the task runner `cfg` configures (call after :func:`_prefect`: it needs the API URL)."""
+    from castlab.orchestration import configured
+
+    return configured(flow, cfg)(**params)
+
+
 def _must_exist(*paths: str) -> None:
     """Fail fast, before Prefect starts, on an input path that does not exist."""
     for path in paths:
@@ -49,7 +64,7 @@ def _prefect(cfg: Config) -> None:
 def cmd_up(args: argparse.Namespace) -> Any:
     from castlab import stack
 
-    services = ["labelstudio", "prefect"] + (["ml_backend"] if args.backend else [])
+    services = ["labelstudio", "prefect", "worker", "receiver"] + (["ml_backend"] if args.backend else [])
     if args.only:
         services = [args.only]
     return stack.up(_config(args), services=tuple(services))
@@ -69,54 +84,60 @@ def cmd_status(args: argparse.Namespace) -> Any:
 
 def cmd_curate(args: argparse.Namespace) -> Any:
     _must_exist(args.video)
-    _prefect(_config(args))
+    cfg = _flow_config(args)
+    _prefect(cfg)
     from flows.curate import curate
 
-    return curate(video=args.video, mode=args.mode, project_title=args.project, push=not args.no_push,
-                  **_flow_kwargs(args))
+    return _run_flow(curate, cfg, video=args.video, mode=args.mode, project_title=args.project,
+                     push=not args.no_push, **_flow_kwargs(args))
 
 
 def cmd_review_sync(args: argparse.Namespace) -> Any:
     _must_exist(args.run)
-    _prefect(_config(args))
+    cfg = _flow_config(args)
+    _prefect(cfg)
     from flows.review_sync import review_sync
 
-    return review_sync(run_dir=args.run, **_flow_kwargs(args))
+    return _run_flow(review_sync, cfg, run_dir=args.run, **_flow_kwargs(args))
 
 
 def cmd_identify(args: argparse.Namespace) -> Any:
     _must_exist(args.run)
-    _prefect(_config(args))
+    cfg = _flow_config(args)
+    _prefect(cfg)
     from flows.identify import identify
 
-    return identify(run_dir=args.run, push=not args.no_push, force=args.force, **_flow_kwargs(args))
+    return _run_flow(identify, cfg, run_dir=args.run, push=not args.no_push, force=args.force, **_flow_kwargs(args))
 
 
 def cmd_caption(args: argparse.Namespace) -> Any:
     _must_exist(args.run)
-    _prefect(_config(args))
+    cfg = _flow_config(args)
+    _prefect(cfg)
     from flows.caption import caption
 
-    return caption(run_dir=args.run, push=not args.no_push, style=args.style, force=args.force,
-                   sequences=args.sequences, **_flow_kwargs(args))
+    return _run_flow(caption, cfg, run_dir=args.run, push=not args.no_push, style=args.style, force=args.force,
+                     sequences=args.sequences, **_flow_kwargs(args))
 
 
 def cmd_propagate(args: argparse.Namespace) -> Any:
     _must_exist(args.run)
-    _prefect(_config(args))
+    cfg = _flow_config(args)
+    _prefect(cfg)
     from flows.propagate import propagate
 
-    return propagate(run_dir=args.run, instance=args.instance, push=not args.no_push, force=args.force,
-                     **_flow_kwargs(args))
+    return _run_flow(propagate, cfg, run_dir=args.run, instance=args.instance, push=not args.no_push,
+                     force=args.force, **_flow_kwargs(args))
 
 
 def cmd_dataset(args: argparse.Namespace) -> Any:
     _must_exist(*args.runs)
-    _prefect(_config(args))
+    cfg = _flow_config(args)
+    _prefect(cfg)
     from flows.dataset import dataset
 
-    return dataset(run_dirs=args.runs, character=args.character, out_dir=args.out, force=args.force,
-                   **_flow_kwargs(args))
+    return _run_flow(dataset, cfg, run_dirs=args.runs, character=args.character, out_dir=args.out,
+                     force=args.force, **_flow_kwargs(args))
 
 
 def cmd_export(args: argparse.Namespace) -> Any:
@@ -129,28 +150,31 @@ def cmd_export(args: argparse.Namespace) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> Any:
     _must_exist(args.toml)
-    _prefect(_config(args))
+    cfg = _flow_config(args)
+    _prefect(cfg)
     from flows.train import train
 
-    return train(training_toml=args.toml, force=args.force, resume=args.resume, **_flow_kwargs(args))
+    return _run_flow(train, cfg, training_toml=args.toml, force=args.force, resume=args.resume, **_flow_kwargs(args))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
     _must_exist(*args.checkpoints)
-    _prefect(_config(args))
+    cfg = _flow_config(args)
+    _prefect(cfg)
     from flows.evaluate import evaluate
 
     if args.dataset:
         _must_exist(args.dataset)
-    return evaluate(checkpoints=args.checkpoints, out_dir=args.out, dataset=args.dataset, push=not args.no_push,
-                    register=not args.no_register, force=args.force, **_flow_kwargs(args))
+    return _run_flow(evaluate, cfg, checkpoints=args.checkpoints, out_dir=args.out, dataset=args.dataset,
+                     push=not args.no_push, register=not args.no_register, force=args.force, **_flow_kwargs(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> Any:
-    _prefect(_config(args))
+    cfg = _flow_config(args)
+    _prefect(cfg)
     from flows.demo import demo
 
-    result = demo(video=args.video, **_flow_kwargs(args))
+    result = _run_flow(demo, cfg, video=args.video, **_flow_kwargs(args))
     print(demo_summary(result), file=sys.stderr)
     return result
 
@@ -218,35 +242,45 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("up", cmd_up, "start Label Studio and the Prefect server on 127.0.0.1")
+    def add_flow(name: str, func: Callable[[argparse.Namespace], Any], help_text: str) -> argparse.ArgumentParser:
+        p = add(name, func, help_text)
+        p.add_argument("--task-runner", choices=["thread", "dask", "ray"],
+                       help="where chunked tasks run (default: setting orchestration.task_runner; see README, "
+                            "\"Scaling out\")")
+        return p
+
+    p = add("up", cmd_up, "start Label Studio, the Prefect server and a worker running castlab's deployments "
+                          "(prefect.yaml) on 127.0.0.1")
     p.add_argument("--backend", action="store_true", help="also start the castlab ML backend")
-    p.add_argument("--only", choices=["labelstudio", "prefect", "ml_backend"], help="start just this service")
+    p.add_argument("--only", choices=["labelstudio", "prefect", "worker", "receiver", "ml_backend"],
+                   help="start just this service (worker: deploys prefect.yaml first; needs the Prefect server)")
     add("down", cmd_down, "stop the local stack")
     add("status", cmd_status, "show the local stack's services and URLs")
-    p = add("curate", cmd_curate, "video(s) → frames by shot → SAM2 instances → Label Studio masks project")
+    p = add_flow("curate", cmd_curate, "video(s) → frames by shot → SAM2 instances → Label Studio masks project")
     p.add_argument("video", help="a video file or a folder of videos")
     p.add_argument("--mode", choices=["scene", "interval", "hybrid"], help="frame selection (default from config)")
     p.add_argument("--project", help="Label Studio project title (default from config)")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
-    p = add("review-sync", cmd_review_sync, "pull reviewed annotations back into a curate run's manifest")
+    p = add_flow("review-sync", cmd_review_sync, "pull reviewed annotations back into a curate run's manifest")
     p.add_argument("run", help="curate run folder")
-    p = add("identify", cmd_identify, "instances → face/open_clip embeddings → identity clusters → Label Studio review")
+    p = add_flow("identify", cmd_identify,
+                 "instances → face/open_clip embeddings → identity clusters → Label Studio review")
     p.add_argument("run", help="curate run folder")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p.add_argument("--force", action="store_true", help="replace an earlier identity/ output of this run")
-    p = add("caption", cmd_caption, "identified instances → VLM schema captions → QC flags → Label Studio review")
+    p = add_flow("caption", cmd_caption, "identified instances → VLM schema captions → QC flags → Label Studio review")
     p.add_argument("run", help="curate run folder (after identify and review-sync)")
     p.add_argument("--style", choices=["natural", "tags", "auto"], help="caption style (default: captions.style)")
     p.add_argument("--sequences", action="store_true", help="also describe each shot's motion (8-12 frames)")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p.add_argument("--force", action="store_true",
                    help="caption every instance again (default: only new or re-identified ones)")
-    p = add("propagate", cmd_propagate, "carry an instance's mask through its shot (SAM2 video) → Label Studio")
+    p = add_flow("propagate", cmd_propagate, "carry an instance's mask through its shot (SAM2 video) → Label Studio")
     p.add_argument("run", help="curate run folder")
     p.add_argument("instance", help="instance row id, e.g. inst:<video>:<frame>:0")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p.add_argument("--force", action="store_true", help="propagate again over an earlier result")
-    p = add("dataset", cmd_dataset, "reviewed characters of curate runs → one dataset each (images with alpha "
+    p = add_flow("dataset", cmd_dataset, "reviewed characters of curate runs → one dataset each (images with alpha "
                                     "masks, captions, metadata.json, kohya TOMLs, report)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="curate run folder(s): a character across episodes")
     p.add_argument("--character", help="build only this reviewed identity (default: every character with at least "
@@ -259,11 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kohya sd-scripts pair, OneTrainer concepts, ai-toolkit folder + config, HF imagefolder")
     p.add_argument("--out", help="output folder (default: <dataset>/exports/<format>)")
     p.add_argument("--force", action="store_true", help="overwrite an existing export folder")
-    p = add("train", cmd_train, "train a LoRA from a kohya-compatible training TOML")
+    p = add_flow("train", cmd_train, "train a LoRA from a kohya-compatible training TOML")
     p.add_argument("toml", help="training.toml written by `castlab dataset`")
     p.add_argument("--force", action="store_true", help="replace existing checkpoints of the same output_name")
     p.add_argument("--resume", help="a state folder (<name>-step00000100-state/) saved with save_state = true")
-    p = add("evaluate", cmd_evaluate, "rank checkpoints (identity, prompt following, leakage), recommend one, "
+    p = add_flow("evaluate", cmd_evaluate, "rank checkpoints (identity, prompt following, leakage), recommend one, "
                                       "register it, push blind pairs to Label Studio")
     p.add_argument("checkpoints", nargs="+", help="kohya-format LoRA .safetensors files")
     p.add_argument("--dataset", help="the character's castlab dataset folder (reference crops; default: the one "
@@ -272,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-push", action="store_true", help="do not push the checkpoints review to Label Studio")
     p.add_argument("--no-register", action="store_true", help="do not register the recommendation in loras.yaml")
     p.add_argument("--force", action="store_true", help="overwrite an existing quality_evaluation.json")
-    p = add("demo", cmd_demo, "the whole path on Big Buck Bunny (or --video): curate → … → evaluate")
+    p = add_flow("demo", cmd_demo, "the whole path on Big Buck Bunny (or --video): curate → … → evaluate")
     p.add_argument("--video", help="video to use instead of the Big Buck Bunny sample")
     p = add("backend", cmd_backend, "run the Label Studio ML backend in the foreground")
     p.add_argument("--host", help="bind address (default: setting ml_backend.host, 127.0.0.1)")

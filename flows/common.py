@@ -32,8 +32,20 @@ LABEL_STUDIO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 5}
 
 
 def save_changes(run_dir: str | Path, changes: list[dict[str, Any]]) -> int:
-    """The one manifest writer of a flow run: merge a task's row changes into the run's manifest and save it."""
-    manifest = Manifest.for_run(Path(run_dir))
-    manifest.add_rows(changes)
-    manifest.save()
+    """The one manifest writer of a flow run: merge a task's row changes into the run's manifest and save it.
+
+    Load, merge and save happen under an exclusive lock on ``<run>/manifest.lock``: a review-sync started by a
+    reviewer's webhook while a stage runs on the same run merges its changes instead of overwriting the stage's
+    (changes are column-wise upserts by row id)."""
+    import fcntl
+
+    lock = Path(run_dir) / "manifest.lock"
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            manifest = Manifest.for_run(Path(run_dir))
+            manifest.add_rows(changes)
+            manifest.save()
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
     return len(changes)

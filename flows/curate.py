@@ -1,6 +1,8 @@
 """curate: video → frames by shot → SAM2 instance masks → Label Studio masks project.
 
 Tasks compute rows; the flow is the run's one manifest writer (it merges each task's rows and saves).
+Heavy stages fan out on the run's task runner (``orchestration``): one frame-extraction task per video, one
+segmentation task per ``segmentation.chunk_frames`` kept frames (a GPU task); tasks pass rows and paths.
 """
 
 from __future__ import annotations
@@ -8,13 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
 from castlab import frames, segment
 from castlab.config import Config
 from castlab.frames.report import REPORT_MD
 from castlab.manifest import Manifest
+from castlab.orchestration import gpu_resources, worker_models
+from castlab.rows import chunked
 from castlab.workspace import Run
 from flows.common import LABEL_STUDIO_RETRIES, labelstudio, resolve_config, save_changes
 
@@ -51,14 +55,21 @@ def split_report_task(run_dir: str, rows: list[dict[str, Any]], cfg: Config) -> 
     return {"splits": splits, **report}
 
 
-@task(name="segment-instances")
-def segment_task(run_dir: str, rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
-    """SAM2 character instances, ``segmentation.chunk_frames`` frames at a time (models loaded once)."""
-    from castlab.segment.instances import segment_frames
+@task(name="segment-chunk")
+def segment_chunk_task(rows: list[dict[str, Any]], run_dir: str, cfg: Config) -> dict[str, Any]:
+    """SAM2 character instances of one chunk of frame rows (models loaded once per worker process)."""
+    with worker_models("segment", cfg, segment.load_models) as models:
+        instances = segment.process(rows, cfg, models, run_dir=Path(run_dir))
+        return {"rows": instances, "model_version": models.segmenter.model_version, "alpha": models.segmenter.alpha}
 
-    models = segment.load_models(cfg)
-    instances = segment_frames(models.segmenter, rows, Path(run_dir), cfg, models.detector, models.scorer)
-    return {"rows": instances, "model_version": models.segmenter.model_version}
+
+@task(name="write-segmentation-results")
+def segment_results_task(run_dir: str, rows: list[dict[str, Any]], instances: list[dict[str, Any]], cfg: Config,
+                         model_version: str, alpha: float) -> str:
+    """``segmentation_results.json`` over every chunk's instances."""
+    from castlab.segment.instances import write_results
+
+    return str(write_results(Path(run_dir), rows, instances, cfg, model_version, alpha))
 
 
 @task(name="push-masks-to-label-studio", **LABEL_STUDIO_RETRIES)
@@ -87,8 +98,10 @@ def curate(
     run_dir = str(run.path)
     logger.info("run folder %s (profile %s)", run.path, cfg.profile)
     summary: dict[str, Any] = {"run_dir": run_dir, "profile": cfg.profile, "videos": []}
-    for path in find_videos_task(video):
-        rows = extract_frames_task(path, run_dir, cfg, mode)
+    videos = find_videos_task(video)
+    extracted = [extract_frames_task.submit(path, run_dir, cfg, mode) for path in videos]
+    for path, future in zip(videos, extracted, strict=True):
+        rows = future.result()
         save_changes(run_dir, rows)
         summary["videos"].append({"video": path, **frames.stage.counts(rows)})
     deduped = dedup_task(Manifest.for_run(run.path).rows(kind="frame"), cfg)
@@ -102,9 +115,14 @@ def curate(
     create_markdown_artifact(key="curate-frames-report", markdown=report["markdown"],
                              description="castlab frame curation report (counts per stage and reason)")
     logger.info("frame report: %s", report["files"][REPORT_MD])
-    segmented = segment_task(run_dir, Manifest.for_run(run.path).rows(kind="frame", status="kept"), cfg)
-    save_changes(run_dir, segmented["rows"])
-    summary["segmentation"] = {"instances": len(segmented["rows"]), "model_version": segmented["model_version"]}
+    kept = Manifest.for_run(run.path).rows(kind="frame", status="kept")
+    chunks = [list(c) for c in chunked(kept, cfg.segmentation.chunk_frames)] or [[]]
+    with gpu_resources(cfg):
+        parts = segment_chunk_task.map(chunks, run_dir=unmapped(run_dir), cfg=unmapped(cfg)).result()
+    instances = [row for part in parts for row in part["rows"]]
+    segment_results_task(run_dir, kept, instances, cfg, parts[0]["model_version"], parts[0]["alpha"])
+    save_changes(run_dir, instances)
+    summary["segmentation"] = {"instances": len(instances), "model_version": parts[0]["model_version"]}
     if push:
         pushed = push_masks_task(run_dir, cfg, project_title)
         save_changes(run_dir, pushed.pop("changes"))

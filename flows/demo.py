@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from castlab.config import Config
 from castlab.errors import InputError
 from castlab.manifest import Manifest
+from castlab.reviews.advance import claim
 from castlab.workspace import workspace_root
 from flows.caption import caption, labelstudio, resolve_config
 from flows.curate import curate
@@ -83,6 +84,8 @@ def demo(
         logger.info("sample video: %s (Big Buck Bunny, (c) Blender Foundation, CC-BY 3.0)", video)
     cur = curate(video=video, **kwargs)
     run_dir = cur["run_dir"]
+    for stage in ("identify", "caption", "dataset"):  # the demo runs them itself: its scripted reviews, seen by
+        claim(Path(run_dir), stage, {"by": "demo"})    # the webhook receiver, must not start them a second time
     project_id = cur["labelstudio"]["project_id"]
     backend = connect_backend_task(cfg, project_id, run_dir)
     accepted = demo_review_task(cfg, run_dir)

@@ -5,10 +5,16 @@ open_clip vectors live in different spaces, so an instance without a usable face
 whose open_clip centroid is nearest when that similarity reaches ``identity.clip_join_min_similarity``, and
 is noise otherwise — it stays in the manifest either way, with its route. When a run has no face at all
 the open_clip vectors are clustered instead (the report says so).
+
+Two steps, so a flow can fan the first out to workers: :func:`embed_chunk` (a chunk of instances → routing
+fields and a vectors file) and :func:`cluster_identities` (the chunks merged in instance order → clusters,
+outputs, manifest updates). :func:`build_identities` runs both in this process, with the same result.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +24,20 @@ import numpy as np
 from castlab.config import Config
 from castlab.errors import InputError
 from castlab.identity.cluster import NOISE, ClusterSettings, cluster_embeddings, unit
-from castlab.identity.embed import embed_instances, embedding_meta, load_embeddings, save_embeddings
+from castlab.identity.embed import (
+    EMBEDDINGS_DIR,
+    embed_instances,
+    embedding_meta,
+    load_embeddings,
+    save_embeddings,
+)
 from castlab.identity.outputs import SHEETS, write_cluster_outputs
-from castlab.manifest import Manifest
+from castlab.manifest import Manifest, row_text
 from castlab.rows import chunked
-from castlab.workspace import write_json_atomic
+from castlab.workspace import atomic_path, write_json_atomic
 
 IDENTITY_DIR = "identity"
+CHUNKS_DIR = "chunks"  # embeddings/chunks/: one embedded chunk's vectors until the clustering step merges them
 
 
 def identity_vectors(run_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
@@ -80,34 +93,99 @@ def run(run_dir: Path, cfg: Config, models: IdentityModels | None = None, force:
     return summary
 
 
+def identity_inputs(run_dir: Path, manifest: Manifest, cfg: Config) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The run's kept instances (in manifest order) and its frame rows by row id; fails before any work when
+    there is no kept instance or a clustering setting is bad."""
+    instances = manifest.rows(kind="instance", status="kept")
+    if not instances:
+        raise InputError(Path(run_dir) / "manifest.parquet", "has no kept instances to identify (run curate first)")
+    ClusterSettings.from_config(cfg)
+    return instances, {r["row_id"]: r for r in manifest.rows(kind="frame")}
+
+
+def frames_of(rows: Sequence[Mapping[str, Any]], frames: Mapping[str, Any]) -> dict[str, Any]:
+    """The frame rows that instance `rows` point at (what :func:`embed_chunk` needs of `frames`)."""
+    wanted = {row_text(r.get("parent_id")) for r in rows}
+    return {k: frames[k] for k in sorted(wanted) if k in frames}
+
+
+def embed_chunk(rows: Sequence[Mapping[str, Any]], cfg: Config, models: IdentityModels, *, run_dir: Path,
+                frames: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """:func:`process` one chunk and write its vectors to ``embeddings/chunks/identity-<index>.npz``; returns
+    ``{"updates", "vectors", "meta"}``: the rows' routing fields, that file and the models' sidecar fields —
+    small enough to come back from another worker. The manifest is not touched."""
+    run_dir = Path(run_dir).resolve()
+    updates = process(list(rows), cfg, models, run_dir=run_dir, frames=dict(frames))
+    path = run_dir / EMBEDDINGS_DIR / CHUNKS_DIR / f"identity-{index:05d}.npz"
+    face_m = np.stack([u.pop("face_vector") for u in updates]).astype(np.float32)
+    clip_m = np.stack([u.pop("clip_vector") for u in updates]).astype(np.float32)
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, row_ids=np.array([u["row_id"] for u in updates], dtype=str), face=face_m, clip=clip_m)
+    return {"updates": updates, "vectors": str(path), "meta": embedding_meta(models.analyzer, models.embedder, cfg)}
+
+
+def _merge_chunks(chunks: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    updates: list[dict[str, Any]] = []
+    faces, clips = [], []
+    for chunk in chunks:
+        path = Path(chunk["vectors"])
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                ids, face, clip = data["row_ids"].tolist(), data["face"], data["clip"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(path, f"identity embedding chunk is not readable ({exc})") from exc
+        if ids != [u["row_id"] for u in chunk["updates"]]:
+            raise InputError(path, "identity embedding chunk does not match its rows")
+        updates += [dict(u) for u in chunk["updates"]]
+        faces.append(face)
+        clips.append(clip)
+    return updates, np.concatenate(faces), np.concatenate(clips)
+
+
 def build_identities(
     run_dir: Path, manifest: Manifest, cfg: Config, analyzer: Any = None, clip_embedder: Any = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Embed every kept instance, cluster, write ``identity/`` and update the manifest (see module doc).
+    """Embed every kept instance (:func:`embed_chunk`, ``identity.chunk_instances`` at a time), then
+    :func:`cluster_identities` — what a flow does with the chunks fanned out to workers (see module doc).
+
+    The manifest is updated in memory, not saved (the caller saves it: :func:`run`, or the flow).
+    """
+    run_dir = Path(run_dir).resolve()
+    instances, frames = identity_inputs(run_dir, manifest, cfg)
+    models = load_models(cfg, analyzer, clip_embedder)
+    chunks = [embed_chunk(chunk, cfg, models, run_dir=run_dir, frames=frames, index=i)
+              for i, chunk in enumerate(chunked(instances, cfg.identity.chunk_instances))]
+    return cluster_identities(run_dir, manifest, cfg, chunks, force=force)
+
+
+def cluster_identities(
+    run_dir: Path, manifest: Manifest, cfg: Config, chunks: Sequence[Mapping[str, Any]], force: bool = False,
+) -> dict[str, Any]:
+    """Merge the :func:`embed_chunk` results (in instance order), save ``embeddings/identity.npz``, cluster,
+    write ``identity/`` and update the manifest in memory (see module doc).
 
     Manifest columns: the routing fields of :func:`castlab.identity.embed.embed_instances`, ``identity_cluster``
     (-1 noise; None for ``missing`` rows, which cannot be clustered) and ``cluster_probability``.
     Returns the summary, with ``sheets``: cluster → contact sheet path (for the cluster review project).
-    The manifest is updated in memory, not saved (the caller saves it: :func:`run`, or the flow).
     """
     run_dir = Path(run_dir).resolve()
     out_dir = run_dir / IDENTITY_DIR
-    instances = manifest.rows(kind="instance", status="kept")
-    if not instances:
+    if not chunks:
         raise InputError(run_dir / "manifest.parquet", "has no kept instances to identify (run curate first)")
-    frames = {r["row_id"]: r for r in manifest.rows(kind="frame")}
-    models = load_models(cfg, analyzer, clip_embedder)
-    analyzer, clip_embedder = models.analyzer, models.embedder
-    settings = ClusterSettings.from_config(cfg)  # bad settings fail before any work
+    settings = ClusterSettings.from_config(cfg)
     join_min = float(cfg.identity.clip_join_min_similarity)
-    updates = []
-    for chunk in chunked(instances, cfg.identity.chunk_instances):
-        updates += process(chunk, cfg, models, run_dir=run_dir, frames=frames)
-    face_m = np.stack([u.pop("face_vector") for u in updates])
-    clip_m = np.stack([u.pop("clip_vector") for u in updates])
-    meta = embedding_meta(analyzer, clip_embedder, cfg)
-    save_embeddings(run_dir, [u["row_id"] for u in updates], face_m, clip_m, meta)
+    updates, face_m, clip_m = _merge_chunks(chunks)
+    by_id = {r["row_id"]: r for r in manifest.rows(kind="instance")}
+    missing = [u["row_id"] for u in updates if u["row_id"] not in by_id]
+    if missing:
+        raise InputError(run_dir / "manifest.parquet", f"has no instance {missing[0]!r} (embedded elsewhere?)")
+    instances = [by_id[u["row_id"]] for u in updates]
+    save_embeddings(run_dir, [u["row_id"] for u in updates], face_m, clip_m, chunks[0]["meta"])
+    for chunk in chunks:
+        Path(chunk["vectors"]).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (run_dir / EMBEDDINGS_DIR / CHUNKS_DIR).rmdir()
     routes = np.array([u["embedding_route"] for u in updates])
     face_idx, clip_idx = np.flatnonzero(routes == "face"), np.flatnonzero(routes == "clip")
     n = len(updates)

@@ -68,6 +68,25 @@ def ensure_project(ls: LabelStudio, title: str, label_config: str) -> int:
     return project_id
 
 
+def ensure_webhook(ls: LabelStudio, project_id: int, url: str, headers: dict[str, str], actions: list[str]) -> int:
+    """Id of the project's webhook to `url` (created, or its headers/actions brought up to date)."""
+    try:
+        for hook in ls.webhooks.list(project=str(project_id)):
+            if hook.url == url and int(hook.project or 0) == int(project_id):
+                if dict(hook.headers or {}) != headers or sorted(hook.actions or []) != sorted(actions) \
+                        or not hook.is_active:
+                    ls.webhooks.update(id=int(hook.id), url=url, headers=headers, actions=actions, is_active=True,
+                                       send_payload=True, send_for_all_actions=False)
+                return int(hook.id)
+        hook = ls.webhooks.create(url=url, project=int(project_id), actions=actions, headers=headers,
+                                  send_payload=True, send_for_all_actions=False, is_active=True)
+    except ApiError as exc:
+        raise StackError(f"Label Studio refused a webhook to {url} on project {project_id}: {_api_problem(exc)} "
+                         "(a receiver on 127.0.0.1 or a private network needs SSRF_PROTECTION_ENABLED=false in "
+                         "Label Studio's environment)") from exc
+    return int(hook.id)
+
+
 def ensure_local_storage(ls: LabelStudio, project_id: int, directory: Path) -> int:
     """Id of the project's local-files storage for `directory` (under the workspace root), made once.
 

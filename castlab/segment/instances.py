@@ -115,8 +115,9 @@ def kept_frames(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_results(run_dir: Path, frames: list[dict[str, Any]], instances: list[dict[str, Any]], cfg: Config,
-                  segmenter: Segmenter) -> Path:
-    """``segmentation_results.json``: per kept frame, its size, background layer and instances (from the rows)."""
+                  model_version: str, alpha: float) -> Path:
+    """``segmentation_results.json``: per kept frame, its size, background layer and instances (from the rows);
+    `model_version` and `alpha` (threshold) are the segmenter's."""
     run_dir = Path(run_dir).resolve()
 
     def rel(path: Any) -> str | None:
@@ -140,9 +141,9 @@ def write_results(run_dir: Path, frames: list[dict[str, Any]], instances: list[d
             } for i in members],
         })
     return write_json_atomic(run_dir / RESULTS_NAME, {
-        "model_version": segmenter.model_version,
+        "model_version": model_version,
         "profile": cfg.profile,
-        "alpha_threshold": segmenter.alpha,
+        "alpha_threshold": alpha,
         "background_inpaint": cfg.segmentation.background_inpaint,
         "frames": results,
         "instances": len(instances),
@@ -159,7 +160,7 @@ def segment_frames(
     rows: list[dict[str, Any]] = []
     for chunk in chunked(frame_rows, cfg.segmentation.chunk_frames):
         rows += process(chunk, cfg, models, run_dir=run_dir)
-    write_results(run_dir, frame_rows, rows, cfg, segmenter)
+    write_results(run_dir, frame_rows, rows, cfg, segmenter.model_version, segmenter.alpha)
     return rows
 
 

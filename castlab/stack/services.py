@@ -30,8 +30,9 @@ from castlab.workspace import stack_dir, workspace_root, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("labelstudio", "prefect", "worker", "ml_backend")
-DEFAULT_SERVICES = ("labelstudio", "prefect", "worker")
+SERVICES = ("labelstudio", "prefect", "worker", "receiver", "ml_backend")
+DEFAULT_SERVICES = ("labelstudio", "prefect", "worker", "receiver")
+_AFTER_PREFECT = ("worker", "receiver")  # started once the Prefect server answers
 
 
 def _labelstudio(cfg: Config, create_credentials: bool = False) -> LabelStudioServer:
@@ -99,6 +100,25 @@ def _ml_backend(cfg: Config) -> ManagedProcess:
     )
 
 
+def receiver_process(cfg: Config) -> ManagedProcess:
+    """The webhook receiver (castlab.reviews.receiver): Label Studio webhooks → Prefect events."""
+    host, port = cfg.reviews.host, cfg.reviews.port
+    env = dict(os.environ, CASTLAB_WORKSPACE=str(workspace_root()),
+               PREFECT_API_URL=prefect_api_url(cfg) or f"{_prefect(cfg).url}/api")
+    return ManagedProcess(
+        "receiver",
+        [sys.executable, "-m", "castlab.reviews.receiver", "--host", host, "--port", str(port)],
+        host=host,
+        port=port,
+        health_path="/health",
+        setting="reviews.port",
+        state_dir=stack_dir(),
+        startup_timeout_s=cfg.reviews.startup_timeout_s,
+        env=env,
+        cwd=PROJECT_ROOT,
+    )
+
+
 def _services(services: Iterable[str]) -> list[str]:
     wanted = list(dict.fromkeys(services))
     unknown = [s for s in wanted if s not in SERVICES]
@@ -114,6 +134,8 @@ def _process(cfg: Config, name: str, create_credentials: bool = False) -> Manage
         from castlab.stack.deployments import worker_process
 
         return worker_process(cfg, prefect_api_url(cfg) or f"{_prefect(cfg).url}/api")
+    if name == "receiver":
+        return receiver_process(cfg)
     return _prefect(cfg) if name == "prefect" else _ml_backend(cfg)
 
 
@@ -127,7 +149,7 @@ def up(cfg: Config, services: Iterable[str] = DEFAULT_SERVICES) -> dict[str, dic
         _process(cfg, name).check_port()
     started: dict[str, ManagedProcess] = {}
     result: dict[str, dict[str, Any]] = {}
-    for name in [n for n in names if n != "worker"]:
+    for name in [n for n in names if n not in _AFTER_PREFECT]:
         if name == "labelstudio":
             server = _labelstudio(cfg, create_credentials=True)
             if server.process.record() is None and not (server.data_dir / "label_studio.sqlite3").exists():
@@ -144,6 +166,8 @@ def up(cfg: Config, services: Iterable[str] = DEFAULT_SERVICES) -> dict[str, dic
         proc.wait_healthy()
     if "worker" in names:  # needs the Prefect server: pool and deployments first, then the worker
         result["worker"] = _start_worker(cfg)
+    if "receiver" in names:
+        result["receiver"] = _start_receiver(cfg)
     for name in names:
         result[name]["pid"] = _process(cfg, name).pid()
     if "labelstudio" in result:
@@ -164,6 +188,20 @@ def _start_worker(cfg: Config) -> dict[str, Any]:
         proc.wait_healthy()
     return {"state": "started" if fresh else "already running", "url": proc.url, "log": str(proc.log_file),
             "work_pool": cfg.prefect.work_pool, "deployments": deployed}
+
+
+def _start_receiver(cfg: Config) -> dict[str, Any]:
+    from castlab.reviews.secret import secret_path, webhook_secret
+
+    if prefect_api_url(cfg) is None:
+        raise StackError("receiver: no Prefect server answers (start it with `castlab up`, or set PREFECT_API_URL)")
+    webhook_secret(create=True)
+    proc = receiver_process(cfg)
+    fresh = proc.spawn()
+    if fresh:
+        proc.wait_healthy()
+    return {"state": "started" if fresh else "already running", "url": f"{proc.url}/labelstudio",
+            "log": str(proc.log_file), "secret": str(secret_path())}
 
 
 def down(cfg: Config, services: Iterable[str] = SERVICES) -> dict[str, str]:

@@ -28,6 +28,7 @@ from castlab.captions.text import caption_from_choices, count_clip_tokens
 from castlab.config import PROJECT_ROOT, Config
 from castlab.labelstudio import client
 from castlab.manifest import Manifest
+from castlab.reviews.hooks import watch_project
 from castlab.workspace import relative_to_workspace, resolve_in_workspace, write_json_atomic
 
 LABEL_CONFIG = PROJECT_ROOT / "label_configs" / "captions.xml"
@@ -95,6 +96,7 @@ def push_captions(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config) -> di
     tasks = build_caption_tasks(records, manifest, run_dir, read_labels(run_dir))
     title = str(cfg.labelstudio.captions_title)
     project_id = client.ensure_project(ls, title, LABEL_CONFIG.read_text(encoding="utf-8"))
+    watch_project(ls, project_id, cfg)  # its reviews move the pipeline (castlab.reviews)
     folders = {Path(t["data"]["image"].split("?d=", 1)[-1]).parent for t in tasks}
     for folder in sorted(folders):
         client.ensure_local_storage(ls, project_id, resolve_in_workspace(str(folder)))

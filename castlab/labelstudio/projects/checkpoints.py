@@ -39,6 +39,7 @@ from castlab.config import PROJECT_ROOT, Config
 from castlab.errors import InputError
 from castlab.evaluate.human import ANSWERS, BOTH_BAD, LEFT, RIGHT, TIE, TIE_RULE, agreement, human_ranking
 from castlab.labelstudio import client
+from castlab.reviews.hooks import watch_project
 from castlab.workspace import relative_to_workspace, write_json_atomic
 
 LABEL_CONFIG = PROJECT_ROOT / "label_configs" / "checkpoints.xml"
@@ -133,6 +134,7 @@ def push_checkpoint_pairs(ls: Any, eval_dir: Path, pairs: list[dict[str, Any]], 
     pushed: dict[str, Any] = dict(previous.get("pairs") or {})
     if tasks:
         project_id = client.ensure_project(ls, title, LABEL_CONFIG.read_text(encoding="utf-8"))
+        watch_project(ls, project_id, cfg)  # its reviews move the pipeline (castlab.reviews)
         client.ensure_local_storage(ls, project_id, eval_dir / BLIND_DIR)
         result = client.push_tasks(ls, project_id, tasks)
         for key, task_id in result.items():

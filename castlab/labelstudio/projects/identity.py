@@ -26,6 +26,7 @@ from castlab.config import PROJECT_ROOT, Config
 from castlab.identity.review import NOISE, NOT_A_CHARACTER, ClusterDecision, InstanceDecision, default_name, resolve
 from castlab.labelstudio import client
 from castlab.manifest import Manifest
+from castlab.reviews.hooks import watch_project
 from castlab.workspace import relative_to_workspace, resolve_in_workspace, write_json_atomic
 
 INSTANCES_CONFIG = PROJECT_ROOT / "label_configs" / "identity_instances.xml"
@@ -96,6 +97,7 @@ def push_identity_review(
                                 ("clusters", CLUSTERS_CONFIG, cluster_tasks)):
         title = str(getattr(cfg.labelstudio, f"identity_{kind}_title"))
         project_id = client.ensure_project(ls, title, config.read_text(encoding="utf-8"))
+        watch_project(ls, project_id, cfg)  # its reviews move the pipeline (castlab.reviews)
         folders = {Path(u["data"][key].split("?d=", 1)[-1]).parent for u in tasks for key in ("image", "frame")
                    if u["data"].get(key)}
         for folder in sorted(folders):

@@ -18,6 +18,7 @@ from castlab.config import PROJECT_ROOT, Config, load_config
 from castlab.labelstudio import client
 from castlab.layers import write_instance_layers
 from castlab.manifest import Manifest
+from castlab.reviews.hooks import watch_project
 from castlab.segment.background import BackgroundSettings, write_background
 from castlab.workspace import relative_to_workspace, write_json_atomic
 
@@ -79,6 +80,7 @@ def push_masks(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config, title: s
     """
     title = title or cfg.labelstudio.masks_project_title
     project_id = client.ensure_project(ls, title, LABEL_CONFIG.read_text(encoding="utf-8"))
+    watch_project(ls, project_id, cfg)  # its reviews move the pipeline (castlab.reviews)
     frames_dir = Path(manifest.rows(kind="frame")[0]["path"]).parent if len(manifest) else run_dir
     client.ensure_local_storage(ls, project_id, frames_dir)
     tasks = build_tasks(manifest, run_dir)
@@ -228,6 +230,7 @@ def push_propagation(ls: Any, result: dict[str, Any], run_dir: Path, cfg: Config
     """One masks-project task per propagated frame, the propagated mask as its prediction (re-runs add none)."""
     title = title or cfg.labelstudio.masks_project_title
     project_id = client.ensure_project(ls, title, LABEL_CONFIG.read_text(encoding="utf-8"))
+    watch_project(ls, project_id, cfg)  # its reviews move the pipeline (castlab.reviews)
     frames_dir = Path(result["frames"][0]["frame_path"]).parent
     client.ensure_local_storage(ls, project_id, frames_dir)
     tasks = []

@@ -86,3 +86,28 @@ def test_changes_replayed_on_the_flow_manifest_give_the_same_rows(tmp_path: Path
     flow.add_rows(task_copy.changes())
     assert flow.get("f:1")["ls_task_id"] == 7 and flow.get("i:1")["parent_id"] == "f:1" and len(flow) == 3
     assert flow.get("f:2")["status"] == "kept"
+
+
+def test_concurrent_writers_merge_instead_of_overwriting(tmp_path):
+    """Two flows saving into one run at once (a stage and a webhook-started review-sync) keep both changes."""
+    import threading
+
+    from flows.common import save_changes
+
+    base = Manifest.for_run(tmp_path)
+    base.add_rows([{"row_id": f"r{k}", "kind": "instance"} for k in range(40)])
+    base.save()
+    start = threading.Barrier(2)
+
+    def writer(column: str) -> None:
+        start.wait()
+        for k in range(40):
+            save_changes(tmp_path, [{"row_id": f"r{k}", column: k}])
+
+    threads = [threading.Thread(target=writer, args=(c,)) for c in ("stage_value", "review_value")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = {r["row_id"]: r for r in Manifest.for_run(tmp_path).rows()}
+    assert all(rows[f"r{k}"]["stage_value"] == k and rows[f"r{k}"]["review_value"] == k for k in range(40))

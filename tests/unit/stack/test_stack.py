@@ -74,6 +74,7 @@ def ports_cfg(workspace: Path):
         "labelstudio": {"host": "127.0.0.1", "port": free_port(), "startup_timeout_s": 20},
         "prefect": {"host": "127.0.0.1", "port": free_port(), "startup_timeout_s": 20, "worker_port": free_port()},
         "ml_backend": {"host": "127.0.0.1", "port": free_port(), "startup_timeout_s": 20},
+        "reviews": {"host": "127.0.0.1", "port": free_port(), "startup_timeout_s": 20},
     })  # fmt: skip
 
 
@@ -96,18 +97,20 @@ def test_busy_port_is_refused_before_anything_starts(workspace, busy_port, servi
 
 def test_status_reads_hosts_and_ports_from_config(ports_cfg):
     status = stack.status(ports_cfg)
-    assert set(status) == {"labelstudio", "prefect", "worker", "ml_backend"}
+    assert set(status) == {"labelstudio", "prefect", "worker", "receiver", "ml_backend"}
     ports = {"labelstudio": ports_cfg.labelstudio.port, "prefect": ports_cfg.prefect.port,
-             "worker": ports_cfg.prefect.worker_port, "ml_backend": ports_cfg.ml_backend.port}
+             "worker": ports_cfg.prefect.worker_port, "receiver": ports_cfg.reviews.port,
+             "ml_backend": ports_cfg.ml_backend.port}
     for name, entry in status.items():
         assert entry["url"] == f"http://127.0.0.1:{ports[name]}"
         assert entry["running"] is False and entry["pid"] is None and entry["healthy"] is False
     assert stack.prefect_api_url(ports_cfg) is None
 
 
-def test_the_worker_needs_a_prefect_server(ports_cfg, workspace):
+@pytest.mark.parametrize("service", ["worker", "receiver"])
+def test_the_worker_and_the_receiver_need_a_prefect_server(ports_cfg, workspace, service):
     with pytest.raises(StackError, match="no Prefect server answers"):
-        stack.up(ports_cfg, services=("worker",))
+        stack.up(ports_cfg, services=(service,))
     assert not list((workspace / "stack").glob("*.pid"))
 
 
@@ -151,8 +154,8 @@ def test_up_status_down_with_a_stand_in_label_studio(workspace, ports_cfg, fake_
             assert secret not in shown and secret not in log and secret not in " ".join(seen["argv"])
     finally:
         down = stack.down(ports_cfg)
-    assert down == {"ml_backend": "not running", "worker": "not running", "prefect": "not running",
-                    "labelstudio": "stopped"}
+    assert down == {"ml_backend": "not running", "receiver": "not running", "worker": "not running",
+                    "prefect": "not running", "labelstudio": "stopped"}
     assert not stack.port_in_use("127.0.0.1", port)
     assert stack.status(ports_cfg)["labelstudio"]["running"] is False
     assert stack.down(ports_cfg)["labelstudio"] == "not running"
