@@ -175,33 +175,34 @@ def up(cfg: Config, services: Iterable[str] = DEFAULT_SERVICES) -> dict[str, dic
     return result
 
 
-def _start_worker(cfg: Config) -> dict[str, Any]:
-    from castlab.stack.deployments import deploy
-
+def _prefect_api_or_fail(name: str, cfg: Config) -> str:
     api = prefect_api_url(cfg)
     if api is None:
-        raise StackError("worker: no Prefect server answers (start it with `castlab up`, or set PREFECT_API_URL)")
-    deployed = deploy(cfg, api)
-    proc = _process(cfg, "worker")
+        raise StackError(f"{name}: no Prefect server answers (start it with `castlab up`, or set PREFECT_API_URL)")
+    return api
+
+
+def _start(proc: ManagedProcess) -> dict[str, Any]:
     fresh = proc.spawn()
     if fresh:
         proc.wait_healthy()
-    return {"state": "started" if fresh else "already running", "url": proc.url, "log": str(proc.log_file),
-            "work_pool": cfg.prefect.work_pool, "deployments": deployed}
+    return {"state": "started" if fresh else "already running", "url": proc.url, "log": str(proc.log_file)}
+
+
+def _start_worker(cfg: Config) -> dict[str, Any]:
+    from castlab.stack.deployments import deploy
+
+    deployed = deploy(cfg, _prefect_api_or_fail("worker", cfg))
+    return {**_start(_process(cfg, "worker")), "work_pool": cfg.prefect.work_pool, "deployments": deployed}
 
 
 def _start_receiver(cfg: Config) -> dict[str, Any]:
     from castlab.reviews.secret import secret_path, webhook_secret
 
-    if prefect_api_url(cfg) is None:
-        raise StackError("receiver: no Prefect server answers (start it with `castlab up`, or set PREFECT_API_URL)")
+    _prefect_api_or_fail("receiver", cfg)
     webhook_secret(create=True)
-    proc = receiver_process(cfg)
-    fresh = proc.spawn()
-    if fresh:
-        proc.wait_healthy()
-    return {"state": "started" if fresh else "already running", "url": f"{proc.url}/labelstudio",
-            "log": str(proc.log_file), "secret": str(secret_path())}
+    started = _start(receiver_process(cfg))
+    return {**started, "url": f"{started['url']}/labelstudio", "secret": str(secret_path())}
 
 
 def down(cfg: Config, services: Iterable[str] = SERVICES) -> dict[str, str]:
