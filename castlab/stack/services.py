@@ -107,7 +107,7 @@ def receiver_process(cfg: Config) -> ManagedProcess:
                PREFECT_API_URL=prefect_api_url(cfg) or f"{_prefect(cfg).url}/api")
     return ManagedProcess(
         "receiver",
-        [sys.executable, "-m", "castlab.reviews.receiver", "--host", host, "--port", str(port)],
+        [sys.executable, "-m", "flows.receiver", "--host", host, "--port", str(port)],
         host=host,
         port=port,
         health_path="/health",

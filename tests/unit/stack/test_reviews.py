@@ -12,9 +12,10 @@ from fastapi.testclient import TestClient
 
 from castlab.config import load_config
 from castlab.errors import StackError
-from castlab.reviews import advance, receiver, reconcile
+from castlab.reviews import advance, reconcile
 from castlab.reviews.events import EVENT, annotation_event, project_of
 from castlab.reviews.secret import HEADER, webhook_secret
+from flows import receiver
 
 SECRET = "s3cret-value"
 

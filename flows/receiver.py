@@ -21,7 +21,7 @@ from castlab.errors import CastlabError
 from castlab.reviews.events import annotation_event, post_events, project_of
 from castlab.reviews.secret import HEADER, matches
 
-logger = logging.getLogger("castlab.reviews.receiver")
+logger = logging.getLogger("castlab.receiver")
 ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
 
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from castlab.reviews.secret import webhook_secret
 
-    parser = argparse.ArgumentParser(prog="python -m castlab.reviews.receiver")
+    parser = argparse.ArgumentParser(prog="python -m flows.receiver")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
