@@ -86,7 +86,9 @@ def review_advance(project_id: str, config_files: list[str] | None = None, prese
 @flow(name="review-reconcile")
 def review_reconcile(config_files: list[str] | None = None, preset: str | None = None,
                      profile: str | None = None) -> dict[str, int]:
-    """Emit one event per castlab project with annotations newer than its watermark (webhooks that never came)."""
+    """Emit one event per castlab project with annotations newer than its watermark (webhooks that never came).
+    A project seen for the first time only gets its watermark: reviews finished before reconciliation watched
+    them start nothing (`castlab review-sync` or an annotation moves them)."""
     from castlab.reviews.events import post_events
 
     cfg = resolve_config(config_files, preset, profile)
@@ -94,7 +96,11 @@ def review_reconcile(config_files: list[str] | None = None, preset: str | None =
     marks = read_watermarks()
     found: dict[str, int] = {}
     for project_id in sorted({p for r in advance.all_reviews(cfg) for p in r.project_ids}):
-        count, event, newest = missed(project_id, project_tasks_task(project_id, cfg), marks.get(str(project_id)))
+        tasks = project_tasks_task(project_id, cfg)
+        if str(project_id) not in marks:  # first sight: start from now, so old reviews start nothing
+            marks[str(project_id)] = newest_update(tasks) or ""
+            continue
+        count, event, newest = missed(project_id, tasks, marks[str(project_id)])
         if event is not None:
             if api:
                 post_events(api, [event])

@@ -2,7 +2,9 @@
 
 For every project castlab pushed to, annotations updated after the stored watermark
 (``<workspace>/stack/review_watermark.json``: project id → newest ``updated_at`` seen) become the same events the
-receiver sends; the watermark moves forward only after the events were taken.
+receiver sends; the watermark moves forward only after the events were taken. A project without a watermark
+gets one (its newest annotation, or "" when it has none) and no event: reconciliation covers what happens after
+it first sees a project.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def missed(project_id: int, tasks: list[dict[str, Any]], since: str | None) -> t
     """(annotations updated after `since`, one event standing for them (the newest), the new watermark)."""
     newer = [(str(a.get("updated_at") or a.get("created_at") or ""), a, t) for t in tasks
              for a in t.get("annotations") or []]
-    newer = [(s, a, t) for s, a, t in newer if s and (since is None or s > since)]
+    newer = [(s, a, t) for s, a, t in newer if s and (not since or s > since)]
     if not newer:
         return 0, None, since
     stamp, annotation, task = max(newer, key=lambda item: item[0])

@@ -127,7 +127,7 @@ def test_the_next_stage_is_claimed_once(tmp_path):
 def test_reconciliation_finds_what_came_after_the_watermark(workspace):
     tasks = [{"id": 1, "annotations": [{"id": 10, "updated_at": "2026-12-02T10:00:00Z"}]},
              {"id": 2, "annotations": [{"id": 11, "updated_at": "2026-12-02T11:00:00Z"}]}]
-    count, event, mark = reconcile.missed(7, tasks, None)
+    count, event, mark = reconcile.missed(7, tasks, "")  # a project that had no annotation when first seen
     assert count == 2 and mark == "2026-12-02T11:00:00Z" and event["payload"]["annotation_id"] == 11
     assert event["payload"]["source"] == "reconcile"
     assert reconcile.missed(7, tasks, "2026-12-02T10:30:00Z")[0] == 1
