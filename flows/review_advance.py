@@ -65,7 +65,7 @@ def review_advance(project_id: str, config_files: list[str] | None = None, prese
     settings = {"config_files": config_files, "preset": preset, "profile": profile}
     results = []
     for review in advance.reviews_of_project(cfg, int(project_id)):
-        before = None
+        before = _progress(review, cfg)[2]
         for _ in range(MAX_ROUNDS):
             review_sync(run_dir=str(review.run_dir), **settings)
             annotated, total, newest = _progress(review, cfg)
