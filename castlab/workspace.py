@@ -65,6 +65,20 @@ def write_json_atomic(target: Path, data: Any, force: bool = True) -> Path:
     return write_text_atomic(target, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", force)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically, readable by the owner only (0600): credentials and secrets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def relative_to_workspace(path: Path) -> str:
     """POSIX path of `path` relative to the workspace root (what Label Studio's local files serve)."""
     root = workspace_root()

@@ -19,7 +19,7 @@ import requests
 
 from castlab.config import Config
 from castlab.errors import StackError
-from castlab.workspace import stack_dir
+from castlab.workspace import stack_dir, write_private
 
 CREDENTIALS_FILE = "labelstudio.credentials.json"
 HEALTH_PATH = "/health"
@@ -50,20 +50,6 @@ def credentials_path() -> Path:
     return stack_dir() / CREDENTIALS_FILE
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically, readable by the owner only (0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def load_credentials(path: Path) -> Credentials:
     """Read a credentials file written by :func:`load_or_create_credentials`."""
     try:
@@ -84,7 +70,7 @@ def load_or_create_credentials(path: Path) -> Credentials:
             os.chmod(path, 0o600)
         return load_credentials(path)
     creds = Credentials.generate()
-    _write_private(path, json.dumps(asdict(creds), indent=2) + "\n")
+    write_private(path, json.dumps(asdict(creds), indent=2) + "\n")
     return creds
 
 

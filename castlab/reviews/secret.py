@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 
 from castlab.errors import StackError
-from castlab.workspace import stack_dir
+from castlab.workspace import stack_dir, write_private
 
 HEADER = "X-Castlab-Secret"
 ENV = "CASTLAB_WEBHOOK_SECRET"
@@ -37,10 +37,7 @@ def webhook_secret(create: bool = False) -> str | None:
     if not create:
         return None
     value = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(value + "\n")
+    write_private(path, value + "\n")
     return value
 
 

@@ -100,11 +100,15 @@ def _ml_backend(cfg: Config) -> ManagedProcess:
     )
 
 
+def _api_url(cfg: Config) -> str:
+    """The Prefect API the worker and the receiver talk to: ``PREFECT_API_URL``, else the local server's."""
+    return prefect_api_url(cfg) or f"{_prefect(cfg).url}/api"
+
+
 def receiver_process(cfg: Config) -> ManagedProcess:
-    """The webhook receiver (castlab.reviews.receiver): Label Studio webhooks → Prefect events."""
+    """The webhook receiver (flows/receiver.py): Label Studio webhooks → Prefect events."""
     host, port = cfg.reviews.host, cfg.reviews.port
-    env = dict(os.environ, CASTLAB_WORKSPACE=str(workspace_root()),
-               PREFECT_API_URL=prefect_api_url(cfg) or f"{_prefect(cfg).url}/api")
+    env = dict(os.environ, CASTLAB_WORKSPACE=str(workspace_root()), PREFECT_API_URL=_api_url(cfg))
     return ManagedProcess(
         "receiver",
         [sys.executable, "-m", "flows.receiver", "--host", host, "--port", str(port)],
@@ -133,7 +137,7 @@ def _process(cfg: Config, name: str, create_credentials: bool = False) -> Manage
     if name == "worker":
         from castlab.stack.deployments import worker_process
 
-        return worker_process(cfg, prefect_api_url(cfg) or f"{_prefect(cfg).url}/api")
+        return worker_process(cfg, _api_url(cfg))
     if name == "receiver":
         return receiver_process(cfg)
     return _prefect(cfg) if name == "prefect" else _ml_backend(cfg)
