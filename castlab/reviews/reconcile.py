@@ -29,18 +29,20 @@ def read_watermarks() -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
+def _stamp(annotation: dict[str, Any]) -> str:
+    return str(annotation.get("updated_at") or annotation.get("created_at") or "")
+
+
 def newest_update(tasks: list[dict[str, Any]]) -> str | None:
     """The newest annotation time stamp among `tasks` (None without annotations)."""
-    stamps = [str(a.get("updated_at") or a.get("created_at") or "") for t in tasks for a in t.get("annotations") or []]
-    return max((s for s in stamps if s), default=None)
+    return max((s for t in tasks for a in t.get("annotations") or [] if (s := _stamp(a))), default=None)
 
 
 def missed(project_id: int, tasks: list[dict[str, Any]], since: str | None) -> tuple[int, dict[str, Any] | None,
                                                                                       str | None]:
     """(annotations updated after `since`, one event standing for them (the newest), the new watermark)."""
-    newer = [(str(a.get("updated_at") or a.get("created_at") or ""), a, t) for t in tasks
-             for a in t.get("annotations") or []]
-    newer = [(s, a, t) for s, a, t in newer if s and (not since or s > since)]
+    newer = [(s, a, t) for t in tasks for a in t.get("annotations") or []
+             if (s := _stamp(a)) and (not since or s > since)]
     if not newer:
         return 0, None, since
     stamp, annotation, task = max(newer, key=lambda item: item[0])
