@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from castlab.models.architectures import CLIP_G, CLIP_L, SD15_UNET, SD_VAE, SDXL_UNET
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -80,11 +82,9 @@ def build_full_sd15(folder: Path) -> None:
     from castlab.models.tokenizers import clip_tokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                        num_attention_heads=12, projection_dim=768))
+    unet = UNet2DConditionModel(**SD15_UNET)
+    vae = AutoencoderKL(**SD_VAE)
+    text = CLIPTextModel(CLIPTextConfig(**CLIP_L, projection_dim=768))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
                                    scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
                                                            beta_end=0.012, clip_sample=False),
@@ -92,21 +92,11 @@ def build_full_sd15(folder: Path) -> None:
     pipe.save_pretrained(str(folder), safe_serialization=True)
 
 
-# stabilityai/stable-diffusion-xl-base-1.0's component configs (the values that differ from the classes' defaults)
-SDXL_UNET = {
-    "sample_size": 128, "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
-    "cross_attention_dim": 2048, "layers_per_block": 2, "transformer_layers_per_block": [1, 2, 10],
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "use_linear_projection": True,
-    "addition_embed_type": "text_time", "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
-}
-SDXL_VAE = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
-            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-            "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
-SDXL_CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-               "projection_dim": 768, "hidden_act": "quick_gelu"}
-SDXL_CLIP_G = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
-               "projection_dim": 1280, "hidden_act": "gelu"}
+# stabilityai/stable-diffusion-xl-base-1.0's component configs: the shared architecture tables plus the values a
+# saved pipeline carries beside them
+SDXL_VAE = {**SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+SDXL_CLIP_L = {**CLIP_L, "projection_dim": 768, "hidden_act": "quick_gelu"}
+SDXL_CLIP_G = {**CLIP_G, "hidden_act": "gelu"}
 SDXL_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                   "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "steps_offset": 1,
                   "timestep_spacing": "leading", "interpolation_type": "linear", "use_karras_sigmas": False}

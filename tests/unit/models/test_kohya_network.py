@@ -16,11 +16,11 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from peft.tuners.tuners_utils import BaseTunerLayer
-from real_architectures import CLIP_G, CLIP_L, SD15_UNET, SDXL_UNET
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from castlab.config import load_config
+from castlab.models.architectures import CLIP_G, CLIP_L, SD15_UNET, SDXL_UNET
 from castlab.models.diffusion import load_base_pipeline
 from castlab.models.kohya import (
     load_lora_into_pipeline,

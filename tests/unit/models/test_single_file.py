@@ -27,12 +27,12 @@ from ldm_checkpoint import (
     vae_ldm_state,
     write_ldm_checkpoint,
 )
-from real_architectures import CLIP_G, SD15_UNET, SD_VAE, SDXL_UNET
 from safetensors.torch import load_file
 from training_pairs import concept_images, write_pair
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from castlab.config import load_config
+from castlab.models.architectures import CLIP_G, SD15_UNET, SD_VAE, SDXL_UNET
 from castlab.models.diffusion import load_base_pipeline, tiny_model_id
 from trainers.loop import run_training
 

@@ -1,6 +1,6 @@
-"""The released Stable Diffusion architectures, for tests that build them on the meta device: the architecture keys
-of runwayml/stable-diffusion-v1-5 and stabilityai/stable-diffusion-xl-base-1.0 (unet/, vae/, text_encoder*/
-config.json); the rest are diffusers' and transformers' defaults."""
+"""The released Stable Diffusion architectures, for tests and benchmarks that build them with random weights (or on
+the meta device): the architecture keys of runwayml/stable-diffusion-v1-5 and stabilityai/stable-diffusion-xl-base-1.0
+(unet/, vae/, text_encoder*/ config.json); the rest are diffusers' and transformers' defaults."""
 
 SD15_UNET = {
     "sample_size": 64, "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
