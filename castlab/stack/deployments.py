@@ -31,18 +31,26 @@ PREFECT_FILE = PROJECT_ROOT / "prefect.yaml"
 DEPLOY_TIMEOUT_S = 300.0
 
 
-def _prefect_bin() -> str:
+def prefect_bin() -> str:
+    """The ``prefect`` command of this virtualenv."""
     return str(Path(sys.executable).parent / "prefect")
+
+
+def prefect_env() -> dict[str, str]:
+    """This environment for a Prefect process castlab starts: its home in the workspace, analytics off, and no
+    inherited ``PREFECT_API_URL`` (the caller sets the one it means)."""
+    home = stack_dir() / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_API_URL", "PREFECT_HOME"}}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return env
 
 
 def _env(cfg: Config, api_url: str) -> dict[str, str]:
     """The environment of the deploy command and of the worker (and so of every flow run it starts)."""
-    env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_API_URL", "PREFECT_HOME"}}
-    home = stack_dir() / "prefect"
-    home.mkdir(parents=True, exist_ok=True)
+    env = prefect_env()
     env.update(
-        PREFECT_API_URL=api_url, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOCAL_STORAGE_PATH=str(home / "storage"),
+        PREFECT_API_URL=api_url, PREFECT_LOCAL_STORAGE_PATH=str(Path(env["PREFECT_HOME"]) / "storage"),
         CASTLAB_WORKSPACE=str(workspace_root()), CASTLAB_PROFILE=cfg.profile,
         CASTLAB_WORK_POOL=cfg.prefect.work_pool, CASTLAB_PROJECT_ROOT=str(PROJECT_ROOT),
     )
@@ -88,7 +96,7 @@ def ensure_work_pool(cfg: Config, api_url: str) -> bool:
             raise StackError(f"work pool {pool!r} exists with type {kind!r}; castlab's deployments need a 'process' "
                              "pool (choose another name with the setting 'prefect.work_pool')")
         return False
-    _run([_prefect_bin(), "--no-prompt", "work-pool", "create", pool, "--type", "process"], _env(cfg, api_url),
+    _run([prefect_bin(), "--no-prompt", "work-pool", "create", pool, "--type", "process"], _env(cfg, api_url),
          f"creating work pool {pool!r}")
     return True
 
@@ -96,7 +104,7 @@ def ensure_work_pool(cfg: Config, api_url: str) -> bool:
 def deploy(cfg: Config, api_url: str) -> list[str]:
     """Pool + ``prefect deploy --all`` (idempotent: deployments are updated in place); the deployed names."""
     ensure_work_pool(cfg, api_url)
-    _run([_prefect_bin(), "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)],
+    _run([prefect_bin(), "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)],
          _env(cfg, api_url), "prefect deploy --all")
     return sorted(declared_deployments())
 
@@ -115,7 +123,7 @@ def worker_process(cfg: Config, api_url: str) -> ManagedProcess:
     env.update(PREFECT_WORKER_WEBSERVER_HOST=host, PREFECT_WORKER_WEBSERVER_PORT=str(port))
     return ManagedProcess(
         "worker",
-        [_prefect_bin(), "worker", "start", "--pool", cfg.prefect.work_pool, "--type", "process",
+        [prefect_bin(), "worker", "start", "--pool", cfg.prefect.work_pool, "--type", "process",
          "--with-healthcheck"],
         host=host,
         port=port,

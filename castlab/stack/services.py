@@ -24,6 +24,7 @@ import yaml
 from castlab.config import PROJECT_ROOT, Config
 from castlab.errors import StackError
 from castlab.labelstudio.connection import Credentials, credentials_path, load_credentials, load_or_create_credentials
+from castlab.stack.deployments import deploy, prefect_bin, prefect_env, worker_process
 from castlab.stack.labelstudio_server import LabelStudioServer
 from castlab.stack.process import ManagedProcess
 from castlab.workspace import stack_dir, workspace_root, write_text_atomic
@@ -56,21 +57,16 @@ def _labelstudio(cfg: Config, create_credentials: bool = False) -> LabelStudioSe
 
 def _prefect(cfg: Config) -> ManagedProcess:
     host, port = cfg.prefect.host, cfg.prefect.port
-    home = stack_dir() / "prefect"
-    home.mkdir(parents=True, exist_ok=True)
-    venv_prefect = Path(sys.executable).parent / "prefect"
-    env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_API_URL", "PREFECT_HOME"}}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     return ManagedProcess(
         "prefect",
-        [str(venv_prefect), "server", "start", "--host", host, "--port", str(port)],
+        [prefect_bin(), "server", "start", "--host", host, "--port", str(port)],
         host=host,
         port=port,
         health_path="/api/health",
         setting="prefect.port",
         state_dir=stack_dir(),
         startup_timeout_s=cfg.prefect.startup_timeout_s,
-        env=env,
+        env=prefect_env(),
         cwd=stack_dir(),
     )
 
@@ -135,8 +131,6 @@ def _process(cfg: Config, name: str, create_credentials: bool = False) -> Manage
     if name == "labelstudio":
         return _labelstudio(cfg, create_credentials).process
     if name == "worker":
-        from castlab.stack.deployments import worker_process
-
         return worker_process(cfg, _api_url(cfg))
     if name == "receiver":
         return receiver_process(cfg)
@@ -194,8 +188,6 @@ def _start(proc: ManagedProcess) -> dict[str, Any]:
 
 
 def _start_worker(cfg: Config) -> dict[str, Any]:
-    from castlab.stack.deployments import deploy
-
     deployed = deploy(cfg, _prefect_api_or_fail("worker", cfg))
     return {**_start(_process(cfg, "worker")), "work_pool": cfg.prefect.work_pool, "deployments": deployed}
 
