@@ -205,7 +205,8 @@ def load_config(
 ) -> Config:
     """Load defaults, then a preset (``configs/presets/<name>.yaml``), override files and `extra`; validate.
 
-    The profile can also come from the ``CASTLAB_PROFILE`` environment variable.
+    The profile can also come from the ``CASTLAB_PROFILE`` environment variable, the task runner
+    (``orchestration.task_runner``) from ``CASTLAB_TASK_RUNNER`` (set by ``--task-runner``, so the flows see it).
     """
     defaults = CONFIGS_DIR / "defaults.yaml"
     layers: list[tuple[str, dict[str, Any]]] = [(str(defaults), _read_yaml(defaults))]
@@ -223,6 +224,9 @@ def load_config(
         if chosen not in PROFILES:
             raise ConfigError(f"profile must be one of {PROFILES}, got {chosen!r} (setting 'profile')")
         layers.append(("--profile" if profile else "CASTLAB_PROFILE", {"profile": chosen}))
+    runner = os.environ.get("CASTLAB_TASK_RUNNER", "").strip()
+    if runner:
+        layers.append(("CASTLAB_TASK_RUNNER", {"orchestration": {"task_runner": runner}}))
     data: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for source, layer in layers:

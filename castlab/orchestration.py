@@ -3,7 +3,8 @@
 - :func:`task_runner` / :func:`configured`: ``thread`` (a thread pool in the flow's process), ``dask`` (prefect-dask:
   an existing scheduler at ``orchestration.address``, else a ``LocalCluster`` of ``orchestration.workers``
   processes with one thread each) or ``ray`` (prefect-ray, the optional extra ``castlab[ray]``). Flows pick
-  it at run time: ``configured(flow, cfg)(...)`` is ``flow.with_options(task_runner=task_runner(cfg))(...)``.
+  it at run time: ``configured(flow, cfg)(...)`` is ``flow.with_options(task_runner=task_runner(cfg))(...)``; a
+  deployment run of a chunked flow checks :func:`runs_elsewhere` and runs itself again on the configured runner.
 - :func:`gpu_resources`: wrap the ``.submit``/``.map`` of GPU tasks in it; on CUDA they ask the runner for
   ``orchestration.gpus_per_task`` GPUs (Dask resource ``GPU``, Ray ``num_gpus``); elsewhere it does nothing.
 - :func:`worker_models`: a per-process model cache, so a worker loads a stage's models once, not once per task.
@@ -127,6 +128,29 @@ def _ray_runner_class() -> Any:
 def configured(flow: F, cfg: Config) -> F:
     """`flow` with the task runner of `cfg` (``flow.with_options(task_runner=task_runner(cfg))``)."""
     return flow.with_options(task_runner=task_runner(cfg))  # type: ignore[attr-defined]
+
+
+_RUNNER_CLASSES = {"thread": "ThreadPoolTaskRunner", "dask": "DaskTaskRunner", "ray": "RayTaskRunner"}
+
+
+def runs_elsewhere(cfg: Config) -> bool:
+    """True inside a flow run whose task runner is not the one `cfg` names: a deployment run (its flow carries
+    the default thread runner) started under ``orchestration.task_runner: dask``. The flow then runs itself again
+    as a subflow on the configured runner (``configured(flow, cfg)(...)``); the CLI configures it up front."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    current = type(context.task_runner).__name__ if context and context.task_runner else None
+    return current is not None and current != _RUNNER_CLASSES[cfg.orchestration.task_runner]
+
+
+def rerun_on_configured_runner(flow: Any, cfg: Config, params: dict[str, Any]) -> Any:
+    """`flow(**params)` as a subflow on the runner `cfg` names (see :func:`runs_elsewhere`)."""
+    from prefect import get_run_logger
+
+    get_run_logger().info("running again as a subflow on the %s task runner (orchestration.task_runner)",
+                          cfg.orchestration.task_runner)
+    return configured(flow, cfg)(**params)
 
 
 # -- GPU tasks ----------------------------------------------------------------------------------------------

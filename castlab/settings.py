@@ -9,6 +9,7 @@ forbids unknown keys: a misspelt key fails when the config is loaded, before any
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -264,11 +265,49 @@ class OrchestrationSettings(Section):
 
 class ReviewsSettings(ServiceSettings):
     complete_share: float = Field(gt=0.0, le=1.0)
+    wait_timeout_s: int = Field(ge=0)  # how long a pipeline run waits for one review (0: no limit)
 
 
 class MlBackendSettings(ServiceSettings):
     batch_budget_s: float = Field(ge=0)  # 0: one task per request
     preload_captioner: bool
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url.strip()).password
+    except ValueError:
+        return None
+
+
+class DatabaseSettings(Section):
+    url: str  # "" (SQLite) or postgresql://user@host:port; a password goes in CASTLAB_DATABASE_URL instead
+    labelstudio_db: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    prefect_db: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _redact(cls, data: Any) -> Any:
+        """Mask a password before validation, so the error that refuses it (and names the input) cannot show it."""
+        url = data.get("url") if isinstance(data, dict) else None
+        if isinstance(url, str) and _url_password(url):
+            parts = urlsplit(url.strip())
+            user = parts.netloc.rpartition("@")[0].partition(":")[0]
+            data = {**data, "url": urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))}
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_without_password(cls, value: str) -> str:
+        try:
+            scheme = urlsplit(value.strip()).scheme
+        except ValueError as exc:
+            raise ValueError(f"not a postgresql://user@host:port URL ({exc})") from None
+        if value.strip() and scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be empty or a postgresql://user@host:port URL")
+        if _url_password(value):  # the resolved config is copied into every run folder: no secret may live there
+            raise ValueError("must not hold a password (set CASTLAB_DATABASE_URL instead, or use ~/.pgpass)")
+        return value
 
 
 # --- model roles: the keys differ by profile, so every field is optional; a loader checks what it needs.
@@ -360,4 +399,5 @@ class Settings(Section):
     orchestration: OrchestrationSettings
     reviews: ReviewsSettings
     ml_backend: MlBackendSettings
+    database: DatabaseSettings
     models: ModelsSettings

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from castlab.config import Config, load_config
-from castlab.errors import CastlabError, InputError
+from castlab.errors import CastlabError, InputError, StackError
 from castlab.runtime import setup_runtime
 
 
@@ -34,11 +35,11 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _flow_config(args: argparse.Namespace) -> Config:
-    """The config of a flow command, ``--task-runner`` (if given) overriding ``orchestration.task_runner``."""
-    cfg = _config(args)
+    """The config of a flow command; ``--task-runner`` (if given) sets ``CASTLAB_TASK_RUNNER``, which overrides
+    ``orchestration.task_runner`` here and in the flow's own config."""
     if getattr(args, "task_runner", None):
-        cfg = cfg.with_overrides({"orchestration": {"task_runner": args.task_runner}})
-    return cfg
+        os.environ["CASTLAB_TASK_RUNNER"] = args.task_runner
+    return _config(args)
 
 
 def _run_flow(flow: Any, cfg: Config, **params: Any) -> Any:
@@ -55,10 +56,12 @@ def _must_exist(*paths: str) -> None:
             raise InputError(path, "does not exist")
 
 
-def _prefect(cfg: Config) -> None:
+def _prefect(cfg: Config) -> str:
     from flows.runtime import configure_prefect
 
-    print(f"prefect: {configure_prefect(cfg)}", file=sys.stderr)
+    runtime = configure_prefect(cfg)
+    print(f"prefect: {runtime}", file=sys.stderr)
+    return runtime
 
 
 def cmd_up(args: argparse.Namespace) -> Any:
@@ -79,7 +82,32 @@ def cmd_down(args: argparse.Namespace) -> Any:
 def cmd_status(args: argparse.Namespace) -> Any:
     from castlab import stack
 
-    return stack.status(_config(args))
+    if not args.run:
+        return stack.status(_config(args))
+    from castlab.pipeline.state import describe, find
+
+    state = find(args.run)
+    if state is None:
+        raise InputError(args.run, "no pipeline run has this flow run id, name or run folder (see `castlab pipeline`)")
+    print("\n".join(describe(state)))
+    return None
+
+
+def cmd_pipeline(args: argparse.Namespace) -> Any:
+    """Submit the pipeline deployment: the stack's worker runs it, reviews in Label Studio move it on."""
+    _must_exist(*args.videos, *(args.config or []))
+    cfg = _config(args)
+    if not _prefect(cfg).startswith("server"):
+        raise StackError("castlab pipeline runs on the stack's worker and waits for reviews: start the stack "
+                         "first (`castlab up`)")
+    from prefect.deployments import run_deployment
+
+    params = {"videos": [str(Path(v).resolve()) for v in args.videos], "mode": args.mode,
+              **_flow_kwargs(args), "config_files": [str(Path(c).resolve()) for c in args.config or []] or None}
+    run = run_deployment("pipeline/pipeline", parameters=params, timeout=0, as_subflow=False)
+    ui = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
+    return {"flow_run": str(run.id), "name": run.name, "prefect_ui": f"{ui}/runs/flow-run/{run.id}",
+            "status": f"castlab status {run.name}"}
 
 
 def cmd_curate(args: argparse.Namespace) -> Any:
@@ -255,7 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=["labelstudio", "prefect", "worker", "receiver", "ml_backend"],
                    help="start just this service (worker: deploys prefect.yaml first; needs the Prefect server)")
     add("down", cmd_down, "stop the local stack")
-    add("status", cmd_status, "show the local stack's services and URLs")
+    p = add("status", cmd_status, "show the local stack's services and URLs, or where a pipeline run is")
+    p.add_argument("run", nargs="?", help="a pipeline run: its flow run name or id, or its curate run folder")
+    p = add("pipeline", cmd_pipeline, "videos → curate → review → identify → review → caption → review → dataset → "
+                                      "train → evaluate → review → registry, on the stack's worker; each review "
+                                      "moves it on")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or folders of videos")
+    p.add_argument("--mode", choices=["scene", "interval", "hybrid"], help="frame selection (default from config)")
     p = add_flow("curate", cmd_curate, "video(s) → frames by shot → SAM2 instances → Label Studio masks project")
     p.add_argument("video", help="a video file or a folder of videos")
     p.add_argument("--mode", choices=["scene", "interval", "hybrid"], help="frame selection (default from config)")

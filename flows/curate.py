@@ -17,7 +17,7 @@ from castlab import frames, segment
 from castlab.config import Config
 from castlab.frames.report import REPORT_MD
 from castlab.manifest import Manifest
-from castlab.orchestration import gpu_resources, worker_models
+from castlab.orchestration import gpu_resources, rerun_on_configured_runner, runs_elsewhere, worker_models
 from castlab.rows import chunked
 from castlab.workspace import Run
 from flows.common import LABEL_STUDIO_RETRIES, labelstudio, resolve_config, save_changes
@@ -83,7 +83,7 @@ def push_masks_task(run_dir: str, cfg: Config, title: str | None) -> dict[str, A
 
 @flow(name="curate")
 def curate(
-    video: str,
+    video: str | list[str],
     mode: str | None = None,
     config_files: list[str] | None = None,
     preset: str | None = None,
@@ -91,14 +91,19 @@ def curate(
     project_title: str | None = None,
     push: bool = True,
 ) -> dict[str, Any]:
-    """Extract frames by shot, segment character instances and push them for mask review."""
+    """Extract frames by shot, segment character instances and push them for mask review (`video`: a video file,
+    a folder of videos, or a list of either)."""
     logger = get_run_logger()
     cfg = resolve_config(config_files, preset, profile)
+    if runs_elsewhere(cfg):  # a deployment run under orchestration.task_runner: dask | ray
+        return rerun_on_configured_runner(curate, cfg, {
+            "video": video, "mode": mode, "config_files": config_files, "preset": preset, "profile": profile,
+            "project_title": project_title, "push": push})
     run = Run.create("curate", cfg)
     run_dir = str(run.path)
     logger.info("run folder %s (profile %s)", run.path, cfg.profile)
     summary: dict[str, Any] = {"run_dir": run_dir, "profile": cfg.profile, "videos": []}
-    videos = find_videos_task(video)
+    videos = [path for item in ([video] if isinstance(video, str) else video) for path in find_videos_task(item)]
     extracted = [extract_frames_task.submit(path, run_dir, cfg, mode) for path in videos]
     for path, future in zip(videos, extracted, strict=True):
         rows = future.result()

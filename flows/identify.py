@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task, unmapped
 
 from castlab.config import Config
 from castlab.manifest import Manifest
-from castlab.orchestration import gpu_resources, worker_models
+from castlab.orchestration import gpu_resources, rerun_on_configured_runner, runs_elsewhere, worker_models
 from castlab.rows import chunked
 from castlab.workspace import Run
 from flows.common import LABEL_STUDIO_RETRIES, labelstudio, resolve_config, save_changes
@@ -59,6 +59,10 @@ def identify(
     from castlab.identity.stage import frames_of, identity_inputs
 
     cfg = resolve_config(config_files, preset, profile)
+    if runs_elsewhere(cfg):  # a deployment run under orchestration.task_runner: dask | ray
+        return rerun_on_configured_runner(identify, cfg, {
+            "run_dir": run_dir, "push": push, "force": force, "config_files": config_files, "preset": preset,
+            "profile": profile})
     run = Run.open(run_dir, cfg)
     instances, frames = identity_inputs(run.path, Manifest.for_run(run.path), cfg)
     chunks = [list(c) for c in chunked(instances, cfg.identity.chunk_instances)]

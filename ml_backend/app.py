@@ -1,7 +1,8 @@
 """FastAPI app speaking Label Studio 1.23's ML backend protocol (routing in :mod:`ml_backend.router`).
 
 Endpoints: ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook``. Errors answer
-``{"error": message}`` with a 4xx/5xx status; the server keeps serving.
+``{"error": message}`` with a 4xx/5xx status; the server keeps serving. With credentials
+(:mod:`ml_backend.auth`), every endpoint requires HTTP basic auth.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from fastapi.responses import JSONResponse
 
 from castlab.config import Config, load_config
 from castlab.errors import CastlabError
+from castlab.labelstudio.backends import BasicAuth
 from castlab.models.segmenter import Segmenter
+from ml_backend.auth import BasicAuthMiddleware
 from ml_backend.errors import BackendError
 from ml_backend.identity import VectorLoader
 from ml_backend.images import LabelStudioSource
@@ -48,10 +51,12 @@ def create_app(
     identity_loader: VectorLoader | None = None,
     captioner_factory: Callable[[Config], Any] | None = None,
     embedder_factory: Callable[[Config], Any] | None = None,
+    auth: BasicAuth | None = None,
 ) -> FastAPI:
     """The backend app; models come from the factories (castlab's loaders by default, loaded on first use).
     With `preload`, the predictors are set up before the server accepts requests: Label Studio gives
-    ``/setup`` only 3 s, less than a cold SAM2 load."""
+    ``/setup`` only 3 s, less than a cold SAM2 load. With `auth`, every request must carry those basic-auth
+    credentials (401 otherwise, before anything else runs)."""
     backend = Backend(cfg or load_config(), segmenter_factory=segmenter_factory, labelstudio=labelstudio,
                       identity_loader=identity_loader, captioner_factory=captioner_factory,
                       embedder_factory=embedder_factory)
@@ -64,6 +69,8 @@ def create_app(
 
     app = FastAPI(title="castlab ML backend", lifespan=lifespan)
     app.state.backend = backend
+    if auth is not None:
+        app.add_middleware(BasicAuthMiddleware, auth=auth)
 
     @app.exception_handler(BackendError)
     async def _backend_error(request: Request, exc: BackendError) -> JSONResponse:

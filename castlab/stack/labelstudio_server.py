@@ -1,7 +1,8 @@
 """Label Studio as a managed process: its own virtualenv, version, environment and start command.
 
 Label Studio runs from ``CASTLAB_LS_VENV`` (default ``<project>/.venv-labelstudio``) with SQLite data in
-its data folder, castlab's workspace as its local-files document root and telemetry off. Its admin login
+its data folder (or, given a :class:`~castlab.stack.database.PostgresDatabase`, on PostgreSQL), castlab's
+workspace as its local-files document root and telemetry off. Its admin login
 (:class:`~castlab.labelstudio.connection.Credentials`) reaches it through the environment only: it is
 never put on the command line, printed or logged.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from castlab.config import PROJECT_ROOT
 from castlab.errors import StackError
 from castlab.labelstudio.connection import HEALTH_PATH, Credentials, health_ok
+from castlab.stack.database import PostgresDatabase
 from castlab.stack.process import ManagedProcess
 
 
@@ -47,7 +49,8 @@ def _port_moved(port: int) -> Callable[[str], str | None]:
 
 
 class LabelStudioServer:
-    """A Label Studio server from its own venv, on host:port, SQLite data in `data_dir`.
+    """A Label Studio server from its own venv, on host:port, SQLite data in `data_dir` (its database in
+    `database` instead, when given; media and exports stay in `data_dir`).
 
     `document_root` is the local-files root (castlab's workspace). Pid and log files go to
     `state_dir` (default: the parent of `data_dir`).
@@ -65,8 +68,10 @@ class LabelStudioServer:
         venv: Path | None = None,
         state_dir: Path | None = None,
         name: str = "labelstudio",
+        database: PostgresDatabase | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.database = database
         self.document_root = Path(document_root).resolve()
         self.credentials = credentials
         self.venv = venv or labelstudio_venv()
@@ -96,6 +101,8 @@ class LabelStudioServer:
             COLLECT_ANALYTICS="false",
             LOG_LEVEL="WARNING",  # Label Studio's default (DEBUG) logs every request
         )
+        if database is not None:
+            env.update(database.labelstudio_env())
         command = [str(executable), "start", "--no-browser", "--internal-host", host, "--port", str(port)]
         self.process = ManagedProcess(
             name,

@@ -19,11 +19,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import requests
 import yaml
 
 from castlab.config import PROJECT_ROOT, Config
-from castlab.errors import StackError
+from castlab.errors import ConfigError, StackError
+from castlab.labelstudio.backends import backend_auth
 from castlab.labelstudio.connection import Credentials, credentials_path, load_credentials, load_or_create_credentials
+from castlab.stack.database import configured_database, describe_databases, prefect_database_env
 from castlab.stack.deployments import deploy, prefect_bin, prefect_env, worker_process
 from castlab.stack.labelstudio_server import LabelStudioServer
 from castlab.stack.process import ManagedProcess
@@ -52,11 +55,13 @@ def _labelstudio(cfg: Config, create_credentials: bool = False) -> LabelStudioSe
         creds,
         startup_timeout_s=cfg.labelstudio.startup_timeout_s,
         state_dir=stack_dir(),
+        database=configured_database(cfg) if create_credentials else None,  # only a start needs it
     )
 
 
 def _prefect(cfg: Config) -> ManagedProcess:
     host, port = cfg.prefect.host, cfg.prefect.port
+    env = prefect_env()
     return ManagedProcess(
         "prefect",
         [prefect_bin(), "server", "start", "--host", host, "--port", str(port)],
@@ -66,8 +71,9 @@ def _prefect(cfg: Config) -> ManagedProcess:
         setting="prefect.port",
         state_dir=stack_dir(),
         startup_timeout_s=cfg.prefect.startup_timeout_s,
-        env=prefect_env(),
+        env=env,
         cwd=stack_dir(),
+        prepare=lambda: env.update(prefect_database_env(cfg)),  # at start only: status and down need no database
     )
 
 
@@ -75,13 +81,32 @@ def _write_config(path: Path, cfg: Config) -> None:
     write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+class _BackendProcess(ManagedProcess):
+    """The ML backend's process: with its basic auth on (``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` in the
+    environment it gets), health probes carry the credentials."""
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        try:
+            auth = backend_auth(self.env)
+        except ConfigError:
+            auth = None  # half a pair: the backend refuses to start (its log says why)
+        if auth is None:
+            return super().healthy(timeout)
+        try:
+            response = requests.get(self.url + self.health_path, timeout=timeout, allow_redirects=False,
+                                    headers={"Authorization": auth.header()})
+        except requests.RequestException:
+            return False
+        return self.health_check(response)
+
+
 def _ml_backend(cfg: Config) -> ManagedProcess:
     host, port = cfg.ml_backend.host, cfg.ml_backend.port
     resolved = stack_dir() / "ml_backend.config.yaml"  # the backend resolves exactly this process's config
     command = [sys.executable, "-m", "ml_backend", "--host", host, "--port", str(port)]
     command += ["--profile", cfg.profile, "--config", str(resolved)]
-    env = dict(os.environ, CASTLAB_WORKSPACE=str(workspace_root()))
-    return ManagedProcess(
+    env = dict(os.environ, CASTLAB_WORKSPACE=str(workspace_root()))  # BASIC_AUTH_USER / _PASS pass through
+    return _BackendProcess(
         "ml_backend",
         command,
         host=host,
@@ -150,7 +175,8 @@ def up(cfg: Config, services: Iterable[str] = DEFAULT_SERVICES) -> dict[str, dic
     for name in [n for n in names if n not in _AFTER_PREFECT]:
         if name == "labelstudio":
             server = _labelstudio(cfg, create_credentials=True)
-            if server.process.record() is None and not (server.data_dir / "label_studio.sqlite3").exists():
+            sqlite = server.data_dir / "label_studio.sqlite3"
+            if server.process.record() is None and server.database is None and not sqlite.exists():
                 logger.warning("labelstudio: the first start creates its database (about a minute)")
             proc, fresh = server.process, server.spawn()
         else:
@@ -207,8 +233,12 @@ def down(cfg: Config, services: Iterable[str] = SERVICES) -> dict[str, str]:
 
 
 def status(cfg: Config) -> dict[str, dict[str, Any]]:
-    """For each service: running (our process is alive), pid, url, healthy, log."""
-    return {name: _process(cfg, name).status() for name in SERVICES}
+    """For each service: running (our process is alive), pid, url, healthy, log (+ Label Studio's and the Prefect
+    server's database, without its password)."""
+    result = {name: _process(cfg, name).status() for name in SERVICES}
+    for name, database in describe_databases(cfg).items():
+        result[name]["database"] = database
+    return result
 
 
 def prefect_api_url(cfg: Config) -> str | None:

@@ -18,7 +18,7 @@ from test_thin_path import make_video
 
 from castlab.config import load_config
 from castlab.manifest import Manifest
-from castlab.orchestration import clear_worker_models, configured, loaded_models
+from castlab.orchestration import clear_worker_models, loaded_models
 
 pytestmark = pytest.mark.integration
 
@@ -50,16 +50,19 @@ def _normalised(run_dir: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _curate_and_identify(runner: str, video: Path, override: Path) -> tuple[Path, float]:
+def _curate_and_identify(runner: str, video: Path, override: Path, monkeypatch: pytest.MonkeyPatch
+                         ) -> tuple[Path, float]:
+    """Run as a deployment runs them: the flows as declared (thread runner); the runner comes from the settings
+    (CASTLAB_TASK_RUNNER) and a flow on another one runs itself again on it."""
     from flows.curate import curate
     from flows.identify import identify
 
-    cfg = load_config(overrides=[str(override)], profile="tiny",
-                      extra={"orchestration": {"task_runner": runner, "workers": 2}})
+    monkeypatch.setenv("CASTLAB_TASK_RUNNER", runner)
+    assert load_config(overrides=[str(override)]).orchestration.task_runner == runner
     started = time.monotonic()
     kwargs = {"config_files": [str(override)], "profile": "tiny"}
-    run_dir = configured(curate, cfg)(video=str(video), mode="scene", push=False, **kwargs)["run_dir"]
-    summary = configured(identify, cfg)(run_dir=run_dir, push=False, **kwargs)
+    run_dir = curate(video=str(video), mode="scene", push=False, **kwargs)["run_dir"]
+    summary = identify(run_dir=run_dir, push=False, **kwargs)
     print(f"{runner}: {summary['instances']} instances, {summary['clusters']} clusters, {summary['noise']} noise")
     assert summary["instances"] > 0
     return Path(run_dir), time.monotonic() - started
@@ -78,12 +81,12 @@ def test_dask_local_cluster_gives_the_thread_runners_manifest(prefect_runtime, t
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        thread_run, thread_s = _curate_and_identify("thread", video, override)
+        thread_run, thread_s = _curate_and_identify("thread", video, override, monkeypatch)
     finally:
         torch.set_num_threads(torch_threads)
     assert {"segment", "identity"} <= set(loaded_models())  # threads: loaded in this process, once per stage
     clear_worker_models()
-    dask_run, dask_s = _curate_and_identify("dask", video, override)
+    dask_run, dask_s = _curate_and_identify("dask", video, override, monkeypatch)
     assert loaded_models() == []  # Dask: every segmentation and embedding chunk ran in a worker process
     print(f"curate + identify: thread runner {thread_s:.1f} s, Dask LocalCluster (2 processes) {dask_s:.1f} s")
 

@@ -5,10 +5,15 @@ the webhook dropped, the reconciliation deployment catches up."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ from test_prefect_server import free_port
 
 from castlab.config import PROJECT_ROOT
 from castlab.labelstudio import client
+from castlab.manifest import Manifest
 from castlab.reviews.secret import HEADER
 
 pytestmark = pytest.mark.integration
@@ -69,12 +75,29 @@ NAME_CLUSTER = [{"from_name": "decision", "to_name": "sheet", "type": "choices",
 NAME_INSTANCE = [{"from_name": "new_identity", "to_name": "crop", "type": "textarea", "value": {"text": ["Zorvik"]}}]
 
 
-def test_a_review_starts_the_next_stage_and_reconciliation_catches_up(ls_server, tmp_path: Path):
-    from test_thin_path import make_video
+@dataclass
+class Stack:
+    """`castlab up` (Prefect server, worker, webhook receiver) beside the session's Label Studio."""
 
+    workspace: Path
+    override: Path
+    env: dict[str, str]
+    api: str
+    receiver: str
+    ls: Any
+
+    def castlab(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--config", str(self.override)],
+                              env=self.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0 or not check, done.stderr[-3000:]
+        return done
+
+
+@pytest.fixture(scope="module")
+def stack(ls_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workspace = ls_server.workspace
     port, worker_port, receiver_port = free_port(), free_port(), free_port()
-    override = tmp_path / "ports.yaml"
+    override = tmp_path_factory.mktemp("stack") / "ports.yaml"
     override.write_text(yaml.safe_dump({
         "prefect": {"port": port, "worker_port": worker_port, "work_pool": "castlab-reviews"},
         "reviews": {"port": receiver_port},
@@ -83,73 +106,177 @@ def test_a_review_starts_the_next_stage_and_reconciliation_catches_up(ls_server,
     env.update(CASTLAB_WORKSPACE=str(workspace), CASTLAB_PROFILE="tiny", LABEL_STUDIO_URL=ls_server.url,
                LABEL_STUDIO_API_KEY=ls_server.token)
     env.pop("CASTLAB_WEBHOOK_SECRET", None)
-
-    def castlab(*args: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--config", str(override)], env=env,
-                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done
-
-    api = f"http://127.0.0.1:{port}/api"
-    receiver = f"http://127.0.0.1:{receiver_port}/labelstudio"
-    ls = client.connect(ls_server.url, ls_server.token)
-    castlab("up", "--only", "prefect")
+    running = Stack(workspace, override, env, f"http://127.0.0.1:{port}/api",
+                    f"http://127.0.0.1:{receiver_port}/labelstudio", client.connect(ls_server.url, ls_server.token))
+    running.castlab("up", "--only", "prefect")
     try:
-        castlab("up", "--only", "worker")
-        castlab("up", "--only", "receiver")
-        secret = (workspace / "stack" / "webhook.secret").read_text().strip()
-        assert (workspace / "stack" / "webhook.secret").stat().st_mode & 0o077 == 0
-
-        # the one command a person runs; from here on nobody calls castlab
-        castlab("curate", str(make_video(tmp_path / "clip.mp4", shots=1, frames_per_shot=24)), "--mode", "interval")
-        run_dir = max((workspace / "runs").glob("*-curate"))
-        run = f"runs/{run_dir.name}"
-        push = yaml.safe_load((run_dir / "labelstudio_push.json").read_text())
-        masks_project = int(push["project_id"])
-        hooks = [h for h in ls.webhooks.list(project=str(masks_project)) if h.url == receiver]
-        assert len(hooks) == 1 and hooks[0].headers == {HEADER: secret}  # castlab watches its project
-
-        # without the secret: 401, and nothing runs
-        refused = requests.post(receiver, json={"action": "ANNOTATION_CREATED", "project": {"id": masks_project},
-                                                "annotation": {"id": 1}}, timeout=5)
-        assert refused.status_code == 401
-        assert requests.post(receiver, headers={HEADER: "wrong"}, json={}, timeout=5).status_code == 401
-
-        assert annotate_run(ls, masks_project, run) > 0  # the masks review, through Label Studio's API
-        identify = wait_until(lambda: [r for r in flow_runs(api, "identify") if r["state_type"] == "COMPLETED"],
-                              420, "the identify deployment to run and complete after the masks review")
-        assert len(identify) == 1 and identify[0]["parameters"]["run_dir"] == str(run_dir)
-        assert (run_dir / "identity_push.json").is_file() and (run_dir / "pipeline" / "identify.started").is_file()
-        wait_until(lambda: settled(api, "review-advance"), 300, "review-advance runs to settle")
-
-        # the same delivery twice: review-advance runs again, the next stage does not
-        body = {"action": "ANNOTATION_UPDATED", "project": {"id": masks_project}, "annotation": {"id": 1}}
-        for _ in range(2):
-            answered = requests.post(receiver, headers={HEADER: secret}, json=body, timeout=5)
-            assert answered.status_code == 202
-        before = len(flow_runs(api, "review-advance"))
-        wait_until(lambda: len(flow_runs(api, "review-advance")) >= before and settled(api, "review-advance"), 300,
-                   "the duplicated deliveries to be handled")
-        assert len(flow_runs(api, "identify")) == 1
-
-        # the identity review with its webhooks dropped: only the reconciliation deployment can see it. Its first
-        # run only sets watermarks (reviews finished before it watched start nothing, e.g. other tests' runs here)
-        reconcile = requests.post(f"{api}/deployments/filter",
-                                  json={"deployments": {"name": {"any_": ["review-reconcile"]}}}, timeout=30).json()
-        requests.post(f"{api}/deployments/{reconcile[0]['id']}/create_flow_run", json={}, timeout=30)
-        wait_until(lambda: settled(api, "review-reconcile"), 300, "the first reconciliation")
-        identity = yaml.safe_load((run_dir / "identity_push.json").read_text())
-        for kind, answer in (("instances", NAME_INSTANCE), ("clusters", NAME_CLUSTER)):
-            project_id = int(identity[kind]["project_id"])
-            for hook in ls.webhooks.list(project=str(project_id)):
-                ls.webhooks.delete(id=int(hook.id))
-            annotate_run(ls, project_id, run, answer)  # every instance named: the character to caption
-        requests.post(f"{api}/deployments/{reconcile[0]['id']}/create_flow_run", json={}, timeout=30)
-        caption = wait_until(lambda: [r for r in flow_runs(api, "caption") if r["state_type"] in TERMINAL], 420,
-                             "the caption deployment to run after reconciliation")
-        assert caption[0]["parameters"]["run_dir"] == str(run_dir)
-        assert len(caption) == 1 and caption[0]["state_type"] == "COMPLETED", caption[0]["state"]
-        assert (workspace / "stack" / "review_watermark.json").is_file()
-        assert sum(r["state_type"] == "COMPLETED" for r in flow_runs(api, "review-reconcile")) >= 2
+        running.castlab("up", "--only", "worker")
+        running.castlab("up", "--only", "receiver")
+        yield running
     finally:
-        castlab("down")
+        running.castlab("down")
+
+
+def test_a_review_starts_the_next_stage_and_reconciliation_catches_up(stack: Stack, tmp_path: Path):
+    from test_thin_path import make_video
+
+    workspace, api, receiver, ls, castlab = stack.workspace, stack.api, stack.receiver, stack.ls, stack.castlab
+    secret = (workspace / "stack" / "webhook.secret").read_text().strip()
+    assert (workspace / "stack" / "webhook.secret").stat().st_mode & 0o077 == 0
+
+    # the one command a person runs; from here on nobody calls castlab
+    castlab("curate", str(make_video(tmp_path / "clip.mp4", shots=1, frames_per_shot=24)), "--mode", "interval")
+    run_dir = max((workspace / "runs").glob("*-curate"))
+    run = f"runs/{run_dir.name}"
+    push = yaml.safe_load((run_dir / "labelstudio_push.json").read_text())
+    masks_project = int(push["project_id"])
+    hooks = [h for h in ls.webhooks.list(project=str(masks_project)) if h.url == receiver]
+    assert len(hooks) == 1 and hooks[0].headers == {HEADER: secret}  # castlab watches its project
+
+    # without the secret: 401, and nothing runs
+    refused = requests.post(receiver, json={"action": "ANNOTATION_CREATED", "project": {"id": masks_project},
+                                            "annotation": {"id": 1}}, timeout=5)
+    assert refused.status_code == 401
+    assert requests.post(receiver, headers={HEADER: "wrong"}, json={}, timeout=5).status_code == 401
+
+    assert annotate_run(ls, masks_project, run) > 0  # the masks review, through Label Studio's API
+    identify = wait_until(lambda: [r for r in flow_runs(api, "identify") if r["state_type"] == "COMPLETED"],
+                          420, "the identify deployment to run and complete after the masks review")
+    assert len(identify) == 1 and identify[0]["parameters"]["run_dir"] == str(run_dir)
+    assert (run_dir / "identity_push.json").is_file() and (run_dir / "pipeline" / "identify.started").is_file()
+    wait_until(lambda: settled(api, "review-advance"), 300, "review-advance runs to settle")
+
+    # the same delivery twice: review-advance runs again, the next stage does not
+    body = {"action": "ANNOTATION_UPDATED", "project": {"id": masks_project}, "annotation": {"id": 1}}
+    for _ in range(2):
+        answered = requests.post(receiver, headers={HEADER: secret}, json=body, timeout=5)
+        assert answered.status_code == 202
+    before = len(flow_runs(api, "review-advance"))
+    wait_until(lambda: len(flow_runs(api, "review-advance")) >= before and settled(api, "review-advance"), 300,
+               "the duplicated deliveries to be handled")
+    assert len(flow_runs(api, "identify")) == 1
+
+    # the identity review with its webhooks dropped: only the reconciliation deployment can see it. Its first
+    # run only sets watermarks (reviews finished before it watched start nothing, e.g. other tests' runs here)
+    reconcile = requests.post(f"{api}/deployments/filter",
+                              json={"deployments": {"name": {"any_": ["review-reconcile"]}}}, timeout=30).json()
+    requests.post(f"{api}/deployments/{reconcile[0]['id']}/create_flow_run", json={}, timeout=30)
+    wait_until(lambda: settled(api, "review-reconcile"), 300, "the first reconciliation")
+    identity = yaml.safe_load((run_dir / "identity_push.json").read_text())
+    for kind, answer in (("instances", NAME_INSTANCE), ("clusters", NAME_CLUSTER)):
+        project_id = int(identity[kind]["project_id"])
+        for hook in ls.webhooks.list(project=str(project_id)):
+            ls.webhooks.delete(id=int(hook.id))
+        annotate_run(ls, project_id, run, answer)  # every instance named: the character to caption
+    requests.post(f"{api}/deployments/{reconcile[0]['id']}/create_flow_run", json={}, timeout=30)
+    caption = wait_until(lambda: [r for r in flow_runs(api, "caption") if r["state_type"] in TERMINAL], 420,
+                         "the caption deployment to run after reconciliation")
+    assert caption[0]["parameters"]["run_dir"] == str(run_dir)
+    assert len(caption) == 1 and caption[0]["state_type"] == "COMPLETED", caption[0]["state"]
+    assert (workspace / "stack" / "review_watermark.json").is_file()
+    assert sum(r["state_type"] == "COMPLETED" for r in flow_runs(api, "review-reconcile")) >= 2
+
+
+def kill_flow_run_process(flow_run_id: str) -> int:
+    """SIGKILL the process running `flow_run_id` (the worker's child, found by its PREFECT__FLOW_RUN_ID)."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+                return int(proc.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no process runs flow run {flow_run_id}")
+
+
+def start_reconcile(api: str) -> None:
+    found = requests.post(f"{api}/deployments/filter",
+                          json={"deployments": {"name": {"any_": ["review-reconcile"]}}}, timeout=30).json()
+    requests.post(f"{api}/deployments/{found[0]['id']}/create_flow_run", json={}, timeout=30).raise_for_status()
+
+
+PICK_LEFT = [{"from_name": "pick", "to_name": "pick", "type": "pairwise", "value": {"selected": "left"}}]
+
+
+def test_the_pipeline_walks_to_the_registry_moved_only_by_reviews(stack: Stack, tmp_path: Path):
+    """`castlab pipeline VIDEO`: four reviews made through Label Studio's API, each resuming the suspended run,
+    and a LoRA chosen by the reviewers in the registry; the stages ran inside the pipeline run, never twice."""
+    from test_thin_path import make_video
+
+    from castlab.evaluate.registry import read_registry
+
+    workspace, api, ls = stack.workspace, stack.api, stack.ls
+    settings = tmp_path / "pipeline.yaml"  # small clusters, a small evaluation with open gates (the tiny models'
+    settings.write_text(yaml.safe_dump({  # scores are noise)
+        "clustering": {"min_cluster_size": 3, "min_samples": 1}, "dataset": {"min_instances": 2},
+        "evaluation": {"seeds": [1, 2], "steps": 2, "lora_weights": [1.0], "caption_prompts": 0, "bootstrap": 10,
+                       "pairs_per_matchup": 2, "gates": {"max_leakage_gain": 9, "max_drift": 2,
+                                                         "max_memorisation": 1, "min_diversity_ratio": 0}}}))
+    video = make_video(tmp_path / "clip.mp4", shots=1, frames_per_shot=24)
+    started = json.loads(stack.castlab("pipeline", str(video), "--mode", "interval", "--config", str(settings)).stdout)
+    flow_run_id = started["flow_run"]
+    state_file = workspace / "pipelines" / f"{flow_run_id}.json"
+
+    def pipeline_state(crash_ok: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+        data = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        run = requests.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()
+        bad = ("FAILED",) if crash_ok else ("FAILED", "CRASHED")
+        assert data.get("status") not in ("failed", "stopped") and run["state_type"] not in bad, (
+            data.get("reason"), run["state"])
+        return data, run
+
+    def suspended_for(step: str, crash_ok: bool = False) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            data, run = pipeline_state(crash_ok)
+            waits = (data.get("waiting") or {}).get("step") == step
+            return data if waits and run["state_type"] == "PAUSED" and run["state_name"] == "Suspended" else None
+        return wait_until(check, 600, f"the pipeline run to suspend for its {step}")
+
+    data = suspended_for("masks-review")
+    run_dir = Path(data["steps"]["curate"]["result"]["run_dir"])
+    run = f"runs/{run_dir.name}"
+    shown = stack.castlab("status", started["name"]).stdout
+    assert run_dir.name in shown and re.search(r"masks-review\s+waiting", shown) and re.search(r"curate\s+done", shown)
+    assert re.search(r"identify\s+pending", shown)
+
+    assert annotate_run(ls, json.loads((run_dir / "labelstudio_push.json").read_text())["project_id"], run) > 0
+
+    # the run's process dies inside identify: the worker marks it Crashed, review-reconcile schedules it again and
+    # it redoes identify only, with no task pushed twice and no manifest row lost
+    wait_until(lambda: (pipeline_state()[0]["steps"].get("identify") or {}).get("status") == "running", 300,
+               "the pipeline run to begin identify")
+    rows_before = len(Manifest.for_run(run_dir).rows())
+    time.sleep(5)  # inside the identify subflow
+    kill_flow_run_process(flow_run_id)
+    wait_until(lambda: pipeline_state(crash_ok=True)[1]["state_type"] == "CRASHED", 120,
+               "the worker to mark the killed run Crashed")
+    start_reconcile(api)
+    data = suspended_for("identities-review", crash_ok=True)
+    assert data["steps"]["identify"]["attempts"] == 2 and data["steps"]["curate"]["attempts"] == 1
+    assert len(Manifest.for_run(run_dir).rows()) >= rows_before
+    identity = json.loads((run_dir / "identity_push.json").read_text())
+    instances = [t for t in client.list_tasks(ls, int(identity["instances"]["project_id"]))
+                 if (t.get("data") or {}).get("castlab_run") == run]
+    assert len(instances) == len({t["data"]["castlab_key"] for t in instances}) > 0  # none pushed twice
+    for kind, answer in (("instances", NAME_INSTANCE), ("clusters", NAME_CLUSTER)):
+        annotate_run(ls, int(identity[kind]["project_id"]), run, answer)
+    suspended_for("captions-review")
+    annotate_run(ls, json.loads((run_dir / "captions" / "captions_push.json").read_text())["project_id"], run)
+
+    data = suspended_for("checkpoints-review")  # dataset → train → evaluate ran without anybody
+    assert set(data["steps"]["dataset"]["result"]["datasets"]) == {"Zorvik"}
+    evaluation = data["steps"]["evaluate"]["result"]["Zorvik"]
+    eval_dir = Path(evaluation["out_dir"])
+    assert annotate_run(ls, int(evaluation["project_id"]), f"runs/{eval_dir.name}", PICK_LEFT) > 0
+
+    data = wait_until(lambda: (lambda d, r: d if r["state_type"] == "COMPLETED" else None)(*pipeline_state()), 600,
+                      "the pipeline run to complete after the checkpoints review")
+    assert data["status"] == "completed" and all(data["steps"][s]["status"] == "done" for s in data["steps"])
+    chosen = data["steps"]["registry"]["result"]["Zorvik"]
+    assert chosen["chosen"] and Path(chosen["registry"]).is_file()
+    entry = next(e for e in read_registry().values() if Path(e["file"]).stem == chosen["chosen"])
+    assert entry["chosen_by"] == "reviewers"
+    assert re.search(r"registry\s+done", stack.castlab("status", str(run_dir)).stdout)
+    for stage in ("identify", "caption", "dataset"):  # the pipeline ran them: review-advance started none
+        assert not [r for r in flow_runs(api, stage) if str(run_dir) in json.dumps(r["parameters"])]

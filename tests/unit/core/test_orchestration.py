@@ -185,12 +185,29 @@ def test_cached_models_are_used_by_one_task_at_a_time():
     orchestration.clear_worker_models()
 
 
-def test_cli_task_runner_option_overrides_the_setting():
+def test_cli_task_runner_option_overrides_the_setting(monkeypatch: pytest.MonkeyPatch):
     from flows.cli import _flow_config, build_parser
 
-    args = build_parser().parse_args(["curate", "v.mp4", "--task-runner", "dask", "--profile", "tiny"])
-    assert _flow_config(args).orchestration.task_runner == "dask"
+    monkeypatch.setenv("CASTLAB_TASK_RUNNER", "")  # unset (empty), and unset again after the test
     args = build_parser().parse_args(["identify", "run", "--profile", "tiny"])
     assert _flow_config(args).orchestration.task_runner == "thread"
+    args = build_parser().parse_args(["curate", "v.mp4", "--task-runner", "dask", "--profile", "tiny"])
+    assert _flow_config(args).orchestration.task_runner == "dask"
+    assert load_config(profile="tiny").orchestration.task_runner == "dask"  # the flow's own config agrees
     with pytest.raises(SystemExit):
         build_parser().parse_args(["status", "--task-runner", "dask"])  # stack commands run no flow
+
+
+def test_a_flow_on_another_runner_than_the_settings_name_runs_elsewhere(monkeypatch: pytest.MonkeyPatch):
+    from prefect.context import FlowRunContext
+
+    def inside(runner: Any) -> None:
+        monkeypatch.setattr(FlowRunContext, "get", classmethod(lambda cls: type("Ctx", (), {"task_runner": runner})))
+
+    inside(ThreadPoolTaskRunner())  # a deployment run: the flow as declared
+    assert orchestration.runs_elsewhere(cfg_with(task_runner="dask"))
+    assert not orchestration.runs_elsewhere(cfg_with(task_runner="thread"))
+    inside(DaskTaskRunner())  # run again on the configured runner (or configured up front by the CLI)
+    assert not orchestration.runs_elsewhere(cfg_with(task_runner="dask"))
+    monkeypatch.setattr(FlowRunContext, "get", classmethod(lambda cls: None))
+    assert not orchestration.runs_elsewhere(cfg_with(task_runner="dask"))  # outside a flow run

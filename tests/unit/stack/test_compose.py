@@ -15,13 +15,16 @@ COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 CASTLAB_SERVICES = ("prefect-worker", "ml-backend")
 ENV_READ = re.compile(r"""(?:environ(?:\.get|\.setdefault)?\(|environ\[|getenv\()\s*["']([A-Z0-9_]+)["']""")
+ENV_CONSTANT = re.compile(r"""^[A-Z_]*ENV\s*=\s*["']([A-Z0-9_]+)["']""", re.MULTILINE)  # USER_ENV = "BASIC_AUTH_USER"
+PREFECT_YAML_VAR = re.compile(r"\{\{\s*\$([A-Z0-9_]+)\s*\}\}")  # prefect.yaml reads these at deploy time
 
 
 def env_names_read_by_code() -> set[str]:
-    names: set[str] = set()
+    names = set(PREFECT_YAML_VAR.findall((PROJECT_ROOT / "prefect.yaml").read_text(encoding="utf-8")))
     for package in ("castlab", "flows", "ml_backend", "trainers"):
         for path in (PROJECT_ROOT / package).rglob("*.py"):
-            names.update(ENV_READ.findall(path.read_text(encoding="utf-8")))
+            text = path.read_text(encoding="utf-8")
+            names.update(ENV_READ.findall(text), ENV_CONSTANT.findall(text))
     return names
 
 
@@ -34,7 +37,7 @@ def container_port(service: str) -> int:
 
 
 def test_services_and_healthchecks():
-    assert set(SERVICES) == {"postgres", "label-studio", "prefect-server", "prefect-worker", "ml-backend"}
+    assert set(SERVICES) == {"postgres", "label-studio", "prefect-server", "prefect-worker", "receiver", "ml-backend"}
     for name, service in SERVICES.items():
         assert "healthcheck" in service, f"{name} has no healthcheck"
 
@@ -79,3 +82,43 @@ def test_token_shared_between_label_studio_and_castlab():
         assert "CASTLAB_LS_TOKEN" in SERVICES[service]["environment"]["LABEL_STUDIO_API_KEY"]
     assert "CASTLAB_LS_TOKEN" in ls_token
     assert not Path(PROJECT_ROOT / ".env").exists() or ".env" in (PROJECT_ROOT / ".gitignore").read_text()
+
+
+def test_prefect_server_runs_on_its_own_postgres_database():
+    url = urlparse(SERVICES["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"])
+    assert url.scheme == "postgresql+asyncpg" and url.hostname == "postgres" and url.path == "/prefect"
+    assert url.username == SERVICES["postgres"]["environment"]["POSTGRES_USER"]
+    assert "POSTGRES_PASSWORD" in url.password
+    assert "postgres" in SERVICES["prefect-server"]["depends_on"]
+    (init,) = [v for v in SERVICES["postgres"]["volumes"] if "/docker-entrypoint-initdb.d/" in v]
+    script = (PROJECT_ROOT / init.split(":")[0]).read_text()
+    assert "CREATE DATABASE prefect" in script and "pg_trgm" in script
+    assert SERVICES["label-studio"]["environment"]["POSTGRE_NAME"] == "labelstudio"
+
+
+def test_receiver_is_reachable_on_the_compose_network_only():
+    receiver = SERVICES["receiver"]
+    command = receiver["command"]
+    assert command[:3] == ["python", "-m", "flows.receiver"]
+    assert command[command.index("--port") + 1] == str(load_config().reviews.port)
+    assert "ports" not in receiver
+    assert "CASTLAB_WEBHOOK_SECRET" in receiver["environment"]["CASTLAB_WEBHOOK_SECRET"]
+    assert urlparse(receiver["environment"]["PREFECT_API_URL"]).hostname == "prefect-server"
+    for name in receiver["environment"]:
+        assert name in env_names_read_by_code()
+
+
+def test_worker_deploys_before_it_starts():
+    worker = SERVICES["prefect-worker"]
+    script = worker["command"][-1]
+    assert script.index("work-pool create") < script.index("deploy --all") < script.index("worker start")
+    assert worker["environment"]["CASTLAB_WORK_POOL"] == load_config().prefect.work_pool
+    assert worker["environment"]["CASTLAB_PROJECT_ROOT"] == "/app"
+
+
+def test_secrets_come_from_env_file():
+    shared = COMPOSE["x-castlab-env"]
+    for name, key in (("CASTLAB_WEBHOOK_SECRET", "CASTLAB_WEBHOOK_SECRET"), ("BASIC_AUTH_USER", "CASTLAB_ML_USER"),
+                      ("BASIC_AUTH_PASS", "CASTLAB_ML_PASSWORD")):
+        assert shared[name] == f"${{{key}:?set {key} in .env}}"
+        assert SERVICES["ml-backend"]["environment"][name] == shared[name]

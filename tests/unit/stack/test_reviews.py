@@ -140,3 +140,26 @@ def test_annotation_event_ids_differ_per_update():
     one = annotation_event(1, "ANNOTATION_UPDATED", {"id": 5, "updated_at": "a"}, "webhook")
     two = annotation_event(1, "ANNOTATION_UPDATED", {"id": 5, "updated_at": "b"}, "webhook")
     assert one["id"] != two["id"]
+
+
+def test_the_receiver_address_label_studio_uses_can_be_set(monkeypatch):
+    import requests
+
+    from castlab.reviews import hooks
+
+    asked: list[str] = []
+
+    class Answer:
+        def __init__(self, status: int) -> None:
+            self.status_code = status
+
+    monkeypatch.setenv(hooks.URL_ENV, "http://receiver:4202/")
+    monkeypatch.setattr(requests, "get", lambda url, timeout: asked.append(url) or Answer(200))
+    assert hooks.receiver_url(load_config(profile="tiny")) == "http://receiver:4202/labelstudio"
+    assert asked == ["http://receiver:4202/health"]
+
+    def down(url: str, timeout: float) -> Answer:
+        raise requests.ConnectionError("refused")
+
+    monkeypatch.setattr(requests, "get", down)
+    assert hooks.receiver_url(load_config(profile="tiny")) is None  # not answering: no webhook to a dead end
