@@ -89,7 +89,18 @@ def cmd_status(args: argparse.Namespace) -> Any:
     state = find(args.run)
     if state is None:
         raise InputError(args.run, "no pipeline run has this flow run id, name or run folder (see `castlab pipeline`)")
-    print("\n".join(describe(state)))
+    lines = describe(state)
+    api = stack.prefect_api_url(_config(args))
+    if api:  # what Prefect says about the run (Suspended while a review is open, Crashed, ...)
+        import requests
+
+        try:
+            run = requests.get(f"{api.rstrip('/')}/flow_runs/{state.flow_run_id}", timeout=5).json()
+            lines.insert(1, f"  prefect: {run['state_name']} ({api.removesuffix('/api')}/runs/flow-run/"
+                            f"{state.flow_run_id})")
+        except (requests.RequestException, ValueError, KeyError):
+            lines.insert(1, f"  prefect: {api} did not answer about this run")
+    print("\n".join(lines))
     return None
 
 

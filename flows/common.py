@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from castlab.config import Config, load_config
 from castlab.manifest import Manifest
@@ -49,3 +52,13 @@ def save_changes(run_dir: str | Path, changes: list[dict[str, Any]]) -> int:
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
     return len(changes)
+
+
+def results_with_progress(futures: Sequence[Any], sizes: Sequence[int], desc: str, unit: str = "instance") -> list[Any]:
+    """The futures' results in order, with a progress bar counting `sizes` (items per future)."""
+    results = []
+    with tqdm(total=sum(sizes), desc=desc, unit=unit) as bar:
+        for future, size in zip(futures, sizes, strict=True):
+            results.append(future.result())
+            bar.update(size)
+    return results

@@ -1,5 +1,10 @@
 """evaluate: prompt suite x seeds per checkpoint → identity, prompt following, diversity, memorisation, leakage →
-gates, Pareto front, recommendation → the registry and a blind pairwise review of the front in Label Studio."""
+gates, Pareto front, recommendation → the registry and a blind pairwise review of the front in Label Studio.
+
+Rendering fans out on the run's task runner (``orchestration``): one task embeds the references, then one GPU task
+renders and scores the base model, and one each checkpoint (at every ``evaluation.lora_weights``); they write
+images and embeddings to the evaluation folder and return paths and per-image numbers. One task ranks them.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,52 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from castlab.config import Config
+from castlab.orchestration import gpu_resources, rerun_on_configured_runner, runs_elsewhere, worker_models
 from castlab.workspace import Run, relative_to_workspace
-from flows.common import LABEL_STUDIO_RETRIES, labelstudio, resolve_config
+from flows.common import LABEL_STUDIO_RETRIES, labelstudio, resolve_config, results_with_progress
+
+MODELS = "evaluate"  # the worker_models name of the base pipeline, DINOv2, the face analyzer and open_clip
 
 
-@task(name="evaluate-checkpoints")
-def evaluate_task(checkpoints: list[str], out_dir: str, dataset: str | None, force: bool, cfg: Config
-                  ) -> dict[str, Any]:
-    from castlab.evaluate.stage import evaluate_checkpoints
+@task(name="plan-evaluation")
+def plan_task(checkpoints: list[str], out_dir: str, dataset: str | None, force: bool, cfg: Config
+              ) -> dict[str, Any]:
+    from castlab.evaluate.stage import plan_evaluation
 
-    return evaluate_checkpoints([Path(c) for c in checkpoints], Path(out_dir), cfg, force=force,
-                                dataset=Path(dataset) if dataset else None)
+    return plan_evaluation([Path(c) for c in checkpoints], Path(out_dir), cfg, force=force,
+                           dataset=Path(dataset) if dataset else None)
+
+
+@task(name="embed-references")
+def references_task(plan: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """The architecture check and the reference embeddings, once for every render task."""
+    from castlab.evaluate.stage import load_models, reference_embeddings
+
+    with worker_models(MODELS, cfg, load_models) as models:
+        return reference_embeddings(plan, cfg, models)
+
+
+@task(name="render-checkpoint")
+def render_task(group: list[dict[str, Any]], plan: dict[str, Any], references: str, cfg: Config
+                ) -> dict[str, Any]:
+    """Render and score one model state group: the base model, or a checkpoint at each weight (models loaded
+    once per worker process)."""
+    from castlab.evaluate.stage import load_models, render_group
+
+    with worker_models(MODELS, cfg, load_models) as models:
+        return render_group(plan, group, references, cfg, models)
+
+
+@task(name="rank-checkpoints")
+def rank_task(plan: dict[str, Any], references: dict[str, Any], parts: list[dict[str, Any]], cfg: Config
+              ) -> dict[str, Any]:
+    from castlab.evaluate.stage import finish_evaluation
+
+    return finish_evaluation(plan, references, parts, cfg)
 
 
 @task(name="push-checkpoint-pairs", **LABEL_STUDIO_RETRIES)
@@ -70,13 +106,24 @@ def evaluate(
     Pareto front as blind pairs to Label Studio's checkpoints project (review-sync on the evaluation folder
     brings the reviewers' pick back)."""
     from castlab.evaluate.registry import register_lora
-    from castlab.evaluate.stage import registry_entry
+    from castlab.evaluate.stage import registry_entry, state_groups
 
     cfg = resolve_config(config_files, preset, profile)
+    if runs_elsewhere(cfg):  # a deployment run under orchestration.task_runner: dask | ray
+        return rerun_on_configured_runner(evaluate, cfg, {
+            "checkpoints": checkpoints, "out_dir": out_dir, "dataset": dataset, "push": push, "register": register,
+            "force": force, "config_files": config_files, "preset": preset, "profile": profile})
     target = Path(out_dir) if out_dir else Run.create("evaluate", cfg).path
     if push:  # Label Studio serves the blind pairs from the workspace: fail before rendering, not after
         relative_to_workspace(target)
-    report = evaluate_task(checkpoints, str(target), dataset, force, cfg)
+    plan = plan_task(checkpoints, str(target), dataset, force, cfg)
+    groups = state_groups(plan)
+    per_state = len(plan["specs"]) * len(cfg.evaluation.seeds)
+    with gpu_resources(cfg):
+        references = references_task.submit(plan, cfg).result()
+        futures = render_task.map(groups, unmapped(plan), unmapped(references["file"]), unmapped(cfg))
+        parts = results_with_progress(futures, [len(g) * per_state for g in groups], "evaluate: render", unit="img")
+    report = rank_task(plan, references, parts, cfg)
     create_markdown_artifact(key="evaluation-report", markdown=summary_markdown(report),
                              description=f"checkpoint evaluation of {report['character']}")
     create_table_artifact(key="checkpoint-ranking", table=[

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -23,6 +24,7 @@ from flows.common import LABEL_STUDIO_RETRIES, labelstudio, resolve_config
 from flows.review_sync import review_sync
 
 MAX_ROUNDS = 5  # annotations that keep arriving while a round syncs: at most this many rounds per run
+DEBOUNCE_S = 10  # the trigger's `within` (prefect.yaml): a project's events this soon after one start no run
 CRASH_ATTEMPTS = 3  # a pipeline step whose process keeps dying is retried until it was begun this many times
 
 
@@ -115,12 +117,32 @@ def review_counts(run_dirs: list[str], stage: str, cfg: Any) -> tuple[int, int]:
     return annotated, total
 
 
+def settle(event_time: str | None, window_s: float = DEBOUNCE_S) -> float:
+    """Wait until `window_s` after the event that started this run: the events of that window start no run of
+    their own, so their annotations must be in Label Studio before this run syncs. The seconds waited."""
+    if not event_time:
+        return 0.0
+    try:
+        occurred = datetime.fromisoformat(str(event_time).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if occurred.tzinfo is None:
+        occurred = occurred.replace(tzinfo=timezone.utc)
+    wait = (occurred - datetime.now(timezone.utc)).total_seconds() + window_s
+    if 0 < wait <= window_s:
+        time.sleep(wait)
+        return wait
+    return 0.0
+
+
 @flow(name="review-advance")
-def review_advance(project_id: str, config_files: list[str] | None = None, preset: str | None = None,
-                   profile: str | None = None) -> list[dict[str, Any]]:
+def review_advance(project_id: str, event_time: str | None = None, config_files: list[str] | None = None,
+                   preset: str | None = None, profile: str | None = None) -> list[dict[str, Any]]:
     """Sync the reviews of `project_id`'s runs and start each complete run's next stage (once). (`project_id` is
-    text: the trigger fills it from the event's resource labels, which are strings.)"""
+    text: the trigger fills it from the event's resource labels, which are strings; `event_time`: when the event
+    that started the run occurred, see :func:`settle`.)"""
     logger = get_run_logger()
+    settle(event_time)
     cfg = resolve_config(config_files, preset, profile)
     settings = {"config_files": config_files, "preset": preset, "profile": profile}
     results = []

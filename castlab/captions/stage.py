@@ -17,6 +17,9 @@ a record too: nothing is dropped silently. Outputs in ``<run>/captions/``: ``cap
 per instance), ``cluster_labels.json``, the report (:mod:`castlab.captions.report`) and, on request,
 ``sequences.json`` (one motion description per shot). Manifest columns: ``caption_pred``,
 ``caption_status``, ``caption_flags``, ``caption_priority``, ``caption_tokens``, ``caption_clip_score``.
+
+Steps 1-2 run a chunk of instances at a time (:func:`process`, ``captions.chunk_size`` per chunk), which a flow
+hands to workers; steps 3-4 need every record (:func:`finish_captions`). :func:`caption_run` does it all here.
 """
 
 from __future__ import annotations
@@ -265,30 +268,49 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
 
     Run again, it generates only what is new: an instance captioned before with the same identity, style and
     model keeps its fields (and its review); identity traits, QC flags, cluster labels and the report are
-    computed again over all. ``force`` generates every caption again."""
-    from castlab.captions.report import REPORT_MD, write_caption_report
+    computed again over all. ``force`` generates every caption again.
 
-    run_dir = Path(run_dir).resolve()
-    out = run_dir / CAPTIONS_DIR
-    settings = CaptionSettings.from_config(cfg, style)
-    previous = {r["row_id"]: r for r in read_records(run_dir)} if (out / RECORDS_NAME).is_file() else {}
-    rows = manifest.rows(kind="instance", status="kept")
-    if not rows:
-        raise InputError(run_dir / "manifest.parquet", "has no kept instances to caption (run curate first)")
-    if not any(identified(r) for r in rows):
-        raise InputError(run_dir / "manifest.parquet", "has no instance with a reviewed identity (run identify, "
-                         "review identities in Label Studio, then review-sync)")
+    Three steps, which a flow runs as tasks (the middle one fanned out to workers, a chunk per task):
+    :func:`plan_captions`, :func:`process` on each of :func:`caption_chunks`, :func:`finish_captions`."""
+    rows = caption_inputs(run_dir, manifest)
     models = load_models(cfg, captioner, embedder)
-    captioner, embedder = models.captioner, models.embedder
-    crop_paths = {str(r["row_id"]): r.get("crop_path") for r in rows}
+    plan = plan_captions(run_dir, rows, cfg, models.captioner.model_version, style=style, force=force)
+    chunks = caption_chunks(plan, int(cfg.captions.chunk_size))
+    parts = []
+    with tqdm(total=len(plan["todo"]), desc="captions", unit="instance") as bar:
+        for chunk in chunks:
+            parts.append(process(chunk, cfg, models, style=plan["style"]))
+            bar.update(len(chunk))
+    return finish_captions(run_dir, manifest, cfg, models, plan, parts, sequences=sequences)
 
-    def crop(row_id: str) -> Image.Image:
-        return load_crop(crop_paths[row_id], settings.background, settings.max_side)
 
+CHUNK_KEYS = ("row_id", "identity", "identity_state", "view", "crop_path")  # what :func:`process` reads of a row
+
+
+def caption_inputs(run_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
+    """The run's kept instances (manifest order), each with the fields captioning reads (:data:`CHUNK_KEYS`);
+    :class:`InputError` when there is none, or none with a reviewed identity (before any model is loaded)."""
+    rows = [{k: row.get(k) for k in CHUNK_KEYS} for row in manifest.rows(kind="instance", status="kept")]
+    if not rows:
+        raise InputError(Path(run_dir) / "manifest.parquet", "has no kept instances to caption (run curate first)")
+    if not any(identified(r) for r in rows):
+        raise InputError(Path(run_dir) / "manifest.parquet", "has no instance with a reviewed identity (run "
+                         "identify, review identities in Label Studio, then review-sync)")
+    return rows
+
+
+def plan_captions(run_dir: Path, rows: list[dict[str, Any]], cfg: Config, model_version: str,
+                  style: str | None = None, force: bool = False) -> dict[str, Any]:
+    """What a caption run generates (plain data, small enough to go to workers): ``rows`` (every kept instance,
+    :func:`caption_inputs`), ``records`` (row id → the records settled now: ``no_identity``, and earlier
+    captions reused unless ``force``), ``todo`` (row ids to caption, in order), ``reused`` and ``style``."""
+    settings = CaptionSettings.from_config(cfg, style)
+    out = Path(run_dir) / CAPTIONS_DIR
+    previous = {r["row_id"]: r for r in read_records(run_dir)} if (out / RECORDS_NAME).is_file() else {}
     done: dict[str, dict[str, Any]] = {}
     todo, reused = [], 0
     for row in rows:
-        record = new_record(row, settings, captioner.model_version)
+        record = new_record(row, settings, model_version)
         if record["status"] == "no_identity":
             done[record["row_id"]] = record
         elif not force and _reusable(previous.get(record["row_id"]), record):
@@ -296,14 +318,39 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
             done[record["row_id"]] = record
             reused += 1
         else:
-            todo.append(row)
-    # crops are loaded a chunk at a time (a film has tens of thousands): fields first, then assembly + QC,
-    # which need every caption of an identity (its usual traits) before any caption is flagged
-    with tqdm(total=len(todo), desc="captions", unit="instance") as bar:
-        for chunk in chunked(todo, settings.chunk_size):
-            done.update({r["row_id"]: r for r in process(chunk, cfg, models, settings=settings)})
-            bar.update(len(chunk))
-    records = [done[str(r["row_id"])] for r in rows]
+            todo.append(record["row_id"])
+    return {"rows": rows, "records": done, "todo": todo, "reused": reused, "style": settings.style}
+
+
+def caption_chunks(plan: dict[str, Any], size: int) -> list[list[dict[str, Any]]]:
+    """The plan's rows to caption, `size` at a time (``captions.chunk_size``: a worker task's unit)."""
+    todo = set(plan["todo"])
+    return [list(c) for c in chunked([r for r in plan["rows"] if str(r["row_id"]) in todo], size)]
+
+
+def finish_captions(run_dir: Path, manifest: Manifest, cfg: Config, models: CaptionModels, plan: dict[str, Any],
+                    parts: Sequence[Sequence[dict[str, Any]]], sequences: bool = False) -> dict[str, Any]:
+    """What needs every record of the run: the plan's records with the generated `parts` (:func:`process` of
+    each chunk) → identity majorities, assembly + QC, cluster labels, the files, the manifest (in memory) and,
+    on request, the sequence summaries. Returns the summary."""
+    from castlab.captions.report import REPORT_MD, write_caption_report
+
+    run_dir = Path(run_dir).resolve()
+    out = run_dir / CAPTIONS_DIR
+    settings = CaptionSettings.from_config(cfg, plan["style"])
+    captioner, embedder = models.captioner, models.embedder
+    done = {**plan["records"], **{r["row_id"]: r for part in parts for r in part}}
+    missing = [str(r["row_id"]) for r in plan["rows"] if str(r["row_id"]) not in done]
+    if missing:
+        raise ValueError(f"captions: no record for {len(missing)} instance(s), e.g. {missing[0]!r} "
+                         "(a chunk's result is missing)")
+    records = [done[str(r["row_id"])] for r in plan["rows"]]
+    crop_paths = {str(r["row_id"]): r.get("crop_path") for r in plan["rows"]}
+
+    def crop(row_id: str) -> Image.Image:
+        return load_crop(crop_paths[row_id], settings.background, settings.max_side)
+
+    # fields first (the chunks), then assembly + QC, which need every caption of an identity (its usual traits)
     ok = [r for r in records if r["status"] == "ok"]
     usual_paths = [*cfg.captions.invariant_fields, "outfit"]
     usual = identity_majorities([r["fields"] for r in ok], usual_paths, cfg=cfg)
@@ -330,7 +377,7 @@ def caption_run(run_dir: Path, manifest: Manifest, cfg: Config, captioner: Any =
                                   int(cfg.dataset.caption_max_tokens), trigger)
     summary: dict[str, Any] = {
         "instances": len(records), "status": dict(Counter(r["status"] for r in records)),
-        "captioned_now": len(todo), "reused": reused,
+        "captioned_now": len(plan["todo"]), "reused": plan["reused"], "chunks": len(parts),
         "flagged": sum(1 for r in records if r["flags"]), "identities": len(labels), "style": settings.style,
         "model_version": captioner.model_version, "profile": cfg.profile, "records": str(out / RECORDS_NAME),
         "report": report["files"][REPORT_MD],

@@ -218,13 +218,16 @@ def score_images(
     train_embeddings: np.ndarray | None,
     base_lookup: Mapping[tuple[str, int], np.ndarray] | None,
     cfg: Config,
+    drift: bool = True,
 ) -> tuple[list[dict[str, Any]], np.ndarray]:
     """The per-image metrics of `renders` (module docstring) and their whole-image DINOv2 embeddings (N, D).
 
     `images[i]` is the image of `renders[i]`. `base_lookup` maps (prompt_id, seed) to the base model's
     whole-image embedding (:func:`base_embeddings`); base renders in `renders` are added to it, so base and
-    checkpoints can be scored in one call. Returns new dicts (inputs are not changed), in input order; every
-    render gets a row. Each encoder is called once per call (batched), ArcFace once per detected face.
+    checkpoints can be scored in one call. ``drift=False`` leaves ``drift`` None, for :func:`add_drift` once
+    the base model's embeddings are at hand (renders scored apart, e.g. by workers). Returns new dicts (inputs
+    are not changed), in input order; every render gets a row. Each encoder is called once per call (batched),
+    ArcFace once per detected face.
     """
     if len(renders) != len(images):
         raise ValueError(f"score_images needs one image per render, got {len(renders)} renders, {len(images)} images")
@@ -270,9 +273,19 @@ def score_images(
             "arcface": arcface,
             "clip_t": float(clip_t[i]),
             "memorisation": None if memorisation is None else float(memorisation[i]),
-            "drift": _drift(render, whole[i], lookup),
+            "drift": _drift(render, whole[i], lookup) if drift else None,
         })
     return rows, whole
+
+
+def add_drift(rows: Sequence[Mapping[str, Any]], embeddings: Sequence[np.ndarray] | np.ndarray,
+              base: str = BASE) -> list[dict[str, Any]]:
+    """`rows` (scored with ``drift=False``) with ``drift`` set as :func:`score_images` sets it, from their
+    whole-image `embeddings` (``embeddings[i]`` is row i's); the base model's rows must be among them."""
+    if not len(rows):
+        return []
+    lookup = base_embeddings(rows, np.asarray(embeddings, np.float32).reshape(len(rows), -1), base)
+    return [{**row, "drift": _drift(row, embeddings[i], lookup)} for i, row in enumerate(rows)]
 
 
 def _drift(render: Mapping[str, Any], vector: np.ndarray, lookup: Mapping[tuple[str, int], np.ndarray]) -> float | None:

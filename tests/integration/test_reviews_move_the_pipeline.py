@@ -238,7 +238,7 @@ def test_the_pipeline_walks_to_the_registry_moved_only_by_reviews(stack: Stack, 
     run = f"runs/{run_dir.name}"
     shown = stack.castlab("status", started["name"]).stdout
     assert run_dir.name in shown and re.search(r"masks-review\s+waiting", shown) and re.search(r"curate\s+done", shown)
-    assert re.search(r"identify\s+pending", shown)
+    assert re.search(r"identify\s+pending", shown) and "prefect: Suspended" in shown
 
     assert annotate_run(ls, json.loads((run_dir / "labelstudio_push.json").read_text())["project_id"], run) > 0
 

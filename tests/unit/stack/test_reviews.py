@@ -163,3 +163,24 @@ def test_the_receiver_address_label_studio_uses_can_be_set(monkeypatch):
 
     monkeypatch.setattr(requests, "get", down)
     assert hooks.receiver_url(load_config(profile="tiny")) is None  # not answering: no webhook to a dead end
+
+
+def test_review_advance_waits_out_the_trigger_window_before_it_syncs(monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    import yaml
+
+    from castlab.config import PROJECT_ROOT
+    from flows import review_advance
+
+    slept: list[float] = []
+    monkeypatch.setattr(review_advance.time, "sleep", slept.append)
+    now = datetime.now(timezone.utc)
+    assert 6.0 <= review_advance.settle((now - timedelta(seconds=3)).isoformat(), 10) <= 7.0
+    assert review_advance.settle(str(now - timedelta(seconds=30)), 10) == 0.0  # the window is over
+    assert review_advance.settle(None) == review_advance.settle("not a time") == 0.0  # started by hand
+    assert len(slept) == 1
+    declared = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    trigger = next(d for d in declared if d["name"] == "review-advance")["triggers"][0]
+    assert trigger["within"] == review_advance.DEBOUNCE_S and trigger["posture"] == "Reactive"
+    assert trigger["parameters"]["event_time"] == "{{ event.occurred | string }}"
