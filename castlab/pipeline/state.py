@@ -130,6 +130,18 @@ def find(key: str) -> PipelineState | None:
     return max(matches, key=lambda s: str(s.data.get("created")), default=None)
 
 
+def _brief(value: Any) -> str:
+    """A result in a line: paths by their name, nested results in parentheses, empty values left out."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_brief(v)}" if not isinstance(v, dict) else f"{k} ({_brief(v)})"
+                         for k, v in value.items() if v not in (None, {}, [], ""))
+    if isinstance(value, list):
+        return " ".join(_brief(v) for v in value)
+    if isinstance(value, str) and "/" in value:
+        return Path(value).name
+    return str(value)
+
+
 def describe(state: PipelineState) -> list[str]:
     """Lines for ``castlab status RUN``: one per step, with what it made or waits for."""
     data = state.data
@@ -145,6 +157,6 @@ def describe(state: PipelineState) -> list[str]:
             waiting = data.get("waiting") or {}
             detail = f"since {entry.get('since')}: the {waiting.get('review')} review in Label Studio"
         elif status == "done":
-            detail = ", ".join(f"{k}={v}" for k, v in (entry.get("result") or {}).items() if k != "run_dir")
+            detail = _brief({k: v for k, v in (entry.get("result") or {}).items() if k != "run_dir"})
         lines.append(f"  {step:<19} {status:<8} {detail}".rstrip())
     return lines
