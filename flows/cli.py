@@ -208,6 +208,16 @@ def cmd_evaluate(args: argparse.Namespace) -> Any:
                      push=not args.no_push, register=not args.no_register, force=args.force, **_flow_kwargs(args))
 
 
+def cmd_report(args: argparse.Namespace) -> Any:
+    _must_exist(*args.runs)
+    cfg = _config(args)
+    _prefect(cfg)
+    from flows.report import report
+
+    return report(run_dirs=args.runs, out_dir=args.out, labelstudio_tasks=not args.no_labelstudio,
+                  **_flow_kwargs(args))
+
+
 def cmd_demo(args: argparse.Namespace) -> Any:
     cfg = _flow_config(args)
     _prefect(cfg)
@@ -351,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-push", action="store_true", help="do not push the checkpoints review to Label Studio")
     p.add_argument("--no-register", action="store_true", help="do not register the recommendation in loras.yaml")
     p.add_argument("--force", action="store_true", help="overwrite an existing quality_evaluation.json")
+    p = add("report", cmd_report, "one page per curate run: funnel, identities, captions, training and evaluation, "
+                                  "review analytics (<run>/report/: report.html, report.md, CSV tables)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="curate run folder(s)")
+    p.add_argument("--out", help="output folder (one run only; default <run>/report, written again each time)")
+    p.add_argument("--no-labelstudio", action="store_true", help="do not ask Label Studio (no annotator lead times)")
     p = add_flow("demo", cmd_demo, "the whole path on Big Buck Bunny (or --video): curate → … → evaluate")
     p.add_argument("--video", help="video to use instead of the Big Buck Bunny sample")
     p = add("backend", cmd_backend, "run the Label Studio ML backend in the foreground")

@@ -1,13 +1,13 @@
 """pipeline: videos walked from curation to a registered LoRA, waiting for each review in Label Studio.
 
 curate → masks review → identify → identities review → caption → captions review → dataset → train (each
-character) → evaluate → checkpoints review → registry. Before each wait the run records what it waits for
-(:mod:`castlab.pipeline.state`); run from its deployment it then suspends (the worker's process exits, the Prefect
-UI shows the run Suspended), run in process it pauses. ``review-advance`` resumes it when the review is complete
-(:mod:`castlab.reviews`); resuming it by hand in the Prefect UI goes on with the review as it stands. A resumed run
-starts again from the top and skips the steps it has done; a step it had begun and not finished (the worker died)
-is redone, replacing that step's own partial output. A failed run is retried once in place; a run whose process
-died is scheduled again by review-reconcile (flows/review_advance.py).
+character) → evaluate → checkpoints review → registry → the run report. Before each wait the run records what it
+waits for (:mod:`castlab.pipeline.state`); run from its deployment it then suspends (the worker's process exits,
+the Prefect UI shows the run Suspended), run in process it pauses. ``review-advance`` resumes it when the review
+is complete (:mod:`castlab.reviews`); a run resumed while its review is still incomplete waits again. A resumed
+run starts again from the top and skips the steps it has done; a step it had begun and not finished (the worker
+died) is redone, replacing that step's own partial output. A failed run is retried once in place; a run whose
+process died is scheduled again by review-reconcile (flows/review_advance.py).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from flows.curate import curate
 from flows.dataset import dataset
 from flows.evaluate import evaluate
 from flows.identify import identify
+from flows.report import report
 from flows.review_advance import review_counts
 from flows.review_sync import review_sync
 from flows.train import train
@@ -135,9 +136,12 @@ def pipeline(videos: list[str], mode: str | None = None, config_files: list[str]
         _each(state, "registry", evaluated, lambda _, e, __: _pick(
             review_sync(run_dir=e["out_dir"], **settings).get("checkpoints") or {}, "chosen", "agreement",
             "registry"))
+        _step(state, "report", lambda _: _report(run_dir, settings))
         state.end("completed")
     except Stop as stop:
         logger.warning("pipeline stopped: %s", stop)
+        if state.run_dir:  # what was done so far, and why it stopped, on one page
+            _step(state, "report", lambda _: _report(str(state.run_dir), settings))
         state.end("stopped", str(stop))
     except Pause:
         raise  # suspended: the state file says what the run waits for
@@ -146,6 +150,11 @@ def pipeline(videos: list[str], mode: str | None = None, config_files: list[str]
         raise
     logger.info("pipeline %s: %s", state.data["status"], state.run_dir)
     return state.data
+
+
+def _report(run_dir: str, settings: dict[str, Any]) -> dict[str, Any]:
+    written = report(run_dirs=[run_dir], **settings)
+    return {"html": next(iter(written.values()))["html"]}
 
 
 def _pick(result: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -162,6 +171,6 @@ def _datasets(built: dict[str, Any]) -> dict[str, Any]:
             "skipped": built.get("skipped")}
 
 
-def _evaluation(report: dict[str, Any]) -> dict[str, Any]:
-    return {"out_dir": report["out_dir"], "recommended": report.get("recommended_file"),
-            "project_id": (report.get("labelstudio") or {}).get("project_id")}
+def _evaluation(result: dict[str, Any]) -> dict[str, Any]:
+    return {"out_dir": result["out_dir"], "recommended": result.get("recommended_file"),
+            "project_id": (result.get("labelstudio") or {}).get("project_id")}

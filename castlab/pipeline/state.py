@@ -16,7 +16,7 @@ from typing import Any
 from castlab.workspace import workspace_root, write_json_atomic
 
 STEPS = ("curate", "masks-review", "identify", "identities-review", "caption", "captions-review", "dataset",
-         "train", "evaluate", "checkpoints-review", "registry")
+         "train", "evaluate", "checkpoints-review", "registry", "report")
 REVIEW_OF_STEP = {"masks-review": "masks", "identities-review": "identities", "captions-review": "captions",
                   "checkpoints-review": "checkpoints"}
 

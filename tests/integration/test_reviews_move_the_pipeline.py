@@ -278,5 +278,8 @@ def test_the_pipeline_walks_to_the_registry_moved_only_by_reviews(stack: Stack, 
     entry = next(e for e in read_registry().values() if Path(e["file"]).stem == chosen["chosen"])
     assert entry["chosen_by"] == "reviewers"
     assert re.search(r"registry\s+done", stack.castlab("status", str(run_dir)).stdout)
+    page = Path(data["steps"]["report"]["result"]["html"])  # the run report, lead times from Label Studio
+    assert page.parent == run_dir / "report" and "Label Studio was not asked" not in page.read_text()
+    assert (run_dir / "report" / "lead_times.csv").read_text().count("\n") >= 3  # header + masks + identities
     for stage in ("identify", "caption", "dataset"):  # the pipeline ran them: review-advance started none
         assert not [r for r in flow_runs(api, stage) if str(run_dir) in json.dumps(r["parameters"])]
