@@ -8,7 +8,7 @@ export PREFECT_HOME ?= $(CASTLAB_WORKSPACE)/stack/prefect
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export TORCHDYNAMO_DISABLE ?= 1
 
-.PHONY: setup venv labelstudio-venv bench-venv demo test test-unit test-integration lint bench up down status clean
+.PHONY: setup venv labelstudio-venv bench-venv demo test test-unit test-integration lint bench up down status clean lock
 
 setup: venv labelstudio-venv
 
@@ -33,6 +33,18 @@ test-integration: setup
 
 lint: venv
 	$(VENV)/bin/ruff check castlab flows ml_backend trainers tests benchmarks
+
+# Refresh requirements*.lock: fresh venvs from pyproject.toml without the locks, then their exact versions.
+lock:
+	rm -rf .cache/lock
+	CASTLAB_NO_LOCK=1 CASTLAB_VENV_DIR=.cache/lock/venv scripts/setup_venv.sh project
+	CASTLAB_NO_LOCK=1 CASTLAB_LS_VENV_DIR=.cache/lock/venv-labelstudio scripts/setup_venv.sh labelstudio
+	{ head -2 requirements.lock; .cache/lock/venv/bin/pip freeze --exclude-editable; } > .cache/lock/project.lock
+	{ head -1 requirements-labelstudio.lock; .cache/lock/venv-labelstudio/bin/pip freeze --exclude-editable; } \
+	  > .cache/lock/labelstudio.lock
+	mv .cache/lock/project.lock requirements.lock
+	mv .cache/lock/labelstudio.lock requirements-labelstudio.lock
+	@echo "locks refreshed: run make test, then commit requirements*.lock"
 
 bench-venv:
 	@scripts/setup_venv.sh bench
