@@ -37,7 +37,8 @@ def test_identify_and_review(ls_env, tmp_path: Path):
 
     ls = client.connect(ls_env.url, ls_env.token)
     cluster_tasks = client.list_tasks(ls, summary["labelstudio"]["clusters"]["project_id"])
-    first = next(t for t in cluster_tasks if t["data"]["cluster"] == 0)
+    ours = [t for t in cluster_tasks if t["data"]["castlab_run"] == f"runs/{run_dir.name}"]  # the project is shared
+    first = next(t for t in ours if t["data"]["cluster"] == 0)
     client.create_annotation(ls, first["id"], [
         {"from_name": "decision", "to_name": "sheet", "type": "choices", "value": {"choices": ["name"]}},
         {"from_name": "name", "to_name": "sheet", "type": "textarea", "value": {"text": ["Bunny"]}}])

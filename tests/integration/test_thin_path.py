@@ -122,7 +122,8 @@ def test_thin_path_end_to_end(ls_env, tmp_path: Path):
     ids = identify(run_dir=str(run_dir), config_files=[str(override)])
     assert ids["clusters"] >= 1, ids
     cluster_tasks = client.list_tasks(ls, ids["labelstudio"]["clusters"]["project_id"])
-    client.create_annotation(ls, next(t for t in cluster_tasks if t["data"]["cluster"] == 0)["id"], [
+    ours = [t for t in cluster_tasks if t["data"]["castlab_run"] == f"runs/{run_dir.name}"]  # the project is shared
+    client.create_annotation(ls, next(t for t in ours if t["data"]["cluster"] == 0)["id"], [
         {"from_name": "decision", "to_name": "sheet", "type": "choices", "value": {"choices": ["name"]}},
         {"from_name": "name", "to_name": "sheet", "type": "textarea", "value": {"text": ["Hero"]}}])
     review_sync(run_dir=str(run_dir), config_files=[str(override)])
