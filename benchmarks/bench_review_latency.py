@@ -317,7 +317,7 @@ class Bench:
         """A reviewer accepts every task of the run; the last annotation → identify Running."""
         run = f"runs/{run_dir.name}"
         tasks = [t for t in client.list_tasks(self.ls, project_id)
-                 if (t.get("data") or {}).get("castlab_run") == run and not client.latest_annotation(t)]
+                 if client.in_run(t, run) and not client.latest_annotation(t)]
         if not tasks:
             raise RuntimeError(f"no task to annotate for {run} in project {project_id}")
 

@@ -61,6 +61,16 @@ class QualitySettings(Section):
         return self
 
 
+class SafetySettings(Section):
+    enabled: bool  # false: no safety model is loaded, no frame is scored
+    backend: Literal["classifier", "clip"]  # classifier: models.<profile>.safety; clip: zero-shot with the embedder
+    threshold: float = Probability  # a frame whose NSFW score is above this is rejected (reason nsfw)
+    batch_size: int = Field(ge=1)
+    unsafe_labels: list[str] = Field(min_length=1)  # classifier labels whose probabilities make the score
+    clip_unsafe_prompts: list[str] = Field(min_length=1)
+    clip_safe_prompts: list[str] = Field(min_length=1)
+
+
 class DedupSettings(Section):
     phash_max_distance: int = Field(ge=0, le=64)
     ssim_min: float = Field(ge=-1.0, le=1.0)
@@ -254,6 +264,7 @@ class LabelStudioSettings(ServiceSettings):
 class PrefectSettings(ServiceSettings):
     work_pool: str = Field(min_length=1)
     worker_port: int = Field(ge=1, le=65535)
+    worker_poll_s: float = Field(gt=0)
 
 
 class OrchestrationSettings(Section):
@@ -363,6 +374,14 @@ class ImageEncoderModel(Section):
     local_files_only: bool = True
 
 
+class SafetyModel(Section):
+    arch: str | None = None  # tiny: the tiny ViT classifier
+    model: str | None = None  # full: a hub id or local folder of a transformers image-classification model
+    revision: str | None = None
+    local_files_only: bool = True
+    device: str = "auto"  # auto: cuda when available, else cpu (the tiny profile runs on cpu)
+
+
 class ProfileModels(Section):
     image_encoder: ImageEncoderModel
     segmenter: SegmenterModel
@@ -370,6 +389,7 @@ class ProfileModels(Section):
     captioner: CaptionerModel
     faces: FacesModel
     base_model: BaseModelSettings
+    safety: SafetyModel
 
 
 class ModelsSettings(Section):
@@ -385,6 +405,7 @@ class Settings(Section):
     workspace: WorkspaceSettings
     frames: FramesSettings
     quality: QualitySettings
+    safety: SafetySettings
     dedup: DedupSettings
     segmentation: SegmentationSettings
     propagation: PropagationSettings

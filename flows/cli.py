@@ -19,6 +19,8 @@ from castlab.config import Config, load_config
 from castlab.errors import CastlabError, InputError, StackError
 from castlab.runtime import setup_runtime
 
+INPUTS_FAILED = 3  # exit status of curate/pipeline when some inputs could not be read (see --allow-failures)
+
 
 def _config(args: argparse.Namespace) -> Config:
     return load_config(overrides=args.config or [], preset=args.preset, profile=args.profile)
@@ -111,6 +113,11 @@ def cmd_pipeline(args: argparse.Namespace) -> Any:
     if not _prefect(cfg).startswith("server"):
         raise StackError("castlab pipeline runs on the stack's worker and waits for reviews: start the stack "
                          "first (`castlab up`)")
+    from castlab.frames.failures import check_videos
+
+    _, failed = check_videos(args.videos)  # none readable: InputError
+    if failed and not args.allow_failures:  # nothing submitted; main() exits with INPUTS_FAILED
+        return {"submitted": False, "failed": failed}
     from prefect.deployments import run_deployment
 
     params = {"videos": [str(Path(v).resolve()) for v in args.videos], "mode": args.mode,
@@ -118,7 +125,7 @@ def cmd_pipeline(args: argparse.Namespace) -> Any:
     run = run_deployment("pipeline/pipeline", parameters=params, timeout=0, as_subflow=False)
     ui = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
     return {"flow_run": str(run.id), "name": run.name, "prefect_ui": f"{ui}/runs/flow-run/{run.id}",
-            "status": f"castlab status {run.name}"}
+            "status": f"castlab status {run.name}", **({"failed": failed} if failed else {})}
 
 
 def cmd_curate(args: argparse.Namespace) -> Any:
@@ -311,11 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
                                       "moves it on")
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or folders of videos")
     p.add_argument("--mode", choices=["scene", "interval", "hybrid"], help="frame selection (default from config)")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="submit even when some videos cannot be read (they are recorded in the run, not processed)")
     p = add_flow("curate", cmd_curate, "video(s) → frames by shot → SAM2 instances → Label Studio masks project")
     p.add_argument("video", help="a video file or a folder of videos")
     p.add_argument("--mode", choices=["scene", "interval", "hybrid"], help="frame selection (default from config)")
     p.add_argument("--project", help="Label Studio project title (default from config)")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
+    p.add_argument("--allow-failures", action="store_true",
+                   help=f"exit 0 even when some inputs could not be read (default: exit {INPUTS_FAILED}; they are "
+                        "recorded in the run either way)")
     p = add_flow("review-sync", cmd_review_sync, "pull reviewed annotations back into a curate run's manifest")
     p.add_argument("run", help="curate run folder")
     p = add_flow("identify", cmd_identify,
@@ -386,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if result is not None:
         print(json.dumps(result, indent=2, default=str))
+    failed = result.get("failed") if isinstance(result, dict) else None
+    if failed and not getattr(args, "allow_failures", True):  # only commands with the flag
+        print(f"castlab {args.command}: {len(failed)} input(s) failed (rerun with --allow-failures to accept):\n"
+              + "\n".join(f"  {f['reason']}" for f in failed), file=sys.stderr)
+        return INPUTS_FAILED
     return 0
 
 

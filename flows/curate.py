@@ -3,6 +3,9 @@
 Tasks compute rows; the flow is the run's one manifest writer (it merges each task's rows and saves).
 Heavy stages fan out on the run's task runner (``orchestration``): one frame-extraction task per video, one
 segmentation task per ``segmentation.chunk_frames`` kept frames (a GPU task); tasks pass rows and paths.
+An input that cannot be read (a corrupt video, a frame image, an output that cannot be written) is recorded with
+its reason and skipped (:mod:`castlab.frames.failures`); the summary's ``failed`` lists them. Only a run where no
+video can be read fails.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from castlab import frames, segment
 from castlab.config import Config
+from castlab.frames.failures import failed_frames, failed_videos, none_readable, process_each
 from castlab.frames.report import REPORT_MD
 from castlab.manifest import Manifest
 from castlab.orchestration import gpu_resources, rerun_on_configured_runner, runs_elsewhere, worker_models
@@ -55,12 +59,22 @@ def split_report_task(run_dir: str, rows: list[dict[str, Any]], cfg: Config) -> 
     return {"splits": splits, **report}
 
 
+@task(name="rewrite-frame-report")
+def report_task(run_dir: str, rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    """The frame report again (frames a later step rejected are counted under their reason)."""
+    from castlab.frames.report import write_report
+
+    return write_report(Path(run_dir), rows, profile=cfg.profile)
+
+
 @task(name="segment-chunk")
 def segment_chunk_task(rows: list[dict[str, Any]], run_dir: str, cfg: Config) -> dict[str, Any]:
     """SAM2 character instances of one chunk of frame rows (models loaded once per worker process)."""
     with worker_models("segment", cfg, segment.load_models) as models:
-        instances = segment.process(rows, cfg, models, run_dir=Path(run_dir))
-        return {"rows": instances, "model_version": models.segmenter.model_version, "alpha": models.segmenter.alpha}
+        instances, rejected = process_each(
+            rows, lambda some: segment.process(some, cfg, models, run_dir=Path(run_dir)), "segmentation")
+        return {"rows": instances, "rejected": rejected, "model_version": models.segmenter.model_version,
+                "alpha": models.segmenter.alpha}
 
 
 @task(name="write-segmentation-results")
@@ -109,6 +123,11 @@ def curate(
         rows = future.result()
         save_changes(run_dir, rows)
         summary["videos"].append({"video": path, **frames.stage.counts(rows)})
+    summary["failed"] = failed_videos(Manifest.for_run(run.path).rows(kind="video"))
+    if videos and len(summary["failed"]) == len(videos):  # the run folder keeps the record
+        raise none_readable(video, summary["failed"])
+    for failed in summary["failed"]:
+        logger.warning("input skipped: %s", failed["reason"])
     deduped = dedup_task(Manifest.for_run(run.path).rows(kind="frame"), cfg)
     save_changes(run_dir, deduped)
     summary["dedup"] = {"duplicates": sum(1 for r in deduped if r.get("duplicate_of")),
@@ -125,8 +144,15 @@ def curate(
     with gpu_resources(cfg):
         parts = segment_chunk_task.map(chunks, run_dir=unmapped(run_dir), cfg=unmapped(cfg)).result()
     instances = [row for part in parts for row in part["rows"]]
+    rejected = [row for part in parts for row in part["rejected"]]
+    if rejected:  # frames segmentation could not read or write: rejected with the reason, the report says so
+        save_changes(run_dir, rejected)
+        kept = Manifest.for_run(run.path).rows(kind="frame", status="kept")
+        rewritten = report_task(run_dir, Manifest.for_run(run.path).rows(kind="frame"), cfg)
+        summary["frames"] = {"stages": rewritten["stages"], "reasons": rewritten["reasons"]}
     segment_results_task(run_dir, kept, instances, cfg, parts[0]["model_version"], parts[0]["alpha"])
     save_changes(run_dir, instances)
+    summary["failed"] += failed_frames(Manifest.for_run(run.path).rows(kind="frame"))
     summary["segmentation"] = {"instances": len(instances), "model_version": parts[0]["model_version"]}
     if push:
         pushed = push_masks_task(run_dir, cfg, project_title)
@@ -145,6 +171,9 @@ def _markdown(summary: dict[str, Any]) -> str:
     lines = [f"# curate run `{Path(summary['run_dir']).name}` (profile **{summary['profile']}**)", ""]
     lines += ["| video | frames | kept | rejected |", "|---|---|---|---|"]
     lines += [f"| {Path(v['video']).name} | {v['frames']} | {v['kept']} | {v['rejected']} |" for v in summary["videos"]]
+    if summary.get("failed"):
+        lines += ["", f"**Failed inputs ({len(summary['failed'])})**, skipped:", ""]
+        lines += [f"- {f['reason']}" for f in summary["failed"]]
     seg = summary.get("segmentation", {})
     lines += ["", f"Instances: {seg.get('instances')} ({seg.get('model_version')})"]
     if "labelstudio" in summary:

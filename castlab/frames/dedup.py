@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from castlab.config import Config
 from castlab.errors import ConfigError, InputError
-from castlab.frames.quality import DUPLICATE
+from castlab.frames.quality import DUPLICATE, UNREADABLE
 
 CHUNKS = 4
 CHUNK_BITS = 64 // CHUNKS
@@ -201,23 +201,30 @@ def deduplicate(rows: list[dict[str, Any]], cfg: Config, progress: bool = True) 
     pHash distance of a row kept before it *and* SSIM-confirmed against it (the nearest such by pHash)
     becomes ``status="rejected"``
     with ``duplicate_of`` (that row's id), ``dup_hamming``, ``dup_ssim`` and ``reject_codes``
-    ``duplicate``. Every kept input row gets ``phash`` (16 hex digits). Rejected rows pass unchanged.
+    ``duplicate``. Every kept input row gets ``phash`` (16 hex digits). Rejected rows pass unchanged; a kept
+    frame whose image cannot be read is rejected with the reason (``reject_codes`` ``unreadable``), the rest go on.
     """
     distance, ssim_min, size = _settings(cfg)
     out = [dict(r) for r in rows]
-    live = [k for k, r in enumerate(out) if r.get("status") == "kept"]
-    hashes = np.zeros(len(live), dtype=np.uint64)
-    for n, k in enumerate(tqdm(live, desc="phash", unit="frame", leave=False, disable=not progress)):
-        value = phash(Path(str(out[k]["path"])))
-        hashes[n] = np.uint64(value)
-        out[k]["phash"] = f"{value:016x}"
+    live = []
+    for k in tqdm([k for k, r in enumerate(out) if r.get("status") == "kept"], desc="phash", unit="frame",
+                  leave=False, disable=not progress):
+        try:
+            out[k]["phash"] = f"{phash(Path(str(out[k]['path']))):016x}"
+            live.append(k)
+        except InputError as exc:
+            out[k].update(status="rejected", reject_reason=f"deduplication failed: {exc}", reject_codes=UNREADABLE)
+    hashes = np.array([int(out[k]["phash"], 16) for k in live], dtype=np.uint64)
     order = sorted(range(len(live)), key=lambda n: (-float(out[live[n]].get("blur") or 0.0), out[live[n]]["row_id"]))
     thumbs, index, reps = _Thumbs(size), HashIndex(distance), []  # reps[key] = position in `live` of index key
     for n in order:
         row = out[live[n]]
         for key, d in index.query(int(hashes[n])):  # kept representatives only, nearest pHash first
             rep = out[live[reps[key]]]
-            score = thumbs.ssim(str(row["path"]), str(rep["path"]))
+            try:
+                score = thumbs.ssim(str(row["path"]), str(rep["path"]))
+            except InputError:  # read for its hash a moment ago: an image that went away is not a duplicate
+                continue
             if score >= ssim_min:
                 row.update(
                     status="rejected",

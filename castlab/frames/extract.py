@@ -63,7 +63,7 @@ from castlab.frames.settings import MODES, FrameSettings, cpu_cores
 from castlab.frames.video import VideoInfo, open_video, probe_video, video_stream
 from castlab.workspace import write_json_atomic
 
-__all__ = ["MODES", "SHOTS_NAME", "extract_frames"]
+__all__ = ["MODES", "SHOTS_NAME", "extract_frames", "record_failed_input"]
 
 log = logging.getLogger(__name__)
 
@@ -410,4 +410,19 @@ def _merge_shots(path: Path, info: VideoInfo, ex: Extractor) -> None:
                 log.warning("%s is not valid JSON; rewriting it", path)
             data.setdefault("videos", {})
         data["videos"][info.video_id] = entry
+        write_json_atomic(path, data)
+
+
+def record_failed_input(out_dir: Path, key: str, entry: dict[str, Any]) -> None:
+    """Add an input that could not be processed to ``shots.json``'s ``failed`` section (its reason with it)."""
+    path = Path(out_dir).resolve() / SHOTS_NAME
+    with _locked(path.with_name(f".{path.name}.lock")):
+        data: dict[str, Any] = {"videos": {}}
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                log.warning("%s is not valid JSON; rewriting it", path)
+        data.setdefault("videos", {})
+        data.setdefault("failed", {})[key] = entry
         write_json_atomic(path, data)

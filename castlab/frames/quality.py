@@ -21,8 +21,12 @@ BLUR = "blur"
 TOO_DARK = "too_dark"
 TOO_BRIGHT = "too_bright"
 LOW_CONTRAST = "low_contrast"
+NSFW = "nsfw"  # the safety gate (castlab.frames.safety), after these
+UNREADABLE = "unreadable"  # a frame a later step could not read (castlab.frames.failures)
+WRITE_FAILED = "write_failed"  # ... or whose outputs could not be written
 DUPLICATE = "duplicate"
-REASON_CODES = (CORRUPT, TOO_SMALL, BLUR, TOO_DARK, TOO_BRIGHT, LOW_CONTRAST, DUPLICATE)
+REASON_CODES = (CORRUPT, TOO_SMALL, BLUR, TOO_DARK, TOO_BRIGHT, LOW_CONTRAST, NSFW, DUPLICATE, UNREADABLE,
+                WRITE_FAILED)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The frame-curation report of a curate run: ``report.md``, ``report.csv`` and ``contact_sheet.png``.
 
-Counts per stage (frames decoded → selected → past the quality gates → past dedup → kept, with the
-train/val split) and per rejection reason (``reject_codes``; a frame failing two gates counts under
-both), per video and in total. The contact sheet shows kept examples and examples of every
-rejection reason so people can check the gates by eye.
+Counts per stage (frames decoded → selected → past the quality gates → past the safety gate → past dedup →
+kept, with the train/val split) and per rejection reason (``reject_codes``; a frame failing two gates counts
+under both), per video and in total. The contact sheet shows kept examples and examples of every
+rejection reason so people can check the gates by eye, except ``nsfw`` frames: their tiles are blank,
+captioned with the score (the files stay in ``frames/`` for whoever must check them).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from castlab.frames.quality import DUPLICATE, REASON_CODES
+from castlab.frames.quality import DUPLICATE, NSFW, REASON_CODES, UNREADABLE, WRITE_FAILED
 from castlab.pictures import Grid, font, save_png, thumbnail
 from castlab.workspace import write_text_atomic
 
@@ -35,23 +36,36 @@ def _codes(row: dict[str, Any]) -> list[str]:
 def frame_counts(rows: list[dict[str, Any]], shots: dict[str, Any]) -> dict[str, Any]:
     """Stage and reason counts for frame rows of one or more videos; `shots` is ``shots.json``'s data."""
     videos = shots.get("videos", {})
-    gated = [r for r in rows if any(c != DUPLICATE for c in _codes(r))]
+    gated = [r for r in rows if any(c not in (DUPLICATE, NSFW, UNREADABLE, WRITE_FAILED) for c in _codes(r))]
+    failed = [r for r in rows if any(c in (UNREADABLE, WRITE_FAILED) for c in _codes(r))]
+    unsafe = [r for r in rows if NSFW in _codes(r)]
     duplicates = [r for r in rows if DUPLICATE in _codes(r)]
     kept = [r for r in rows if r.get("status") == "kept"]
     stages = {
         "videos": len(videos),
+        "videos failed": len(shots.get("failed", {})),
         "shots": sum(len(v.get("shots", [])) for v in videos.values()),
         "frames decoded": sum(int(v.get("frames_decoded") or 0) for v in videos.values()),
         "decode errors": sum(len(v.get("decode_errors", [])) for v in videos.values()),
         "frames selected": len(rows),
         "rejected by quality gates": len(gated),
+        "rejected as nsfw": len(unsafe),
         "rejected as duplicates": len(duplicates),
+        "frames failed": len(failed),
         "kept": len(kept),
         "kept train": sum(1 for r in kept if r.get("split") == "train"),
         "kept val": sum(1 for r in kept if r.get("split") == "val"),
     }
     reasons = Counter(code for r in rows for code in _codes(r))
-    return {"stages": stages, "reasons": {code: reasons.get(code, 0) for code in REASON_CODES}}
+    models = sorted({str(r["safety_model"]) for r in rows if isinstance(r.get("safety_model"), str)})
+    return {"stages": stages, "reasons": {code: reasons.get(code, 0) for code in REASON_CODES},
+            "safety_models": models}
+
+
+def failed_inputs(shots: dict[str, Any]) -> list[dict[str, str]]:
+    """``{"input", "reason"}`` of every video the run could not read (``shots.json``'s ``failed`` section)."""
+    return [{"input": str(entry.get("video", key)), "reason": str(entry.get("reason", ""))}
+            for key, entry in sorted((shots.get("failed") or {}).items())]
 
 
 def write_report(run_dir: Path, rows: list[dict[str, Any]], profile: str | None = None) -> dict[str, Any]:
@@ -70,6 +84,7 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]], profile: str | None 
     write_text_atomic(run_dir / REPORT_MD, markdown + f"\n![kept and rejected examples]({CONTACT_SHEET})\n")
     return {
         **total,
+        "failed_inputs": failed_inputs(shots),
         "markdown": markdown,
         "files": {name: str(run_dir / name) for name in (REPORT_MD, REPORT_CSV, CONTACT_SHEET)},
     }
@@ -102,6 +117,11 @@ def report_markdown(
     lines = [f"# Frame curation report: `{run_name}`", ""]
     if profile:
         lines += [f"Model profile: **{profile}**", ""]
+    if total.get("safety_models"):
+        lines += ["Safety model: " + ", ".join(f"`{m}`" for m in total["safety_models"]), ""]
+    failed = failed_inputs(shots)
+    if failed:  # skipped inputs first: the counts below leave them out
+        lines += ["## Failed inputs", "", *[f"- {Path(f['input']).name}: {f['reason']}" for f in failed], ""]
     for section, title in (("stages", "Counts per stage"), ("reasons", "Rejections per reason")):
         lines += [f"## {title}", "", header, rule]
         for name in total[section]:
@@ -134,7 +154,8 @@ def contact_sheet(rows: list[dict[str, Any]], tile: tuple[int, int] = (160, 90))
                 caption = f"#{row.get('frame_index')} = {str(row.get('duplicate_of', '')).rsplit(':', 1)[-1]}"
             elif name != "kept":
                 caption = f"#{row.get('frame_index')} " + _metric_for(name, row)
-            grid.put(sheet, draw, j, i, thumbnail(Path(str(row["path"])), tile), caption[:30])
+            picture = None if name == NSFW else Path(str(row["path"]))  # never show an unsafe frame
+            grid.put(sheet, draw, j, i, thumbnail(picture, tile), caption[:30])
     return sheet
 
 
@@ -152,4 +173,6 @@ def _metric_for(code: str, row: dict[str, Any]) -> str:
         return f"{metric[code]} {float(row[metric[code]]):.1f}"
     if code == "too_small":
         return f"{row.get('width')}x{row.get('height')}"
+    if code == NSFW and row.get("nsfw_score") is not None:
+        return f"nsfw {float(row['nsfw_score']):.2f}"
     return code

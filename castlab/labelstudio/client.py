@@ -2,6 +2,10 @@
 
 Tasks carry a stable key in their data (``castlab_key`` by default): pushing the same items again
 creates nothing new. Media is served by Label Studio's local-files storage from the workspace root.
+
+A task can belong to several runs (:func:`task_runs`): ``castlab_run`` is the run that created it, ``castlab_runs``
+lists every run whose push re-used it (same content key), ``castlab_runs_left`` the runs whose later push no longer
+asked for it. :func:`in_run` is the test every "tasks of this run" filter uses.
 """
 
 from __future__ import annotations
@@ -119,21 +123,67 @@ def local_file_url(path: Path) -> str:
     return LOCAL_FILES_PREFIX + relative_to_workspace(Path(path))
 
 
-def _existing_keys(ls: LabelStudio, project_id: int, key_field: str) -> dict[str, int]:
-    keys: dict[str, int] = {}
+RUN_FIELD = "castlab_run"
+RUNS_FIELD = "castlab_runs"
+LEFT_FIELD = "castlab_runs_left"
+
+
+def task_runs(data: dict[str, Any]) -> list[str]:
+    """The runs a task's `data` belongs to: its creator (``castlab_run``) and every run that re-used it
+    (``castlab_runs``), less those that left it (``castlab_runs_left``)."""
+    left = set(data.get(LEFT_FIELD) or [])
+    runs = [data.get(RUN_FIELD), *(data.get(RUNS_FIELD) or [])]
+    return [str(r) for r in dict.fromkeys(runs) if r and r not in left]
+
+
+def in_run(task: dict[str, Any], run: str) -> bool:
+    """Whether `task` (a plain dict, as :func:`list_tasks` gives) belongs to `run` (see :func:`task_runs`)."""
+    return run in task_runs(task.get("data") or {})
+
+
+def _existing(ls: LabelStudio, project_id: int, key_field: str) -> dict[str, tuple[int, dict[str, Any]]]:
+    """key -> (task id, data) of the project's tasks."""
+    keys: dict[str, tuple[int, dict[str, Any]]] = {}
     for task in ls.tasks.list(project=project_id, fields="task_only", page_size=_PAGE_SIZE):
-        key = (task.data or {}).get(key_field)
+        data = dict(task.data or {})
+        key = data.get(key_field)
         if key is not None:
-            keys.setdefault(str(key), int(task.id))
+            keys.setdefault(str(key), (int(task.id), data))
     return keys
 
 
-class PushResult(dict[str, int]):
-    """key -> task id for every pushed item; ``created`` lists the keys this push created."""
+def _membership(data: dict[str, Any], run: str, member: bool) -> dict[str, Any] | None:
+    """`data` with `run` joined (`member`) or left; None when nothing changes."""
+    if (run in task_runs(data)) == member:
+        return None
+    runs = [r for r in data.get(RUNS_FIELD) or [] if r != run]
+    left = [r for r in data.get(LEFT_FIELD) or [] if r != run]
+    if member:
+        runs.append(run)
+    else:
+        left.append(run)
+    changed = {**data, RUNS_FIELD: runs, LEFT_FIELD: left}
+    return {k: v for k, v in changed.items() if v != [] or k not in (RUNS_FIELD, LEFT_FIELD)}
 
-    def __init__(self, mapping: dict[str, int], created: list[str]) -> None:
+
+def update_task_data(ls: LabelStudio, task_id: int, data: dict[str, Any]) -> None:
+    """Replace a task's data (its annotations and predictions stay)."""
+    try:
+        ls.tasks.update(id=str(task_id), data=data)
+    except ApiError as exc:
+        raise StackError(f"Label Studio refused to update task {task_id}: {_api_problem(exc)}") from exc
+
+
+class PushResult(dict[str, int]):
+    """key -> task id for every pushed item; ``created`` lists the keys this push created, ``joined`` the existing
+    tasks it added to the pushing run, ``left`` the keys of the run's tasks it no longer asked for."""
+
+    def __init__(self, mapping: dict[str, int], created: list[str], joined: list[str] | None = None,
+                 left: list[str] | None = None) -> None:
         super().__init__(mapping)
         self.created = created
+        self.joined = joined or []
+        self.left = left or []
 
 
 def push_tasks(
@@ -143,12 +193,15 @@ def push_tasks(
     key_field: str = "castlab_key",
     chunk_size: int = 100,
     on_chunk: Callable[[dict[str, int]], None] | None = None,
+    complete_for: str | None = None,
 ) -> PushResult:
     """Import items ``{"data": {..., key_field: key}, "predictions": [...]}`` whose key is new.
 
     Returns key -> task id for every item (existing and new) as a dict whose ``created`` attribute
     lists the keys created now. `on_chunk(mapping_so_far)` runs after each imported chunk, so a
-    caller can record what reached Label Studio before the next one.
+    caller can record what reached Label Studio before the next one. An existing task whose item names another
+    ``castlab_run`` joins that run (``castlab_runs``): one task, reviewed once, serves every run of the same
+    content. With `complete_for` (a run), the items are all that run asks of the project: its other tasks leave it.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -160,12 +213,26 @@ def push_tasks(
         if str(key) in seen:
             raise ValueError(f"item {n}: key {key!r} appears twice in one push")
         seen.add(str(key))
-    existing = _existing_keys(ls, project_id, key_field)
+    found = _existing(ls, project_id, key_field)
+    existing = {key: task_id for key, (task_id, _) in found.items()}
     mapping = {
         str(item["data"][key_field]): existing[str(item["data"][key_field])]
         for item in items
         if str(item["data"][key_field]) in existing
     }
+    joined: list[str] = []
+    for item in items:
+        key, run = str(item["data"][key_field]), item["data"].get(RUN_FIELD)
+        changed = _membership(found[key][1], str(run), True) if key in found and run else None
+        if changed is not None:
+            update_task_data(ls, found[key][0], changed)
+            joined.append(key)
+    left: list[str] = []
+    for key, (task_id, data) in found.items() if complete_for else ():
+        changed = _membership(data, str(complete_for), False) if key not in seen else None
+        if changed is not None:
+            update_task_data(ls, task_id, changed)
+            left.append(key)
     new = [item for item in items if str(item["data"][key_field]) not in existing]
     for start in range(0, len(new), chunk_size):
         chunk = new[start : start + chunk_size]
@@ -183,7 +250,8 @@ def push_tasks(
         if on_chunk is not None:
             on_chunk(dict(mapping))
     keys = [str(item["data"][key_field]) for item in items]
-    return PushResult({key: mapping[key] for key in keys}, [str(item["data"][key_field]) for item in new])
+    return PushResult({key: mapping[key] for key in keys}, [str(item["data"][key_field]) for item in new], joined,
+                      left)
 
 
 def list_tasks(ls: LabelStudio, project_id: int) -> list[dict[str, Any]]:
@@ -192,17 +260,22 @@ def list_tasks(ls: LabelStudio, project_id: int) -> list[dict[str, Any]]:
 
 
 def run_tasks(ls: LabelStudio, title: str, run: str) -> list[dict[str, Any]]:
-    """The tasks of one castlab run (``data.castlab_run``) in the project titled `title` ([] without one)."""
+    """The tasks of one castlab run (:func:`in_run`) in the project titled `title` ([] without one)."""
     project_id = find_project(ls, title)
     if project_id is None:
         return []
-    return [t for t in list_tasks(ls, project_id) if (t.get("data") or {}).get("castlab_run") == run]
+    return [t for t in list_tasks(ls, project_id) if in_run(t, run)]
 
 
 def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     """A task's newest annotation that was not cancelled (by update time, then id), or None."""
     annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-    return max(annotations, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)), default=None)
+    return max(annotations, key=annotation_order, default=None)
+
+
+def annotation_order(annotation: dict[str, Any]) -> tuple[str, int]:
+    """Sort key of annotations, oldest first (update time, then id)."""
+    return str(annotation.get("updated_at") or ""), int(annotation.get("id") or 0)
 
 
 def brush_result(

@@ -163,7 +163,9 @@ def _leaves(fields: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def lead_times(tasks: list[dict[str, Any]], run: str) -> dict[str, Any]:
     """Annotator lead time (seconds, Label Studio's ``lead_time`` per annotation) over the run's tasks."""
-    times = [float(a["lead_time"]) for t in tasks if (t.get("data") or {}).get("castlab_run") == run
+    from castlab.labelstudio.client import in_run
+
+    times = [float(a["lead_time"]) for t in tasks if in_run(t, run)
              for a in t.get("annotations") or [] if _is_set(a.get("lead_time"))]
     if not times:
         return {"annotations": 0}

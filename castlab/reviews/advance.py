@@ -74,9 +74,9 @@ def reviews_of_project(cfg: Config, project_id: int) -> list[Review]:
 
 def review_progress(tasks: list[dict[str, Any]], review: Review) -> tuple[int, int]:
     """(annotated, total) over the run's tasks among `tasks` (one project's)."""
-    from castlab.labelstudio.client import latest_annotation
+    from castlab.labelstudio.client import in_run, latest_annotation
 
-    mine = [t for t in tasks if (t.get("data") or {}).get("castlab_run") == review.run]
+    mine = [t for t in tasks if in_run(t, review.run)]  # a task re-used by a later run belongs to both
     return sum(1 for t in mine if latest_annotation(t) is not None), len(mine)
 
 

@@ -120,7 +120,8 @@ def server_deployments(api_url: str) -> dict[str, dict[str, Any]]:
 def worker_process(cfg: Config, api_url: str) -> ManagedProcess:
     host, port = cfg.prefect.host, cfg.prefect.worker_port
     env = _env(cfg, api_url)
-    env.update(PREFECT_WORKER_WEBSERVER_HOST=host, PREFECT_WORKER_WEBSERVER_PORT=str(port))
+    env.update(PREFECT_WORKER_WEBSERVER_HOST=host, PREFECT_WORKER_WEBSERVER_PORT=str(port),
+               PREFECT_WORKER_QUERY_SECONDS=str(cfg.prefect.worker_poll_s))
     return ManagedProcess(
         "worker",
         [prefect_bin(), "worker", "start", "--pool", cfg.prefect.work_pool, "--type", "process",

@@ -61,7 +61,7 @@ def annotate_run(ls: Any, project_id: int, run: str, answer: list[dict[str, Any]
     answer where there is none)."""
     done = 0
     for task in client.list_tasks(ls, project_id):
-        if (task.get("data") or {}).get("castlab_run") != run or client.latest_annotation(task):
+        if not client.in_run(task, run) or client.latest_annotation(task):
             continue
         predictions = task.get("predictions") or []
         result = answer if answer is not None else (predictions[-1]["result"] if predictions else [])

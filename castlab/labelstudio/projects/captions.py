@@ -5,8 +5,11 @@ and the model's own sentence; its prediction pre-fills the caption TextArea and 
 caption was built from. Flagged captions are imported first (highest review priority first) and carry a
 lower prediction score, so both the default order and "sort by prediction score" put them first.
 
-Task keys carry the run name (``caption:<run>:<row id>``): pushing again (or re-captioning with
-``--force``) adds no task; a task not yet annotated whose caption changed gets the new prediction.
+Task keys are the instance's content (``caption:<video id>:<frame index>:<mask digest>``,
+:func:`castlab.labelstudio.projects.identity.instance_key`), never the run: pushing again, re-captioning with
+``--force`` or a second run of the same footage adds no task (a re-used task joins the run, ``castlab_runs``) and
+review-sync finds the earlier answer by that key; a task not yet annotated whose caption changed gets the new
+prediction.
 
 ``sync_caption_reviews`` reads each task's latest annotation: an edited text is the reviewed caption; an
 unchanged text with corrected Choices is rebuilt from the corrected fields; otherwise the prediction is
@@ -27,6 +30,7 @@ from castlab.captions.stage import CAPTIONS_DIR, identified, label_text, read_la
 from castlab.captions.text import caption_from_choices, count_clip_tokens
 from castlab.config import PROJECT_ROOT, Config
 from castlab.labelstudio import client
+from castlab.labelstudio.projects.identity import instance_keys
 from castlab.manifest import Manifest
 from castlab.reviews.hooks import watch_project
 from castlab.workspace import relative_to_workspace, resolve_in_workspace, write_json_atomic
@@ -63,14 +67,20 @@ def prediction(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_caption_tasks(records: list[dict[str, Any]], manifest: Manifest, run_dir: Path,
-                        labels: dict[str, Any]) -> list[dict[str, Any]]:
+                        labels: dict[str, Any], keys: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Tasks for the captioned (status ok) records, most flagged first; a record whose identity changed since
-    it was captioned (re-reviewed) is flagged ``character_mismatch``."""
-    run, run_rel = Path(run_dir).name, relative_to_workspace(Path(run_dir))
+    it was captioned (re-reviewed) is flagged ``character_mismatch``. `keys`: the instances' content keys
+    (:func:`~castlab.labelstudio.projects.identity.instance_keys`, computed when not given; no key, no task)."""
+    run_rel = relative_to_workspace(Path(run_dir))
     rows = {r["row_id"]: r for r in manifest.rows(kind="instance")}
     ready = [r for r in records if r.get("status") == "ok" and r.get("caption") and r["row_id"] in rows]
-    tasks = []
+    keys = keys if keys is not None else instance_keys([rows[r["row_id"]] for r in ready])[0]
+    tasks, asked = [], set()
     for record in ready:
+        key = keys.get(record["row_id"])
+        if key is None or key in asked:  # no readable mask; or the same content twice: asked once
+            continue
+        asked.add(key)
         identity = str(record["identity"])
         current = identified(rows[record["row_id"]])
         if current != identity:  # the identity was re-reviewed after captioning: this caption names the wrong one
@@ -78,7 +88,7 @@ def build_caption_tasks(records: list[dict[str, Any]], manifest: Manifest, run_d
         tasks.append({
             "data": {
                 "image": client.local_file_url(Path(str(rows[record["row_id"]]["crop_path"]))),
-                "castlab_key": f"caption:{run}:{record['row_id']}", "castlab_run": run_rel,
+                "castlab_key": f"caption:{key}", "castlab_run": run_rel,
                 "instance": record["row_id"], "identity": identity,
                 "identity_description": label_text(labels.get(identity)) or "(no description)",
                 "qc_flags": ", ".join(record["flags"]) or "none", "priority": review_priority(record["flags"]),
@@ -93,17 +103,24 @@ def build_caption_tasks(records: list[dict[str, Any]], manifest: Manifest, run_d
 def push_captions(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config) -> dict[str, Any]:
     """Create/reuse the captions project, serve the crops, push new tasks; writes ``captions_push.json``."""
     records = read_records(run_dir)
-    tasks = build_caption_tasks(records, manifest, run_dir, read_labels(run_dir))
+    rows = {r["row_id"]: r for r in manifest.rows(kind="instance")}
+    keys, unkeyed = instance_keys([rows[r["row_id"]] for r in records
+                                   if r.get("status") == "ok" and r.get("caption") and r["row_id"] in rows])
+    tasks = build_caption_tasks(records, manifest, run_dir, read_labels(run_dir), keys)
     title = str(cfg.labelstudio.captions_title)
     project_id = client.ensure_project(ls, title, LABEL_CONFIG.read_text(encoding="utf-8"))
     watch_project(ls, project_id, cfg)  # its reviews move the pipeline (castlab.reviews)
     folders = {Path(t["data"]["image"].split("?d=", 1)[-1]).parent for t in tasks}
     for folder in sorted(folders):
         client.ensure_local_storage(ls, project_id, resolve_in_workspace(str(folder)))
-    mapping = client.push_tasks(ls, project_id, tasks)
+    mapping = client.push_tasks(ls, project_id, tasks, complete_for=relative_to_workspace(Path(run_dir)))
     updated = refresh_predictions(ls, project_id, tasks, set(mapping.created))
-    summary = {"project_id": int(project_id), "title": title, "tasks": len(mapping), "new_tasks": len(mapping.created),
-               "updated_predictions": updated, "flagged_first": sum(1 for t in tasks if t["data"]["priority"] > 0)}
+    summary: dict[str, Any] = {
+        "project_id": int(project_id), "title": title, "tasks": len(mapping), "new_tasks": len(mapping.created),
+        "reused_tasks": len(mapping.joined), "updated_predictions": updated,
+        "flagged_first": sum(1 for t in tasks if t["data"]["priority"] > 0)}
+    if unkeyed:
+        summary["failed"] = unkeyed  # recorded, not asked: their masks or crops cannot be read
     write_json_atomic(Path(run_dir) / CAPTIONS_DIR / PUSH_NAME, summary)
     return summary
 
@@ -158,22 +175,36 @@ def reviewed_caption(record: dict[str, Any], annotation: dict[str, Any], cfg: Co
 
 
 def sync_caption_reviews(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config) -> dict[str, Any]:
-    """Apply the latest annotation of every captions task of this run (see module doc); rewrites the report."""
+    """Apply the latest annotation of every captions task of this run, and of every task of its instances' content
+    whoever pushed it (see module doc); rewrites the report."""
     from castlab.captions.report import write_caption_report
 
     run_dir = Path(run_dir)
     run = relative_to_workspace(run_dir)
     records = read_records(run_dir)
     by_row = {r["row_id"]: r for r in records}
+    rows = {r["row_id"]: r for r in manifest.rows(kind="instance")}
+    keys = instance_keys([rows[r] for r in by_row if r in rows and by_row[r].get("fields")])[0]
+    by_key: dict[str, list[str]] = {}
+    for row_id, key in keys.items():
+        by_key.setdefault(f"caption:{key}", []).append(row_id)
     labels = read_labels(run_dir)
     reviewed = edited = 0
     too_long: list[str] = []
     max_tokens = int(cfg.dataset.caption_max_tokens)
-    for task in client.run_tasks(ls, str(cfg.labelstudio.captions_title), run):
+    project_id = client.find_project(ls, str(cfg.labelstudio.captions_title))
+    answers: dict[str, dict[str, Any]] = {}
+    for task in client.list_tasks(ls, project_id) if project_id is not None else []:
         data = task.get("data") or {}
         annotation = client.latest_annotation(task)
-        record = by_row.get(str(data.get("instance")))
-        if annotation is None or record is None or not record.get("fields"):
+        targets = by_key.get(str(data.get("castlab_key"))) or (
+            [str(data.get("instance"))] if client.in_run(task, run) else [])  # pushed before content keys
+        for row_id in targets if annotation is not None else []:  # two tasks of one instance: the newer answer
+            if row_id not in answers or client.annotation_order(annotation) > client.annotation_order(answers[row_id]):
+                answers[row_id] = annotation
+    for row_id, annotation in answers.items():
+        record = by_row.get(row_id)
+        if record is None or not record.get("fields"):
             continue
         usual = (labels.get(str(record["identity"])) or {}).get("usual")
         text, was_edited = reviewed_caption(record, annotation, cfg, usual)
@@ -199,4 +230,4 @@ def accept_caption_predictions(ls: Any, run_dir: Path, cfg: Config) -> int:
     project_id = client.find_project(ls, str(cfg.labelstudio.captions_title))
     if project_id is None:
         return 0
-    return client.accept_predictions(ls, project_id, lambda t: (t.get("data") or {}).get("castlab_run") == run)
+    return client.accept_predictions(ls, project_id, lambda t: client.in_run(t, run))

@@ -25,6 +25,7 @@ from castlab.labelstudio.projects.captions import (
     prediction_result,
     reviewed_caption,
 )
+from castlab.labelstudio.projects.identity import instance_key
 from castlab.layers import write_instance_layers
 from castlab.manifest import Manifest
 
@@ -203,7 +204,8 @@ def test_tasks_put_flagged_captions_first_and_answers_come_back(tmp_path, monkey
     assert tasks[0]["data"]["instance"] == "inst:v:4:0" and "uncertain:view" in tasks[0]["data"]["qc_flags"]
     assert tasks[0]["data"]["identity_description"].startswith("a grey rabbit")
     assert tasks[0]["data"]["image"].startswith("/data/local-files/?d=run/")
-    assert all(t["data"]["castlab_key"].startswith("caption:run:") for t in tasks)
+    rows = {r["row_id"]: r for r in Manifest.for_run(run).rows(kind="instance")}  # keyed by content, not the run
+    assert all(t["data"]["castlab_key"] == "caption:" + instance_key(rows[t["data"]["instance"]]) for t in tasks)
     renamed = Manifest.for_run(run)
     renamed.update("inst:v:0:0", identity="Carl")  # re-reviewed after captioning
     tasks = build_caption_tasks(records, renamed, run, read_labels(run))

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from castlab.config import load_config
-from castlab.errors import ConfigError, InputError
+from castlab.errors import ConfigError
 from castlab.frames.dedup import CHUNK_BITS, CHUNKS, HashIndex, deduplicate, hamming, near_pairs, popcount_table
 
 
@@ -152,8 +152,8 @@ def test_removed_frames_point_at_kept_frames_sharpest_first(tmp_path: Path):
 def test_bad_input_is_named(tmp_path: Path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(InputError, match="broken.jpg"):
-        deduplicate([{"row_id": "frame:v:1", "path": str(bad), "status": "kept", "blur": 1.0}], load_config(),
-                    progress=False)
+    [row] = deduplicate([{"row_id": "frame:v:1", "path": str(bad), "status": "kept", "blur": 1.0}], load_config(),
+                        progress=False)  # recorded and skipped: the batch goes on
+    assert row["status"] == "rejected" and "broken.jpg" in row["reject_reason"]
     with pytest.raises(ConfigError, match="dedup.phash_max_distance"):
         deduplicate([], load_config(extra={"dedup": {"phash_max_distance": 64}}))
