@@ -45,7 +45,7 @@ import logging
 import math
 import os
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
@@ -401,21 +401,18 @@ def _merge_shots(path: Path, info: VideoInfo, ex: Extractor) -> None:
         "decode_errors": ex.decode_errors, "timestamp_gaps": ex.timestamp_gaps,
         "shots": ex.shots,
     }
-    with _locked(path.with_name(f".{path.name}.lock")):
-        data: dict[str, Any] = {"videos": {}}
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
-                log.warning("%s is not valid JSON; rewriting it", path)
-            data.setdefault("videos", {})
-        data["videos"][info.video_id] = entry
-        write_json_atomic(path, data)
+    _update_shots(path, lambda data: data["videos"].__setitem__(info.video_id, entry))
 
 
 def record_failed_input(out_dir: Path, key: str, entry: dict[str, Any]) -> None:
     """Add an input that could not be processed to ``shots.json``'s ``failed`` section (its reason with it)."""
-    path = Path(out_dir).resolve() / SHOTS_NAME
+    _update_shots(Path(out_dir).resolve() / SHOTS_NAME, lambda data: data.setdefault("failed", {})
+                  .__setitem__(key, entry))
+
+
+def _update_shots(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Read ``shots.json`` (a corrupt one is rewritten), apply `change`, write it back: under a lock, since the
+    videos of a run are extracted in parallel."""
     with _locked(path.with_name(f".{path.name}.lock")):
         data: dict[str, Any] = {"videos": {}}
         if path.is_file():
@@ -424,5 +421,5 @@ def record_failed_input(out_dir: Path, key: str, entry: dict[str, Any]) -> None:
             except json.JSONDecodeError:
                 log.warning("%s is not valid JSON; rewriting it", path)
         data.setdefault("videos", {})
-        data.setdefault("failed", {})[key] = entry
+        change(data)
         write_json_atomic(path, data)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lora_checkpoints import write_dataset
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from training_pairs import RES, concept_images, write_pair
@@ -38,21 +39,6 @@ def cfg(tmp_path_factory):
     return load_config(profile="tiny", extra={"evaluation": {
         "suite": str(suite), "steps": 2, "seeds": [1, 2], "bootstrap": 50, "caption_prompts": 1,
         "identity": {"region": "image"}}})
-
-
-def write_dataset(folder: Path, character: str, trigger: str, images: list[Image.Image]) -> Path:
-    """A castlab dataset folder (metadata.json + images) as `castlab dataset` writes it, trimmed to what evaluation
-    reads."""
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    entries = []
-    for k, image in enumerate(images):
-        image.save(folder / "images" / f"{k}.png")
-        entries.append({"name": str(k), "image": f"images/{k}.png", "split": "train" if k < len(images) - 1 else
-                        "val", "view": ["front", "profile"][k % 2], "caption": f"{trigger} disc, picture {k}"})
-    meta = {"format": "castlab-dataset/1", "character": character, "trigger": trigger, "class_word": "disc",
-            "images": entries}
-    (folder / "metadata.json").write_text(json.dumps(meta))
-    return folder
 
 
 @pytest.fixture(scope="module")
