@@ -242,26 +242,28 @@ def test_the_pipeline_walks_to_the_registry_moved_only_by_reviews(stack: Stack, 
 
     assert annotate_run(ls, json.loads((run_dir / "labelstudio_push.json").read_text())["project_id"], run) > 0
 
-    # the run's process dies inside identify: the worker marks it Crashed, review-reconcile schedules it again and
-    # it redoes identify only, with no task pushed twice and no manifest row lost
-    wait_until(lambda: (pipeline_state()[0]["steps"].get("identify") or {}).get("status") == "running", 300,
-               "the pipeline run to begin identify")
+    suspended_for("identities-review")
+    identity = json.loads((run_dir / "identity_push.json").read_text())
+    for kind, answer in (("instances", NAME_INSTANCE), ("clusters", NAME_CLUSTER)):
+        annotate_run(ls, int(identity[kind]["project_id"]), run, answer)
+
+    # the run's process dies inside caption (the VLM takes seconds per instance): the worker marks it Crashed,
+    # review-reconcile schedules it again and it redoes caption only, with no task pushed twice, no row lost
+    deadline = time.monotonic() + 300
+    while (pipeline_state()[0]["steps"].get("caption") or {}).get("status") != "running":
+        assert time.monotonic() < deadline, "the pipeline run never began caption"
+        time.sleep(0.25)
     rows_before = len(Manifest.for_run(run_dir).rows())
-    time.sleep(5)  # inside the identify subflow
     kill_flow_run_process(flow_run_id)
     wait_until(lambda: pipeline_state(crash_ok=True)[1]["state_type"] == "CRASHED", 120,
                "the worker to mark the killed run Crashed")
     start_reconcile(api)
-    data = suspended_for("identities-review", crash_ok=True)
-    assert data["steps"]["identify"]["attempts"] == 2 and data["steps"]["curate"]["attempts"] == 1
+    data = suspended_for("captions-review", crash_ok=True)
+    assert data["steps"]["caption"]["attempts"] == 2 and data["steps"]["identify"]["attempts"] == 1
     assert len(Manifest.for_run(run_dir).rows()) >= rows_before
-    identity = json.loads((run_dir / "identity_push.json").read_text())
-    instances = [t for t in client.list_tasks(ls, int(identity["instances"]["project_id"]))
-                 if (t.get("data") or {}).get("castlab_run") == run]
-    assert len(instances) == len({t["data"]["castlab_key"] for t in instances}) > 0  # none pushed twice
-    for kind, answer in (("instances", NAME_INSTANCE), ("clusters", NAME_CLUSTER)):
-        annotate_run(ls, int(identity[kind]["project_id"]), run, answer)
-    suspended_for("captions-review")
+    captions = json.loads((run_dir / "captions" / "captions_push.json").read_text())
+    ours = [t for t in client.list_tasks(ls, int(captions["project_id"])) if client.in_run(t, run)]
+    assert len(ours) == len({t["data"]["castlab_key"] for t in ours}) > 0  # none pushed twice
     annotate_run(ls, json.loads((run_dir / "captions" / "captions_push.json").read_text())["project_id"], run)
 
     data = suspended_for("checkpoints-review")  # dataset → train → evaluate ran without anybody
