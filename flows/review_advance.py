@@ -94,25 +94,29 @@ def start_next_task(review: advance.Review, params: dict[str, Any]) -> str | Non
     return str(started.id)
 
 
-def review_state(review: advance.Review, cfg: Any) -> tuple[int, int, str | None]:
+def review_state(review: advance.Review, cfg: Any, listed: dict[int, list[dict[str, Any]]] | None = None
+                 ) -> tuple[int, int, str | None]:
     """(annotated, total) of the run's tasks in the first counted project that holds any, and the newest
-    annotation time stamp over the counted projects."""
+    annotation time stamp over the counted projects (`listed`: project tasks this flow run already has)."""
     progress, stamps = (0, 0), []
     for project_id in review.counted_projects:
-        tasks = project_tasks_task(project_id, cfg)
+        tasks = (listed or {}).get(project_id)
+        if tasks is None:
+            tasks = project_tasks_task(project_id, cfg)
         stamps.append(newest_update(tasks) or "")
         if progress[1] == 0:
             progress = advance.review_progress(tasks, review)
     return progress[0], progress[1], max(stamps, default="") or None
 
 
-def review_counts(run_dirs: list[str], stage: str, cfg: Any) -> tuple[int, int]:
+def review_counts(run_dirs: list[str], stage: str, cfg: Any,
+                  listed: dict[int, list[dict[str, Any]]] | None = None) -> tuple[int, int]:
     """(annotated, total) of the runs' tasks in the projects of their `stage` review."""
     annotated = total = 0
     for run_dir in run_dirs:
         for review in advance.run_reviews(Path(run_dir)):
             if review.stage == stage:
-                done, count, _ = review_state(review, cfg)
+                done, count, _ = review_state(review, cfg, listed)
                 annotated, total = annotated + done, total + count
     return annotated, total
 
@@ -182,8 +186,9 @@ def review_reconcile(config_files: list[str] | None = None, preset: str | None =
     api = os.environ.get("PREFECT_API_URL", "").strip()
     marks = read_watermarks()
     found: dict[str, int] = {}
+    listed: dict[int, list[dict[str, Any]]] = {}  # each project listed once, also for the pipeline runs below
     for project_id in sorted({p for r in advance.all_reviews(cfg) for p in r.project_ids}):
-        tasks = project_tasks_task(project_id, cfg)
+        tasks = listed[project_id] = project_tasks_task(project_id, cfg)
         if str(project_id) not in marks:  # first sight: start from now, so old reviews start nothing
             marks[str(project_id)] = newest_update(tasks) or ""
             continue
@@ -202,7 +207,7 @@ def review_reconcile(config_files: list[str] | None = None, preset: str | None =
         if state.data.get("status") == "running" and state.attempts() < CRASH_ATTEMPTS:  # its process may have died
             retry_crashed_task(state.flow_run_id)
         elif state.data.get("status") == "waiting" and advance.is_complete(
-                *review_counts(waiting.get("run_dirs") or [], str(waiting.get("review")), cfg),
+                *review_counts(waiting.get("run_dirs") or [], str(waiting.get("review")), cfg, listed),
                 cfg.reviews.complete_share):  # suspended just after its review completed: resume it now
             resume_task(state.flow_run_id, attempts=1)
     get_run_logger().info("review-reconcile: annotations found after the watermarks: %s", found or "none")
