@@ -333,7 +333,10 @@ def accept_predictions(ls: LabelStudio, project_id: int, wanted: Callable[[dict[
     return created
 
 
-def create_annotation(ls: LabelStudio, task_id: int, result: list[dict[str, Any]]) -> int:
-    """Submit an annotation with `result` on a task (as the token's user); return its id."""
-    annotation = ls.annotations.create(id=int(task_id), result=result, was_cancelled=False)
+def create_annotation(ls: LabelStudio, task_id: int, result: list[dict[str, Any]],
+                      lead_time: float | None = None) -> int:
+    """Submit an annotation with `result` on a task (as the token's user; `lead_time`: the seconds it took, as
+    Label Studio's editor records it); return its id."""
+    extra = {} if lead_time is None else {"lead_time": float(lead_time)}
+    annotation = ls.annotations.create(id=int(task_id), result=result, was_cancelled=False, **extra)
     return int(annotation.id)

@@ -26,7 +26,8 @@ def tables(report: dict[str, Any]) -> dict[str, tuple[list[str], list[list[Any]]
     masks = [[version, m["predicted"], m["accepted"], m["corrected"], m["removed"], m["added"], m["accepted_share"],
               m["mean_iou_of_edits"]] for version, m in report["reviews"]["masks"].items()]
     fields = [[name, f["reviewed"], f["edited"], f["edited_share"]] for name, f in report["captions"]["fields"].items()]
-    leads = [[review, t.get("annotations"), t.get("median_s"), t.get("mean_s"), t.get("total_s")]
+    projects = report["reviews"]["projects"]
+    leads = [[review, projects.get(review), t.get("annotations"), t.get("median_s"), t.get("mean_s"), t.get("total_s")]
              for review, t in report["reviews"]["lead_times"].items()]
     checkpoints = [[d["character"], Path(e["out_dir"]).name, c["checkpoint"], c["rank"], c["status"], c["score"],
                     c["checkpoint"] == e["recommended"], c["checkpoint"] == e["human_pick"]]
@@ -36,7 +37,7 @@ def tables(report: dict[str, Any]) -> dict[str, tuple[list[str], list[list[Any]]
         "mask_review": (["model version", "pre-annotated", "accepted unchanged", "edited", "deleted", "added",
                          "accepted share", "mean IoU of edits"], masks),
         "caption_fields": (["field", "reviewed", "taken out", "share"], fields),
-        "lead_times": (["review", "annotations", "median s", "mean s", "total s"], leads),
+        "lead_times": (["review", "project", "annotations", "median s", "mean s", "total s"], leads),
         "checkpoints": (["character", "evaluation", "checkpoint", "rank", "status", "score", "recommended",
                          "reviewers' pick"], checkpoints),
     }
