@@ -1,1 +1,1 @@
-"""Prefect flows: thin compositions of castlab functions (see README, "Flows")."""
+"""Prefect flows: thin compositions of castlab functions (see docs/index.md)."""

@@ -301,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_flow(name: str, func: Callable[[argparse.Namespace], Any], help_text: str) -> argparse.ArgumentParser:
         p = add(name, func, help_text)
         p.add_argument("--task-runner", choices=["thread", "dask", "ray"],
-                       help="where chunked tasks run (default: setting orchestration.task_runner; see README, "
-                            "\"Scaling out\")")
+                       help="where chunked tasks run (default: setting orchestration.task_runner; see "
+                            "docs/pipeline.md, \"Scaling out\")")
         return p
 
     p = add("up", cmd_up, "start Label Studio, the Prefect server and a worker running castlab's deployments "

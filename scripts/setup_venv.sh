@@ -25,7 +25,7 @@ new_venv() {
   [ -x "$1/bin/python" ] || "$PYTHON" -m venv "$1"
   "$1/bin/python" -m pip install -q --upgrade pip "${@:2}"
 }
-# torch pinned: the CUDA build runs on CPU too, and torchvision needs its own torch (see README).
+# torch pinned: the CUDA build runs on CPU too, and torchvision needs its own torch (see docs/configuration.md, "GPU install").
 case "$(uname -m)" in
   aarch64|arm64) torch_pins="torch==2.9.1 torchvision==0.24.1" ;;
   *) torch_pins="torch==2.14.1 torchvision==0.29.1" ;;

@@ -1,7 +1,8 @@
 """Evaluation prompt suites: ``configs/evaluation/<suite>.yaml`` → the prompts every checkpoint is rendered with.
 
-A suite maps families (identity, editability, leakage) to named prompt templates with ``{trigger}`` and
-``{class_word}``; the caption family echoes training captions at run time. Each prompt carries a scoring prompt
+A suite maps families (identity, editability, leakage) to named prompt templates with ``{trigger}``,
+``{class_word}`` and ``{medium}`` (``dataset.caption_prefix``: "3d animated character", under the 2d preset "2d
+animated character"); the caption family echoes training captions at run time. Each prompt carries a scoring prompt
 (the trigger replaced by the class word: CLIP cannot read a made-up trigger token) for CLIP-T.
 """
 
@@ -71,12 +72,12 @@ def load_suite(cfg: Config) -> dict[str, dict[str, str]]:
     return suite
 
 
-def _fill(template: str, trigger: str, class_word: str, where: str) -> str:
+def _fill(template: str, trigger: str, class_word: str, medium: str, where: str) -> str:
     try:
-        return template.format(trigger=trigger, class_word=class_word)
+        return template.format(trigger=trigger, class_word=class_word, medium=medium)
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"{where}: {template!r} uses an unknown placeholder ({exc}); known: {{trigger}}, "
-                          "{class_word}") from exc
+                          "{class_word}, {medium}") from exc
 
 
 def scoring_text(prompt: str, trigger: str, class_word: str) -> str:
@@ -95,7 +96,7 @@ def suite_prompts(cfg: Config, trigger: str, class_word: str, captions: list[str
     specs = []
     for family in FAMILIES:
         for name, template in suite[family].items():
-            prompt = _fill(template, trigger, class_word, where)
+            prompt = _fill(template, trigger, class_word, str(cfg.dataset.caption_prefix), where)
             if family in TRIGGERED and trigger not in prompt:
                 raise ConfigError(f"{where}: {family}/{name} has no {{trigger}}: {template!r}")
             if family == "leakage" and trigger in prompt:

@@ -110,3 +110,16 @@ def test_profile_selects_model_settings(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("CASTLAB_PROFILE", raising=False)
     assert load_config(profile="full").model("segmenter").image_size == 1024
     assert load_config(profile="tiny").model("segmenter").image_size == 256
+
+
+def test_the_2d_preset_names_no_3d_medium_anywhere():
+    from castlab.evaluate.suite import suite_prompts
+
+    def texts(cfg) -> list[str]:
+        prompts = [spec.prompt for spec in suite_prompts(cfg, "zkx", "rabbit")]
+        return [cfg.segmentation.character_prompt, cfg.captions.prompt, cfg.dataset.caption_prefix, *prompts]
+
+    assert any("3d animated character" in t for t in texts(load_config()))
+    two_d = texts(load_config(preset="2d"))
+    assert not [t for t in two_d if "3d" in t.lower()]
+    assert sum("2d animated character" in t for t in two_d) > 10  # the suite's prompts follow the preset's medium
