@@ -8,7 +8,6 @@ document root, so every image a task shows lives under it.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import tempfile
@@ -103,7 +102,7 @@ _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 @dataclass
 class Run:
-    """One flow run's folder: files, ``run.log``, ``config.yaml`` and (for curate) the manifest."""
+    """One flow run's folder: files, ``config.yaml`` and (for curate) the manifest."""
 
     path: Path
     name: str
@@ -131,11 +130,3 @@ class Run:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def logger(self) -> logging.Logger:
-        logger = logging.getLogger(f"castlab.run.{self.path.name}")
-        if not logger.handlers:
-            handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
-        return logger

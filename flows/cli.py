@@ -270,6 +270,7 @@ def demo_summary(result: dict[str, Any]) -> str:
         f"  comparison           : {result.get('comparison')}",
         f"  checkpoints project  : {result.get('checkpoints_project')} ({result.get('checkpoint_pairs')} blind pairs)",
         f"  LoRA registry        : {result.get('registry')}",
+        f"  run report           : {result.get('run_report')}  (open it in a browser)",
     ]
     if result.get("profile") == "tiny":
         lines.append("  (tiny profile: random-weight models; the pictures show plumbing, not quality)")

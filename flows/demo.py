@@ -2,7 +2,8 @@
 
 curate (frames → SAM2 → Label Studio) → ML backend connected and asked once interactively →
 demo reviewer accepts the predictions → review-sync → identify → demo reviewer names the clusters →
-review-sync → caption → demo reviewer accepts the captions → review-sync → dataset → train → evaluate.
+review-sync → caption → demo reviewer accepts the captions → review-sync → dataset → train → evaluate → the run
+report.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from flows.curate import curate
 from flows.dataset import dataset
 from flows.evaluate import evaluate
 from flows.identify import identify
+from flows.report import report as run_report
 from flows.review_sync import review_sync
 from flows.train import train
 
@@ -108,6 +110,7 @@ def demo(
     logger.info("training on the dataset of %s (%d images)", name, data["images"])
     checkpoints = train(training_toml=data["training_toml"], **kwargs)
     report = evaluate(checkpoints=checkpoints, dataset=data["out_dir"], **kwargs)
+    page = run_report(run_dirs=[run_dir], **kwargs)[str(Path(run_dir).resolve())]["html"]
     from castlab.labelstudio.connection import labelstudio_connection
 
     ls_url, _ = labelstudio_connection(cfg)
@@ -141,4 +144,5 @@ def demo(
         "checkpoints_project": (report.get("labelstudio") or {}).get("project_id"),
         "checkpoint_pairs": (report.get("labelstudio") or {}).get("tasks"),
         "registry": report.get("registry"),
+        "run_report": page,
     }

@@ -20,11 +20,13 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from browser import rendered_dom
 from test_prefect_server import free_port
 
 from castlab.config import PROJECT_ROOT
 from castlab.labelstudio import client
 from castlab.manifest import Manifest
+from castlab.report.render import SECTIONS
 from castlab.reviews.secret import HEADER
 
 pytestmark = pytest.mark.integration
@@ -284,6 +286,10 @@ def test_the_pipeline_walks_to_the_registry_moved_only_by_reviews(stack: Stack, 
     assert re.search(r"registry\s+done", stack.castlab("status", str(run_dir)).stdout)
     page = Path(data["steps"]["report"]["result"]["html"])  # the run report, lead times from Label Studio
     assert page.parent == run_dir / "report" and "Label Studio was not asked" not in page.read_text()
+    dom = rendered_dom(page, tmp_path / "browser")  # what a lead opens after the night: every section, drawn
+    assert all(f'<section id="{section}">' in dom for section in SECTIONS)
+    assert "Zorvik" in dom and chosen["chosen"] in dom  # the character, and the checkpoint reviewers picked
+    assert dom.count('src="data:image/png;base64,') >= 4  # contact sheet, UMAP, loss curve, comparison embedded
     assert (run_dir / "report" / "lead_times.csv").read_text().count("\n") >= 3  # header + masks + identities
     for stage in ("identify", "caption", "dataset"):  # the pipeline ran them: review-advance started none
         assert not [r for r in flow_runs(api, stage) if str(run_dir) in json.dumps(r["parameters"])]

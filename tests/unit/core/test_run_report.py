@@ -5,13 +5,10 @@ Chromium with every section."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
+from browser import rendered_dom, screenshot
 from PIL import Image
 
 from castlab.manifest import Manifest
@@ -94,30 +91,14 @@ def test_review_analytics_match_the_scripted_review(workspace: Path):
     assert Path(files["mask_review"]).read_text().splitlines()[1] == f"{VERSION},4,2,1,1,1,0.5,0.5"
 
 
-def _chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if found is None and os.environ.get("CASTLAB_REQUIRE_CHROMIUM") == "1":
-        pytest.fail("CASTLAB_REQUIRE_CHROMIUM=1 but no chromium is installed (Debian: apt-get install chromium)")
-    return found
-
-
 def test_the_page_renders_every_section_in_headless_chromium(workspace: Path, tmp_path: Path):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("no chromium here (Debian: apt-get install chromium; .ci/run installs it)")
     run_dir = scripted_run(workspace)
     page = Path(write(collect(run_dir, None), run_dir / "report")["html"])
     assert "src=\"http" not in page.read_text()  # self-contained: nothing fetched
-    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
-                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    dom = done.stdout
+    dom = rendered_dom(page, tmp_path)
     for section in SECTIONS:
         assert f'<section id="{section}">' in dom, section
     assert "tiny profile" in dom and "Label Studio was not asked" in dom and VERSION in dom
-    shot = tmp_path / "report.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
-                    f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()], capture_output=True,
-                   timeout=120, check=True)
+    shot = screenshot(page, tmp_path, tmp_path / "report.png")
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # a page was drawn, not a blank
