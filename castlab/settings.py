@@ -71,6 +71,28 @@ class SafetySettings(Section):
     clip_safe_prompts: list[str] = Field(min_length=1)
 
 
+class PoseSettings(Section):
+    """Pose geometry (castlab.pose.geometry): limits in torso lengths (shoulder centre to hip centre) and degrees."""
+
+    min_confidence: float = Probability  # a keypoint below this is missing
+    lying_torso_deg: float = Field(gt=0, le=180)  # torso further than this from vertical: category other
+    sitting_thigh_deg: float = Field(gt=0, le=180)  # both thighs further than this from vertical: sitting
+    walking_stride: float = Field(ge=0)  # horizontal ankle spread from which a pose is walking ...
+    running_stride: float = Field(ge=0)  # ... and running
+    lifted_foot: float = Field(ge=0)  # one ankle this much above the other: a foot off the ground (running)
+    side_shoulders: float = Field(ge=0)  # shoulder width below this: a side view
+
+
+class LightingSettings(Section):
+    """Lighting measures (castlab.lighting.features)."""
+
+    low_key_below: float = Probability  # mean luma (sRGB scale 0..1) below this: low-key
+    high_key_above: float = Probability  # ... above this: high-key
+    warm_below_k: float = Field(gt=0)  # colour temperature (kelvin) below this: warm
+    cool_above_k: float = Field(gt=0)  # ... above this: cool
+    min_direction: float = Field(ge=0)  # luminance-centroid offset (half-frame units) below this: frontal light
+
+
 class DedupSettings(Section):
     phash_max_distance: int = Field(ge=0, le=64)
     ssim_min: float = Field(ge=-1.0, le=1.0)
@@ -407,6 +429,8 @@ class Settings(Section):
     quality: QualitySettings
     safety: SafetySettings
     dedup: DedupSettings
+    pose: PoseSettings
+    lighting: LightingSettings
     segmentation: SegmentationSettings
     propagation: PropagationSettings
     identity: IdentitySettings

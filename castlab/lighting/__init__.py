@@ -1,0 +1,1 @@
+"""Lighting stage: per-frame lighting measures and labels (the lighting dataset)."""
