@@ -8,7 +8,9 @@ embedding or None). In order:
 2. **size**: ``n = min(target_max, unique candidates)``;
 3. **view quotas**: each view gets ``floor(share * n)`` (never more than it has); what is left goes one by one
    to the view furthest below its share that still has candidates, so rare views keep all they have and common
-   views fill the rest. Views without a share of their own count as ``unknown``;
+   views fill the rest. Views without a share of their own count as ``unknown``. Other dataset types balance
+   another key the same way (a pose category, an expression label: ``select(..., key=...)``), by default with
+   an equal share per label;
 4. **spread over shots**: inside a view, candidates are taken round-robin over its shots (each shot's best
    first), so a long shot cannot fill a view.
 
@@ -26,7 +28,8 @@ import numpy as np
 
 from castlab.manifest import row_text
 
-REJECT_CODES = ("missing_file", "low_quality", "caption_flagged", "duplicate", "view_quota", "over_target")
+REJECT_CODES = ("missing_file", "low_quality", "caption_flagged", "duplicate", "view_quota", "label_quota",
+                "over_target")
 
 
 @dataclass
@@ -39,8 +42,9 @@ class Selection:
 
 
 def view_group(view: Any, shares: dict[str, float]) -> str:
+    """The group a value falls in: itself when it has a share (or no group has one), else ``unknown``."""
     text = row_text(view) or "unknown"
-    return text if text in shares else "unknown"
+    return text if text in shares or not shares else "unknown"
 
 
 def rejection(row: dict[str, Any], code: str, reason: str) -> dict[str, Any]:
@@ -116,29 +120,34 @@ def spread_over_shots(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def select(
-    candidates: list[dict[str, Any]], shares: dict[str, float], target_max: int, max_similarity: float
+    candidates: list[dict[str, Any]], shares: dict[str, float], target_max: int, max_similarity: float,
+    key: str = "view",
 ) -> Selection:
-    """The selection described in the module docstring."""
+    """The selection described in the module docstring, the quotas over the rows' `key` (``view`` for characters;
+    a label such as a pose category for other dataset types). Empty `shares`: every group present gets an equal
+    share (balanced labels)."""
     unique, rejected, missing = deduplicate(_ranked(candidates), max_similarity)
     n = min(target_max, len(unique))
-    by_view: dict[str, list[dict[str, Any]]] = {}
+    by_group: dict[str, list[dict[str, Any]]] = {}
     for row in unique:
-        by_view.setdefault(view_group(row.get("view"), shares), []).append(row)
-    available = {v: len(rows) for v, rows in by_view.items()}
+        by_group.setdefault(view_group(row.get(key), shares), []).append(row)
+    shares = shares or dict.fromkeys(sorted(by_group), 1.0)
+    available = {v: len(rows) for v, rows in by_group.items()}
     taken = allot(available, shares, n)
     total = sum(shares.values())
+    quota_code = "view_quota" if key == "view" else "label_quota"
     selected: list[dict[str, Any]] = []
-    for view in sorted(by_view, key=lambda v: (list(shares).index(v) if v in shares else len(shares), v)):
-        ordered = spread_over_shots(by_view[view])
-        selected.extend(ordered[: taken[view]])
-        quota = math.ceil(shares.get(view, 0.0) / total * n - 1e-9)
-        for rank, row in enumerate(ordered[taken[view]:], start=taken[view] + 1):
-            if taken[view] < quota:
+    for group in sorted(by_group, key=lambda v: (list(shares).index(v) if v in shares else len(shares), v)):
+        ordered = spread_over_shots(by_group[group])
+        selected.extend(ordered[: taken[group]])
+        quota = math.ceil(shares.get(group, 0.0) / total * n - 1e-9)
+        for rank, row in enumerate(ordered[taken[group]:], start=taken[group] + 1):
+            if taken[group] < quota:
                 code, reason = "over_target", f"dataset full at target_size_max={target_max}"
             else:
-                code, reason = "view_quota", (f"view quota: {view} holds {taken[view]} of {n} "
-                                              f"(share {shares.get(view, 0.0) / total:.2f})")
-            rejected.append(rejection(row, code, f"{reason}; ranked {rank} of {available[view]} in its view"))
+                code, reason = quota_code, (f"{key} quota: {group} holds {taken[group]} of {n} "
+                                            f"(share {shares.get(group, 0.0) / total:.2f})")
+            rejected.append(rejection(row, code, f"{reason}; ranked {rank} of {available[group]} in its {key}"))
     return Selection(selected, rejected, taken, available, missing)
 
 
