@@ -93,6 +93,13 @@ class LightingSettings(Section):
     min_direction: float = Field(ge=0)  # luminance-centroid offset (half-frame units) below this: frontal light
 
 
+class BackgroundsSettings(Section):
+    """The background dataset (castlab.backgrounds)."""
+
+    max_character_score: float = Probability  # open_clip character probability of a whole background: at or
+    # above this a character is left in it (rejected, reason character_score)
+
+
 class DedupSettings(Section):
     phash_max_distance: int = Field(ge=0, le=64)
     ssim_min: float = Field(ge=-1.0, le=1.0)
@@ -429,6 +436,7 @@ class Settings(Section):
     quality: QualitySettings
     safety: SafetySettings
     dedup: DedupSettings
+    backgrounds: BackgroundsSettings
     pose: PoseSettings
     lighting: LightingSettings
     segmentation: SegmentationSettings

@@ -1,0 +1,1 @@
+"""Backgrounds stage: character-free set images from curate runs (the background dataset)."""
