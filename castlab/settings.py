@@ -411,6 +411,14 @@ class SafetyModel(Section):
     device: str = "auto"  # auto: cuda when available, else cpu (the tiny profile runs on cpu)
 
 
+class PoseModel(Section):
+    arch: str | None = None  # tiny: the tiny ViTPose configuration
+    model: str | None = None  # full: a hub id or local folder of a transformers VitPoseForPoseEstimation
+    revision: str | None = None
+    local_files_only: bool = True
+    device: str = "auto"  # auto: cuda when available, else cpu (the tiny profile runs on cpu)
+
+
 class ProfileModels(Section):
     image_encoder: ImageEncoderModel
     segmenter: SegmenterModel
@@ -419,6 +427,7 @@ class ProfileModels(Section):
     faces: FacesModel
     base_model: BaseModelSettings
     safety: SafetyModel
+    pose: PoseModel
 
 
 class ModelsSettings(Section):

@@ -28,7 +28,6 @@ import torch
 
 from castlab.config import Config
 from castlab.errors import ConfigError
-from castlab.models import hub_or_folder
 
 TINY_ARCH = "tiny-dinov2"
 TINY_SIZE = 64
@@ -103,31 +102,20 @@ def _load_tiny(cfg: Config, device: str) -> ImageEncoder:
 def _load_full(cfg: Config, device: str) -> ImageEncoder:
     from transformers import AutoConfig, AutoImageProcessor, Dinov2Model
 
-    prefix = f"models.{cfg.profile}.image_encoder"
-    settings = cfg.model("image_encoder")
-    source = str(settings.model or "")
-    if not source:
-        raise ConfigError(f"{prefix}.model is not set: a DINOv2 hub id (e.g. facebook/dinov2-base) or local folder")
-    local_only = bool(settings.local_files_only)
-    revision = settings.revision or None
-    source, name = hub_or_folder(source, f"{prefix}.model")
-    kwargs: dict[str, Any] = {"revision": revision, "local_files_only": local_only}
-    try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
+    from castlab.models.pretrained import pretrained
+
+    pre = pretrained(cfg, "image_encoder", "a DINOv2 hub id (e.g. facebook/dinov2-base) or local folder")
+
+    def load() -> tuple[Any, Any, Any]:
+        config = AutoConfig.from_pretrained(pre.source, **pre.kwargs)
         if config.model_type != "dinov2":
-            raise ConfigError(f"{prefix}.model: {source!r} is a {config.model_type!r} model, not DINOv2 (dinov2)")
-        processor = AutoImageProcessor.from_pretrained(source, **kwargs)
-        model = Dinov2Model.from_pretrained(source, dtype=torch.float32, **kwargs)
-    except OSError as exc:
-        where = "in the local Hugging Face cache" if local_only else "on the hub"
-        raise ConfigError(
-            f"{prefix}.model: {source!r} is not {where} ({str(exc).splitlines()[0]}). Set {prefix}.model to a "
-            f"local DINOv2 folder, or set {prefix}.local_files_only: false to allow downloading it (castlab never "
-            "downloads unless local_files_only is false); castlab never falls back to random weights"
-        ) from exc
-    ref = revision or (getattr(config, "_commit_hash", None) or "")[:10]
-    version = f"dinov2-{name.replace('/', '--')}" + (f"@{ref}" if ref else "")
-    return ImageEncoder(model.to(device), processor, version, device)
+            raise ConfigError(f"{pre.prefix}.model: {pre.source!r} is a {config.model_type!r} model, not DINOv2 "
+                              "(dinov2)")
+        return (config, AutoImageProcessor.from_pretrained(pre.source, **pre.kwargs),
+                Dinov2Model.from_pretrained(pre.source, dtype=torch.float32, **pre.kwargs))
+
+    config, processor, model = pre.load("DINOv2", load)
+    return ImageEncoder(model.to(device), processor, pre.version(config, "dinov2-"), device)
 
 
 def load_image_encoder(cfg: Config, device: str = "cpu") -> ImageEncoder:

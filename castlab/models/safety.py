@@ -34,7 +34,6 @@ import torch
 
 from castlab.config import Config
 from castlab.errors import ConfigError
-from castlab.models import hub_or_folder
 
 TINY_ARCH = "tiny-vit-nsfw"
 TINY_SIZE = 32
@@ -148,37 +147,27 @@ def _tiny_classifier(cfg: Config) -> ClassifierScorer:
 def _full_classifier(cfg: Config) -> ClassifierScorer:
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
-    prefix = f"models.{cfg.profile}.safety"
-    settings = cfg.model("safety")
-    source = str(settings.model or "")
-    if not source:
-        raise ConfigError(
-            f"{prefix}.model is not set: a transformers image-classification model (hub id, e.g. "
-            "Falconsai/nsfw_image_detection, or a local folder); or set safety.backend: clip, or safety.enabled: "
-            "false to skip the safety gate"
-        )
-    local_only = bool(settings.local_files_only)
-    revision = settings.revision or None
-    source, name = hub_or_folder(source, f"{prefix}.model")
-    kwargs: dict[str, Any] = {"revision": revision, "local_files_only": local_only}
+    from castlab.models.pretrained import pretrained
+
+    pre = pretrained(cfg, "safety", "a transformers image-classification model (hub id, e.g. "
+                     "Falconsai/nsfw_image_detection, or a local folder); or set safety.backend: clip, or "
+                     "safety.enabled: false to skip the safety gate")
+
+    def load() -> tuple[Any, list[int], Any, Any]:
+        try:
+            config = AutoConfig.from_pretrained(pre.source, **pre.kwargs)
+            ids = unsafe_label_ids(dict(getattr(config, "id2label", None) or {}), list(cfg.safety.unsafe_labels),
+                                   pre.name)
+            processor = AutoImageProcessor.from_pretrained(pre.source, **pre.kwargs)
+            model = AutoModelForImageClassification.from_pretrained(pre.source, dtype=torch.float32, **pre.kwargs)
+        except ValueError as exc:  # a config transformers has no image-classification model for
+            raise ConfigError(f"{pre.prefix}.model: {pre.source!r} is not an image-classification model "
+                              f"({exc})") from exc
+        return config, ids, processor, model
+
+    config, ids, processor, model = pre.load("image-classification", load)
     device = _device(cfg)
-    try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
-        ids = unsafe_label_ids(dict(getattr(config, "id2label", None) or {}), list(cfg.safety.unsafe_labels), name)
-        processor = AutoImageProcessor.from_pretrained(source, **kwargs)
-        model = AutoModelForImageClassification.from_pretrained(source, dtype=torch.float32, **kwargs)
-    except OSError as exc:
-        where = "in the local Hugging Face cache" if local_only else "on the hub"
-        raise ConfigError(
-            f"{prefix}.model: {source!r} is not {where} ({str(exc).splitlines()[0]}). Set {prefix}.model to a "
-            f"local image-classification folder, or set {prefix}.local_files_only: false to allow downloading it "
-            "(castlab never downloads unless local_files_only is false); castlab never falls back to random weights"
-        ) from exc
-    except ValueError as exc:  # a config transformers has no image-classification model for
-        raise ConfigError(f"{prefix}.model: {source!r} is not an image-classification model ({exc})") from exc
-    ref = revision or (getattr(config, "_commit_hash", None) or "")[:10]
-    version = name.replace("/", "--") + (f"@{ref}" if ref else "")
-    return ClassifierScorer(model.to(device), processor, ids, version, device)
+    return ClassifierScorer(model.to(device), processor, ids, pre.version(config), device)
 
 
 def load_safety_scorer(cfg: Config) -> SafetyScorer:
