@@ -100,6 +100,17 @@ class BackgroundsSettings(Section):
     # above this a character is left in it (rejected, reason character_score)
 
 
+class ExpressionSettings(Section):
+    """The expression dataset (castlab.expression): face crops and their expression labels."""
+
+    labels: dict[str, list[str]] = Field(min_length=1)  # label → caption words that mean it (besides "other")
+    prompt: str  # the zero-shot prompt per label, {label} filled in
+    context: float = Field(ge=0)  # face crop padding on every side, in face-box sizes
+    min_face_px: int = Field(ge=1)  # a face box with a shorter side is too small
+    min_sharpness: float = Field(ge=0)  # variance of the Laplacian of the face crop below this: blurred
+    max_occlusion: float = Probability  # share of the face box outside the character's own mask above this
+
+
 class DedupSettings(Section):
     phash_max_distance: int = Field(ge=0, le=64)
     ssim_min: float = Field(ge=-1.0, le=1.0)
@@ -446,6 +457,7 @@ class Settings(Section):
     safety: SafetySettings
     dedup: DedupSettings
     backgrounds: BackgroundsSettings
+    expression: ExpressionSettings
     pose: PoseSettings
     lighting: LightingSettings
     segmentation: SegmentationSettings
