@@ -21,6 +21,7 @@ import torch
 
 from castlab.config import Config
 from castlab.errors import ConfigError
+from castlab.models.pretrained import role_device
 
 TINY_ARCH = "tiny-vitpose"
 TINY_SIZE = (64, 48)  # height, width: ViTPose's 4:3 person box
@@ -51,13 +52,6 @@ class PoseEstimator:
         results = self.processor.post_process_pose_estimation(outputs, boxes=boxes_list)[0]
         return [np.concatenate([r["keypoints"].numpy(), r["scores"].numpy()[:, None]], axis=1).astype(np.float32)
                 for r in results]
-
-
-def _device(cfg: Config) -> str:
-    if cfg.profile == "tiny":
-        return "cpu"
-    device = str(cfg.model("pose").device or "auto")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def _tiny(cfg: Config) -> PoseEstimator:
@@ -91,7 +85,7 @@ def _full(cfg: Config) -> PoseEstimator:
         return model, VitPoseImageProcessor.from_pretrained(pre.source, **pre.kwargs)
 
     model, processor = pre.load("ViTPose", load)
-    device = _device(cfg)
+    device = role_device(cfg, "pose")
     return PoseEstimator(model.to(device), processor, pre.version(model.config, "vitpose-"), device)
 
 

@@ -57,3 +57,13 @@ def pretrained(cfg: Config, role: str, hint: str) -> Pretrained:
         raise ConfigError(f"{prefix}.model is not set: {hint}")
     source, name = hub_or_folder(source, f"{prefix}.model")
     return Pretrained(prefix, source, name, settings.revision or None, bool(settings.local_files_only))
+
+
+def role_device(cfg: Config, role: str) -> str:
+    """Where the role runs: cpu under ``tiny``; else ``models.<profile>.<role>.device`` (auto: cuda when there)."""
+    import torch
+
+    if cfg.profile == "tiny":
+        return "cpu"
+    device = str(cfg.model(role).device or "auto")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device

@@ -34,6 +34,7 @@ import torch
 
 from castlab.config import Config
 from castlab.errors import ConfigError
+from castlab.models.pretrained import role_device
 
 TINY_ARCH = "tiny-vit-nsfw"
 TINY_SIZE = 32
@@ -104,13 +105,6 @@ class ZeroShotScorer:
         return [float(p) for p in probs[:, : self.n_unsafe].sum(axis=1).clip(0.0, 1.0)]
 
 
-def _device(cfg: Config) -> str:
-    if cfg.profile == "tiny":
-        return "cpu"
-    device = str(cfg.model("safety").device or "auto")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def unsafe_label_ids(id2label: dict[Any, str], wanted: list[str], model_name: str) -> list[int]:
     """Ids of the labels named in ``safety.unsafe_labels`` (case-insensitive); a missing one is a ConfigError."""
     by_name = {str(label).lower(): int(i) for i, label in id2label.items()}
@@ -166,7 +160,7 @@ def _full_classifier(cfg: Config) -> ClassifierScorer:
         return config, ids, processor, model
 
     config, ids, processor, model = pre.load("image-classification", load)
-    device = _device(cfg)
+    device = role_device(cfg, "safety")
     return ClassifierScorer(model.to(device), processor, ids, pre.version(config), device)
 
 
@@ -175,6 +169,6 @@ def load_safety_scorer(cfg: Config) -> SafetyScorer:
     if cfg.safety.backend == "clip":
         from castlab.models.embedder import load_embedder
 
-        return ZeroShotScorer(load_embedder(cfg, _device(cfg)), list(cfg.safety.clip_unsafe_prompts),
+        return ZeroShotScorer(load_embedder(cfg, role_device(cfg, "safety")), list(cfg.safety.clip_unsafe_prompts),
                               list(cfg.safety.clip_safe_prompts))
     return _tiny_classifier(cfg) if cfg.profile == "tiny" else _full_classifier(cfg)
