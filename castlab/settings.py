@@ -111,6 +111,37 @@ class ExpressionSettings(Section):
     max_occlusion: float = Probability  # share of the face box outside the character's own mask above this
 
 
+class TypeDatasetSettings(Section):
+    """One non-character dataset type (castlab.typed): its trigger, captions, size, balance and review project."""
+
+    trigger: str | None  # the token the LoRA learns the type under; null: a stable made-up rare token
+    class_word: str = Field(min_length=1)  # follows the trigger in every caption ("scene", "style", ...)
+    medium: str = Field(min_length=1)  # the caption's lead after the trigger, and the suite's {medium}
+    prompt: str = Field(min_length=1)  # what the VLM is asked of each image (under the type's schema)
+    target_size_min: int = Field(ge=1)  # below this many images, num_repeats fills the epoch (and "small")
+    target_size_max: int = Field(ge=1)
+    balance: str = Field(min_length=1)  # the record label whose values share the selection equally
+    min_quality: float = Probability  # sharpness (variance of the Laplacian / dataset.sharpness_ref, capped at 1)
+    scene_min_size: int = Field(ge=2)  # smallest scene cluster of the image embeddings (smaller: scene "other")
+    title: str = Field(min_length=1)  # the Label Studio review project
+
+    @model_validator(mode="after")
+    def _sizes(self) -> TypeDatasetSettings:
+        if self.target_size_max < self.target_size_min:
+            raise ValueError("target_size_max must be >= target_size_min")
+        return self
+
+
+class TypesSettings(Section):
+    """The dataset types beyond characters (``castlab prepare|dataset --type``)."""
+
+    background: TypeDatasetSettings
+    style: TypeDatasetSettings
+    lighting: TypeDatasetSettings
+    pose: TypeDatasetSettings
+    expression: TypeDatasetSettings
+
+
 class DedupSettings(Section):
     phash_max_distance: int = Field(ge=0, le=64)
     ssim_min: float = Field(ge=-1.0, le=1.0)
@@ -460,6 +491,7 @@ class Settings(Section):
     expression: ExpressionSettings
     pose: PoseSettings
     lighting: LightingSettings
+    types: TypesSettings
     segmentation: SegmentationSettings
     propagation: PropagationSettings
     identity: IdentitySettings

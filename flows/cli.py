@@ -19,6 +19,7 @@ from castlab.config import Config, load_config
 from castlab.errors import CastlabError, InputError, StackError
 from castlab.runtime import setup_runtime
 
+TYPE_NAMES_BUILT = ("background", "style", "lighting")  # castlab.typed.spec.TYPES (not imported: --help stays fast)
 INPUTS_FAILED = 3  # exit status of curate/pipeline when some inputs could not be read (see --allow-failures)
 
 
@@ -183,6 +184,16 @@ def cmd_dataset(args: argparse.Namespace) -> Any:
     from flows.dataset import dataset
 
     return _run_flow(dataset, cfg, run_dirs=args.runs, character=args.character, out_dir=args.out,
+                     force=args.force, dataset_type=args.type, **_flow_kwargs(args))
+
+
+def cmd_prepare(args: argparse.Namespace) -> Any:
+    _must_exist(args.run)
+    cfg = _flow_config(args)
+    _prefect(cfg)
+    from flows.prepare import prepare
+
+    return _run_flow(prepare, cfg, run_dir=args.run, dataset_type=args.type, push=not args.no_push,
                      force=args.force, **_flow_kwargs(args))
 
 
@@ -348,12 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("instance", help="instance row id, e.g. inst:<video>:<frame>:0")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p.add_argument("--force", action="store_true", help="propagate again over an earlier result")
+    p = add_flow("prepare", cmd_prepare, "a curate run → one dataset type's candidates (checked, embedded, labelled, "
+                                    "captioned) → its Label Studio review project")
+    p.add_argument("run", help="curate run folder")
+    p.add_argument("--type", required=True, choices=list(TYPE_NAMES_BUILT), help="the dataset type")
+    p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
+    p.add_argument("--force", action="store_true", help="prepare every candidate again (default: only new ones)")
     p = add_flow("dataset", cmd_dataset, "reviewed characters of curate runs → one dataset each (images with alpha "
-                                    "masks, captions, metadata.json, kohya TOMLs, report)")
+                                    "masks, captions, metadata.json, kohya TOMLs, report); or one dataset of a type")
     p.add_argument("runs", nargs="+", metavar="RUN", help="curate run folder(s): a character across episodes")
+    p.add_argument("--type", default="character", choices=["character", *TYPE_NAMES_BUILT],
+                   help="character (default: one dataset per reviewed character) or a type: one dataset from the "
+                        "runs' prepared records (runs not prepared for it are prepared first)")
     p.add_argument("--character", help="build only this reviewed identity (default: every character with at least "
                                        "dataset.min_instances reviewed instances)")
-    p.add_argument("--out", help="parent folder of the datasets, one <character>/ each (default: a new dataset run)")
+    p.add_argument("--out", help="parent folder of the datasets, one <character>/ (or <type>/) each (default: a new "
+                                 "dataset run)")
     p.add_argument("--force", action="store_true", help="rebuild an existing dataset folder")
     p = add("export", cmd_export, "a castlab dataset → another trainer's format")
     p.add_argument("dataset", help="a dataset folder written by `castlab dataset` (holds metadata.json)")

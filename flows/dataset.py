@@ -1,4 +1,6 @@
-"""dataset: reviewed instances of one or more curate runs → one dataset per reviewed character."""
+"""dataset: reviewed instances of one or more curate runs → one dataset per reviewed character; or, with
+``dataset_type``, the prepared records of a type (background, style, lighting) → one dataset of that type (a run
+not prepared for the type is prepared first, its review tasks pushed: the dataset then uses the predictions)."""
 
 from __future__ import annotations
 
@@ -35,21 +37,61 @@ def build_task(run_dirs: list[str], name: str, out_dir: str, force: bool, cfg: C
     return assemble_character(name, pool.by_name[pool.find(name)], Path(out_dir), cfg, runs=runs, force=force)
 
 
+@task(name="build-type-dataset")
+def build_type_task(run_dirs: list[str], name: str, out_dir: str, force: bool, cfg: Config) -> dict[str, Any]:
+    """The dataset of type `name` (reads the runs' prepared records; writes only `out_dir`)."""
+    from castlab.dataset.stage import build_type
+
+    return build_type(name, [Path(r) for r in run_dirs], Path(out_dir), cfg, force=force)
+
+
+def _report_artifact(summary: dict[str, Any], what: str) -> None:
+    report = Path(summary["report"]["report"])
+    create_markdown_artifact(key="dataset-report", markdown=report.read_text(encoding="utf-8"), description=what)
+    get_run_logger().info("%s at %s: %d images (%d train, %d val), %d rejected%s", what, summary["out_dir"],
+                          summary["images"], summary["train"], summary["val"], summary["rejected"],
+                          " — SMALL (below the target minimum)" if summary["small"] else "")
+
+
+def _type_dataset(run_dirs: list[str], name: str, out_dir: str | None, force: bool, cfg: Config,
+                  settings: dict[str, Any]) -> dict[str, Any]:
+    from castlab.dataset.stage import dataset_folder
+    from castlab.typed.stage import read_records
+    from flows.prepare import prepare
+
+    for run_dir in run_dirs:
+        if not read_records(Path(run_dir), name):
+            get_run_logger().info("%s is not prepared for %s datasets: preparing it now", run_dir, name)
+            prepare(run_dir=run_dir, dataset_type=name, **settings)
+    root = Path(out_dir) if out_dir else Run.create(f"dataset-{name}", cfg).path
+    summary = build_type_task(list(run_dirs), name, str(dataset_folder(root, name)), force, cfg)
+    _report_artifact(summary, f"{name} dataset")
+    return {"out_root": str(root), "datasets": {name: summary}, "skipped": {}, "notes": []}
+
+
 @flow(name="dataset")
 def dataset(
     run_dirs: list[str],
     character: str | None = None,
     out_dir: str | None = None,
     force: bool = False,
+    dataset_type: str = "character",
     config_files: list[str] | None = None,
     preset: str | None = None,
     profile: str | None = None,
 ) -> dict[str, Any]:
     """Build one dataset per reviewed character of `run_dirs` (or only `character`) under `out_dir`
-    (default: a new dataset run folder), each in ``<out_dir>/<character>/``."""
+    (default: a new dataset run folder), each in ``<out_dir>/<character>/``; with `dataset_type` (background,
+    style, lighting) the one dataset of that type in ``<out_dir>/<type>/``."""
     from castlab.dataset.stage import dataset_folder
 
     cfg = resolve_config(config_files, preset, profile)
+    if dataset_type != "character":
+        from castlab.typed.spec import dataset_type as known_type
+
+        known_type(dataset_type)
+        return _type_dataset(list(run_dirs), dataset_type, out_dir, force, cfg,
+                             {"config_files": config_files, "preset": preset, "profile": profile})
     logger = get_run_logger()
     plan = plan_task(list(run_dirs), character, cfg)
     for note in plan["notes"]:
@@ -61,10 +103,5 @@ def dataset(
     for name in plan["names"]:
         summary = build_task(list(run_dirs), name, str(dataset_folder(root, name)), force, cfg)
         datasets[name] = summary
-        report = Path(summary["report"]["report"])
-        create_markdown_artifact(key="dataset-report", markdown=report.read_text(encoding="utf-8"),
-                                 description=f"dataset of {name}")
-        logger.info("dataset of %s at %s: %d images (%d train, %d val), %d rejected%s", name, summary["out_dir"],
-                    summary["images"], summary["train"], summary["val"], summary["rejected"],
-                    " — SMALL (below dataset.target_size_min)" if summary["small"] else "")
+        _report_artifact(summary, f"dataset of {name}")
     return {"out_root": str(root), "datasets": datasets, "skipped": plan["skipped"], "notes": plan["notes"]}

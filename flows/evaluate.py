@@ -106,7 +106,7 @@ def evaluate(
     Pareto front as blind pairs to Label Studio's checkpoints project (review-sync on the evaluation folder
     brings the reviewers' pick back)."""
     from castlab.evaluate.registry import register_lora
-    from castlab.evaluate.stage import registry_entry, state_groups
+    from castlab.evaluate.stage import for_dataset_type, registry_entry, state_groups
 
     cfg = resolve_config(config_files, preset, profile)
     if runs_elsewhere(cfg):  # a deployment run under orchestration.task_runner: dask | ray
@@ -117,6 +117,7 @@ def evaluate(
     if push:  # Label Studio serves the blind pairs from the workspace: fail before rendering, not after
         relative_to_workspace(target)
     plan = plan_task(checkpoints, str(target), dataset, force, cfg)
+    cfg = for_dataset_type(cfg, plan["dataset_type"])  # beyond characters the identity is the whole image
     groups = state_groups(plan)
     per_state = len(plan["specs"]) * len(cfg.evaluation.seeds)
     with gpu_resources(cfg):

@@ -41,6 +41,13 @@ def sync_captions_task(run_dir: str, cfg: Config) -> dict[str, Any]:
     return {"counts": counts, "changes": manifest.changes()}
 
 
+@task(name="sync-type-reviews", **LABEL_STUDIO_RETRIES)
+def sync_types_task(run_dir: str, name: str, cfg: Config) -> dict[str, Any]:
+    from castlab.labelstudio.projects.typed import sync_typed_reviews
+
+    return sync_typed_reviews(labelstudio(cfg), Path(run_dir), name, cfg)
+
+
 @task(name="sync-checkpoint-picks", **LABEL_STUDIO_RETRIES)
 def sync_checkpoints_task(eval_dir: str, cfg: Config) -> dict[str, Any]:
     """The reviewers' pairwise answers → BT ranking and agreement (human_pick.json); their chosen checkpoint
@@ -65,8 +72,9 @@ def review_sync(
     run_dir: str, config_files: list[str] | None = None, preset: str | None = None, profile: str | None = None
 ) -> dict[str, Any]:
     """Bring masks reviewed in Label Studio back into the run (accepted, corrected, added, removed) and, after
-    ``identify``, the identity decisions (a named identity per instance) and, after ``caption``, the reviewed
-    captions. Each sync reads the manifest the previous one saved; the flow is the one writer."""
+    ``identify``, the identity decisions (a named identity per instance), after ``caption``, the reviewed
+    captions and, after ``prepare --type``, the type's reviewed labels and captions. Each sync reads the
+    manifest the previous one saved; the flow is the one writer."""
     cfg = resolve_config(config_files, preset, profile)
     run = Run.open(run_dir, cfg)
     if (run.path / "checkpoints_push.json").is_file():  # an evaluation: the reviewers' checkpoint pick
@@ -85,5 +93,11 @@ def review_sync(
         synced = sync_captions_task(str(run.path), cfg)
         save_changes(run.path, synced["changes"])
         counts["captions"] = synced["counts"]
+    from castlab.labelstudio.projects.typed import PUSH_NAME
+    from castlab.typed.spec import TYPES
+
+    for name in TYPES:  # the dataset types the run was prepared and pushed for
+        if (run.path / name / PUSH_NAME).is_file():
+            counts[name] = sync_types_task(str(run.path), name, cfg)
     get_run_logger().info("review-sync %s: %s", run.path.name, counts)
     return counts

@@ -1,12 +1,16 @@
-"""One character's dataset: candidates → quality → selection → images, captions, kohya pair, metadata, report.
+"""One dataset: candidates → quality → selection → images, captions, kohya pair, metadata, report.
 
-Output contract (``out_dir``)::
+A :class:`Recipe` says how rows become images and captions: a character's (:func:`character_recipe`: reviewed
+instance crops, view quotas) or a dataset type's (background, style, lighting, pose, expression:
+:mod:`castlab.typed.recipes`). Every dataset has the same output contract (``out_dir``)::
 
-    images/<name>.png        RGBA: the crop region of the frame (context kept), alpha = the soft mask (images.py)
+    images/<name>.png        RGBA: for a character the crop region of the frame (context kept), alpha = the soft
+                             mask (images.py); for a type its image (opaque alpha where there is no mask)
     captions/<name>.txt      reviewed caption, else predicted, else template; "<trigger> <class word>" first
     kohya/<repeats>_<trigger> <class word>/   the train split: image + .txt (hard links), kohya's folder layout
     dataset_config.toml      kohya dataset config, training.toml (``training.template`` filled in; kohya.py)
-    metadata.json            character, trigger, counts, every chosen image, every candidate not taken + reason
+    metadata.json            character or type, trigger, counts, every chosen image, every candidate not taken +
+                             reason
     dataset_report.md, contact_sheet.png, histograms.png   (report.py)
 
 The train/val split is by shot (the curate run's split when every row has one), so a shot never straddles it.
@@ -18,7 +22,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,7 @@ from tqdm import tqdm
 import castlab.dataset.kohya as kohya
 from castlab.config import Config
 from castlab.dataset.candidates import run_label
-from castlab.dataset.images import dataset_image, measure_quality
+from castlab.dataset.images import DatasetImage, Quality, dataset_image, measure_quality
 from castlab.dataset.report import write_dataset_report
 from castlab.dataset.selection import rejection, select, view_counts
 from castlab.dataset.triggers import Trigger, character_trigger
@@ -77,6 +82,43 @@ def build_caption(row: dict[str, Any], cfg: Config, trigger: Trigger | None = No
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How one dataset is made from its candidate rows: a character's (:func:`character_recipe`) or a dataset
+    type's (:mod:`castlab.typed.recipes`). Every function gets the row and the config."""
+
+    name: str  # the character, or the dataset type
+    trigger: Trigger
+    image: Callable[[dict[str, Any], Config, int], DatasetImage]  # (row, cfg, resolution) → the RGBA image
+    quality: Callable[[dict[str, Any], Config, int], Quality]  # (row, cfg, resolution) → its quality score
+    caption: Callable[[dict[str, Any], Config, Trigger], str]
+    source: Callable[[dict[str, Any]], str]  # where the caption comes from: reviewed | predicted | template
+    entry: Callable[[dict[str, Any]], dict[str, Any]]  # metadata.json fields of the row's image beyond the common
+    min_quality: float
+    target_min: int
+    target_max: int
+    key: str = "view"  # the row field the selection balances
+    shares: dict[str, float] = field(default_factory=dict)  # its quotas (empty: equal shares of what is there)
+    extra: Callable[[dict[str, Any], Path, str], dict[str, Any]] | None = None  # (row, out_dir, name) → files
+    metadata: dict[str, Any] = field(default_factory=dict)  # metadata.json fields of the dataset (type, suite)
+
+
+def character_entry(row: dict[str, Any]) -> dict[str, Any]:
+    return {"identity": row_text(row.get("identity")) or None, "source_crop": row_text(row.get("crop_path"))}
+
+
+def character_recipe(name: str, cfg: Config) -> Recipe:
+    """A character's dataset: its reviewed instance crops with context, view quotas, captions led by its trigger."""
+    return Recipe(
+        name=name, trigger=character_trigger(name, cfg), image=dataset_image, quality=measure_quality,
+        caption=build_caption, source=caption_source, entry=character_entry,
+        min_quality=float(cfg.dataset.min_quality), target_min=int(cfg.dataset.target_size_min),
+        target_max=int(cfg.dataset.target_size_max),
+        shares={str(k): float(v) for k, v in dict(cfg.dataset.view_quotas).items()},
+        metadata={"type": "character", "character": name},
+    )
+
+
+@dataclass(frozen=True)
 class Layout:
     """Where one dataset's files go, and what every image is built with."""
 
@@ -84,9 +126,13 @@ class Layout:
     kohya_dir: Path
     splits: dict[str, str]  # shot key → train | val
     names: dict[str, str]  # row id → file name (no suffix)
-    trigger: Trigger
+    recipe: Recipe
     resolution: int  # image size target: about resolution² pixels
     min_side: int  # an image with a shorter side is rejected (sd-scripts would give it a zero-size bucket)
+
+    @property
+    def trigger(self) -> Trigger:
+        return self.recipe.trigger
 
 
 def _unique_names(rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -103,7 +149,8 @@ def _unique_names(rows: list[dict[str, Any]]) -> dict[str, str]:
     return names
 
 
-def _link(source: Path, target: Path) -> None:
+def link_file(source: Path, target: Path) -> None:
+    """A hard link of `source` at `target` (a copy where the file system refuses links)."""
     try:
         os.link(source, target)
     except OSError:
@@ -114,11 +161,12 @@ def process(rows: list[dict[str, Any]], cfg: Config, models: Any, *, layout: Lay
     """Write one chunk of chosen rows (image, caption, kohya link for train rows). `models` is unused (the
     CLIP tokenizer is shared). Returns (``metadata.json`` image entries, rejections of rows whose files are
     missing or unreadable)."""
+    recipe = layout.recipe
     entries, rejected = [], []
     for row in rows:
         name = layout.names[str(row["row_id"])]
         try:
-            built = dataset_image(row, cfg, layout.resolution)
+            built = recipe.image(row, cfg, layout.resolution)
         except InputError as exc:
             rejected.append(rejection(row, "missing_file", str(exc)))
             continue
@@ -128,7 +176,7 @@ def process(rows: list[dict[str, Any]], cfg: Config, models: Any, *, layout: Lay
                   f"{layout.min_side} px"
             rejected.append(rejection(row, "low_quality", why))
             continue
-        caption = build_caption(row, cfg, layout.trigger)
+        caption = recipe.caption(row, cfg, recipe.trigger)
         split = layout.splits[shot_key(row)]
         image_path = layout.out_dir / "images" / f"{name}.png"
         with atomic_path(image_path) as tmp:
@@ -136,20 +184,18 @@ def process(rows: list[dict[str, Any]], cfg: Config, models: Any, *, layout: Lay
         caption_path = layout.out_dir / "captions" / f"{name}.txt"
         write_text_atomic(caption_path, caption + "\n")
         if split == "train":
-            _link(image_path, layout.kohya_dir / f"{name}.png")
-            _link(caption_path, layout.kohya_dir / f"{name}.txt")
+            link_file(image_path, layout.kohya_dir / f"{name}.png")
+            link_file(caption_path, layout.kohya_dir / f"{name}.txt")
         entries.append({
             "name": name, "image": f"images/{name}.png", "caption_file": f"captions/{name}.txt",
-            "caption": caption, "caption_tokens": count_clip_tokens(caption), "caption_source": caption_source(row),
+            "caption": caption, "caption_tokens": count_clip_tokens(caption), "caption_source": recipe.source(row),
             "split": split, "row_id": str(row["row_id"]), "run": row.get("run"), "shot_key": shot_key(row),
-            "view": row_text(row.get("view")) or "unknown", "quality": row.get("quality"),
+            "view": row_text(row.get(recipe.key)) or "unknown", "quality": row.get("quality"),
             "quality_parts": row.get("quality_parts"), "size": list(built.image.size), "crop_box": built.crop_box,
-            "scale": built.scale, "context": built.context, "identity": row_text(row.get("identity")) or None,
-            "source_crop": row_text(row.get("crop_path")),
+            "scale": built.scale, "context": built.context, **recipe.entry(row),
+            **(recipe.extra(row, layout.out_dir, name) if recipe.extra else {}),
         })
     return entries, rejected
-
-
 def prepare_out_dir(out_dir: Path, force: bool) -> None:
     """An empty `out_dir`; a non-empty one only with `force` (then castlab's outputs in it are removed)."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -166,14 +212,16 @@ def prepare_out_dir(out_dir: Path, force: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def rank_candidates(candidates: list[dict[str, Any]], cfg: Config, resolution: int) -> tuple[list[dict], list[dict]]:
-    """(candidates with ``quality``, rejections: missing/unreadable crop, low quality, flagged caption)."""
+def rank_candidates(candidates: list[dict[str, Any]], cfg: Config, resolution: int,
+                    recipe: Recipe | None = None) -> tuple[list[dict], list[dict]]:
+    """(candidates with ``quality``, rejections: missing/unreadable image, low quality, flagged caption)."""
     kept, rejected = [], []
-    floor = float(cfg.dataset.min_quality)
+    measure = recipe.quality if recipe else measure_quality
+    floor = recipe.min_quality if recipe else float(cfg.dataset.min_quality)
     for row in tqdm(candidates, desc="dataset quality", unit="crop", disable=len(candidates) < 50):
         row = {**row, "shot_key": shot_key(row)}
         try:
-            quality = measure_quality(row, cfg, resolution)
+            quality = measure(row, cfg, resolution)
         except InputError as exc:
             rejected.append(rejection(row, "missing_file", str(exc)))
             continue
@@ -181,7 +229,7 @@ def rank_candidates(candidates: list[dict[str, Any]], cfg: Config, resolution: i
         if quality.score < floor:
             code = "caption_flagged" if quality.flagged and quality.score / float(cfg.dataset.caption_flag_penalty) \
                 >= floor else "low_quality"
-            rejected.append(rejection(row, code, f"{quality.describe()} < dataset.min_quality {floor}"))
+            rejected.append(rejection(row, code, f"{quality.describe()} < minimum quality {floor}"))
             continue
         kept.append(row)
     return kept, rejected
@@ -216,24 +264,40 @@ def assemble_character(
     `candidates`: rows from :func:`castlab.dataset.candidates.gather` (``run``, ``frame_path``, ``clip``).
     `base_model` goes into the training TOML (default: the active profile's base model).
     """
+    if not candidates:
+        raise InputError(Path(out_dir), f"no reviewed instances of {name!r} to build a dataset from")
+    return assemble(character_recipe(name, cfg), candidates, out_dir, cfg, runs=runs, base_model=base_model,
+                    force=force)
+
+
+def assemble(
+    recipe: Recipe, candidates: list[dict[str, Any]], out_dir: Path, cfg: Config, *,
+    runs: list[Path] | None = None, base_model: str | None = None, force: bool = False,
+    rejected: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Write the dataset `recipe` makes of `candidates` (rows with ``row_id``, ``run``, shot fields, ``clip``)
+    into `out_dir` (module docstring); returns its summary. `rejected`: candidates an earlier stage turned
+    down (:func:`castlab.dataset.selection.rejection`), listed with the others."""
     from castlab.models.diffusion import base_model_source, training_resolution
 
     out_dir = Path(out_dir).resolve()
+    name, trigger = recipe.name, recipe.trigger
     if not candidates:
-        raise InputError(out_dir, f"no reviewed instances of {name!r} to build a dataset from")
+        raise InputError(out_dir, f"no candidates to build the {name!r} dataset from")
     template = kohya.load_template(cfg)  # fail on a bad template before writing anything
     base_model = base_model or base_model_source(cfg)
     prepare_out_dir(out_dir, force)
-    trigger = character_trigger(name, cfg)
     size = int(cfg.dataset.resolution)
-    shares = {str(k): float(v) for k, v in dict(cfg.dataset.view_quotas).items()}
+    shares = dict(recipe.shares)
     threshold, threshold_from = duplicate_threshold(cfg)
 
-    ranked, rejected = rank_candidates(candidates, cfg, size)
-    chosen = select(ranked, shares, int(cfg.dataset.target_size_max), threshold)
+    earlier = list(rejected or [])
+    ranked, rejected = rank_candidates(candidates, cfg, size, recipe)
+    rejected = earlier + rejected
+    chosen = select(ranked, shares, recipe.target_max, threshold, key=recipe.key)
     rejected += chosen.rejected
     splits = _splits(chosen.selected, cfg)
-    target_min = int(cfg.dataset.target_size_min)
+    target_min = recipe.target_min
     repeats = _repeats(sum(1 for r in chosen.selected if splits[shot_key(r)] == "train"), target_min)
     kohya_dir = out_dir / "kohya" / f"{repeats}_{trigger.class_tokens}"
     for sub in (out_dir / "images", out_dir / "captions", kohya_dir):
@@ -244,7 +308,7 @@ def assemble_character(
         "output_dir": str(out_dir / "checkpoints"), "resolution": kohya.resolution_text(resolution),
         "output_name": f"castlab_{safe_name(name).lower()}",
     })
-    layout = Layout(out_dir, kohya_dir, splits, _unique_names(chosen.selected), trigger, size,
+    layout = Layout(out_dir, kohya_dir, splits, _unique_names(chosen.selected), recipe, size,
                     kohya.min_image_side(training))
     entries: list[dict[str, Any]] = []
     for chunk in tqdm(list(chunked(chosen.selected, DATASET_CHUNK)), desc=f"dataset {name}", unit="chunk"):
@@ -263,20 +327,21 @@ def assemble_character(
         training, resolution=resolution, image_dir=kohya_dir, class_tokens=trigger.class_tokens,
         num_repeats=repeats, cfg=cfg))
 
-    counts = {"candidates": len(candidates), "selected": len(entries),
+    counts = {"candidates": len(candidates) + len(earlier), "selected": len(entries),
               "train": sum(1 for e in entries if e["split"] == "train"),
               "val": sum(1 for e in entries if e["split"] == "val"), "rejected": len(rejected)}
     max_tokens = int(cfg.dataset.caption_max_tokens)
     metadata = {
-        "format": FORMAT, "profile": cfg.profile, "character": name, "trigger": trigger.token,
+        "format": FORMAT, "profile": cfg.profile, "character": name, **recipe.metadata, "trigger": trigger.token,
         "trigger_source": trigger.source, "class_word": trigger.class_word, "class_tokens": trigger.class_tokens,
         "runs": [run_label(r) for r in (runs or sorted({c["run"] for c in candidates}))],
         "resolution": resolution, "image_resolution": size, "background": str(cfg.dataset.background),
-        "num_repeats": repeats, "target_size": {"min": target_min, "max": int(cfg.dataset.target_size_max)},
+        "num_repeats": repeats, "target_size": {"min": target_min, "max": recipe.target_max},
         "small": len(entries) < target_min, "base_model": base_model,
-        "selection": {"view_quotas": shares, "allotment": chosen.allotment, "available": chosen.available,
-                      "max_similarity": threshold, "max_similarity_from": threshold_from,
-                      "without_embedding": chosen.undeduplicated, "min_quality": float(cfg.dataset.min_quality)},
+        "selection": {"balance": recipe.key, "view_quotas": shares, "allotment": chosen.allotment,
+                      "available": chosen.available, "max_similarity": threshold,
+                      "max_similarity_from": threshold_from, "without_embedding": chosen.undeduplicated,
+                      "min_quality": recipe.min_quality},
         "counts": counts, "views": view_counts(entries),
         "images": entries, "rejected": rejected,
         "long_captions": [e["name"] for e in entries if e["caption_tokens"] > max_tokens],
@@ -284,7 +349,8 @@ def assemble_character(
     write_json_atomic(out_dir / "metadata.json", metadata)
     report = write_dataset_report(out_dir, metadata)
     return {
-        "character": name, "out_dir": str(out_dir), "trigger": trigger.token, "class_tokens": trigger.class_tokens,
+        "character": name, "type": metadata.get("type", "character"), "out_dir": str(out_dir),
+        "trigger": trigger.token, "class_tokens": trigger.class_tokens,
         "images": len(entries), **{k: counts[k] for k in ("candidates", "train", "val", "rejected")},
         "small": metadata["small"], "num_repeats": repeats, "long_captions": len(metadata["long_captions"]),
         "views": metadata["views"], "metadata": str(out_dir / "metadata.json"), "kohya_dir": str(kohya_dir),

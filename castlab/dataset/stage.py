@@ -1,4 +1,5 @@
-"""The dataset stage: one dataset per reviewed character of one or more curate runs."""
+"""The dataset stage: one dataset per reviewed character of one or more curate runs, or one dataset of a type
+(background, style, lighting) from their prepared records."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from castlab.config import Config
-from castlab.dataset.assemble import assemble_character
+from castlab.dataset.assemble import assemble, assemble_character
 from castlab.dataset.candidates import CharacterPool, gather
 from castlab.errors import InputError
 from castlab.layers import safe_name
@@ -32,11 +33,28 @@ def dataset_folder(out_root: Path, name: str) -> Path:
     return Path(out_root) / safe_name(name)
 
 
+def build_type(name: str, run_dirs: list[Path], out_dir: Path, cfg: Config, force: bool = False) -> dict[str, Any]:
+    """The dataset of type `name` (background, style, lighting) from the runs' prepared records."""
+    from castlab.typed.recipes import gather_typed, type_recipe
+
+    candidates, rejected = gather_typed(run_dirs, name, cfg)
+    if not candidates:
+        reasons = sorted({r["code"] for r in rejected})
+        raise InputError(", ".join(map(str, run_dirs)), f"no {name} candidate passed preparation "
+                                                        f"({len(rejected)} rejected: {', '.join(reasons) or 'none'})")
+    return assemble(type_recipe(name, cfg), candidates, out_dir, cfg, runs=run_dirs, force=force, rejected=rejected)
+
+
 def run(
-    run_dirs: list[Path] | Path, cfg: Config, out_root: Path, character: str | None = None, force: bool = False
+    run_dirs: list[Path] | Path, cfg: Config, out_root: Path, character: str | None = None, force: bool = False,
+    dataset_type: str = "character",
 ) -> dict[str, Any]:
-    """Build the datasets of `run_dirs` (manifests are only read) under ``out_root/<character>/``."""
+    """Build the datasets of `run_dirs` (manifests are only read) under ``out_root/<character>/``, or with
+    `dataset_type` the one dataset of that type under ``out_root/<type>/``."""
     runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+    if dataset_type != "character":
+        built = build_type(dataset_type, runs, dataset_folder(out_root, dataset_type), cfg, force)
+        return {"out_root": str(out_root), "datasets": {dataset_type: built}, "skipped": {}, "notes": []}
     pool = gather(runs)
     names, skipped = characters_to_build(pool, cfg, character)
     datasets = {name: assemble_character(name, pool.by_name[name], dataset_folder(out_root, name), cfg,

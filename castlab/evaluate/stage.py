@@ -127,7 +127,16 @@ def dataset_info(dataset: Path) -> dict[str, Any]:
         raise InputError(dataset / "metadata.json", "lists no images: the character has no reference crops")
     train = _train_split(images)
     return {"character": str(meta["character"]), "trigger": str(meta.get("trigger") or ""),
-            "class_word": str(meta.get("class_word") or ""), "captions": [str(e.get("caption") or "") for e in train]}
+            "class_word": str(meta.get("class_word") or ""), "captions": [str(e.get("caption") or "") for e in train],
+            "type": str(meta.get("type") or "character"), "medium": meta.get("medium")}
+
+
+def for_dataset_type(cfg: Config, dataset_type: str) -> Config:
+    """`cfg` as an evaluation of a `dataset_type` dataset reads it: beyond characters the identity is the whole
+    image (``evaluation.identity.region: image``; there is no face to find in a background, style or light)."""
+    if dataset_type == "character" or cfg.evaluation.identity.region == "image":
+        return cfg
+    return cfg.with_overrides({"evaluation": {"identity": {"region": "image"}}})
 
 
 def _train_split(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -195,6 +204,7 @@ def evaluate_checkpoints(checkpoints: list[Path], out_dir: Path, cfg: Config, de
     :func:`plan_evaluation`, :func:`reference_embeddings`, :func:`render_group` of each group,
     :func:`finish_evaluation`."""
     plan = plan_evaluation(checkpoints, out_dir, cfg, force=force, dataset=dataset)
+    cfg = for_dataset_type(cfg, plan["dataset_type"])
     models = load_models(cfg, device)
     references = reference_embeddings(plan, cfg, models)
     groups = state_groups(plan)
@@ -216,11 +226,12 @@ def plan_evaluation(checkpoints: list[Path], out_dir: Path, cfg: Config, force: 
         raise InputError(out_dir, f"already holds {REPORT_NAME} (pass --force to evaluate again)")
     dataset = resolve_dataset(dataset, metas)
     info = dataset_info(dataset)
-    specs = suite_prompts(cfg, info["trigger"], info["class_word"], info["captions"])
+    specs = suite_prompts(cfg, info["trigger"], info["class_word"], info["captions"], info["type"], info["medium"])
     clip_skip = int(next((m["ss_clip_skip"] for m in metas if str(m.get("ss_clip_skip", "")).isdigit()), None)
                     or cfg.training.clip_skip)  # sd-scripts writes "None" when clip_skip was not set
     return {"out_dir": str(out_dir), "checkpoints": [str(c) for c in checkpoints], "metas": metas,
-            "dataset": str(dataset), "character": info["character"], "trigger": info["trigger"],
+            "dataset": str(dataset), "dataset_type": info["type"], "character": info["character"],
+            "trigger": info["trigger"],
             "class_word": info["class_word"], "specs": [s.to_dict() for s in specs],
             "states": _states(checkpoints, metas, cfg), "clip_skip": clip_skip}
 
@@ -387,7 +398,7 @@ def finish_evaluation(plan: dict[str, Any], references: dict[str, Any], parts: l
         "profile": cfg.profile, "note": note, "model_versions": references["model_versions"],
         "character": plan["character"], "trigger": plan["trigger"], "class_word": plan["class_word"],
         "dataset": plan["dataset"], "references": references["meta"],
-        "suite": {"file": str(suite_path(cfg)), "prompts": plan["specs"]},
+        "suite": {"file": str(suite_path(cfg, plan.get("dataset_type", "character"))), "prompts": plan["specs"]},
         "settings": {"seeds": list(settings.seeds), "steps": settings.steps,
                      "guidance_scale": settings.guidance_scale, "width": settings.width, "height": settings.height,
                      "clip_skip": settings.clip_skip, "lora_weights": [float(w) for w in cfg.evaluation.lora_weights],

@@ -1,6 +1,8 @@
 """Evaluation prompt suites: ``configs/evaluation/<suite>.yaml`` → the prompts every checkpoint is rendered with.
 
-A suite maps families (identity, editability, leakage) to named prompt templates with ``{trigger}``,
+One suite per dataset type (``evaluation.suite: auto`` picks the dataset's). A suite maps families (identity,
+editability, leakage; for a type, identity means "the learnt scene, style or light is there") to named prompt
+templates with ``{trigger}``,
 ``{class_word}`` and ``{medium}`` (``dataset.caption_prefix``: "3d animated character", under the 2d preset "2d
 animated character"); the caption family echoes training captions at run time. Each prompt carries a scoring prompt
 (the trigger replaced by the class word: CLIP cannot read a made-up trigger token) for CLIP-T.
@@ -35,18 +37,21 @@ class PromptSpec:
         return asdict(self)
 
 
-def suite_path(cfg: Config) -> Path:
-    """The YAML of ``evaluation.suite``: a name under configs/evaluation/ or a path."""
+def suite_path(cfg: Config, dataset_type: str = "character") -> Path:
+    """The YAML of ``evaluation.suite``: a name under configs/evaluation/ or a path; ``auto``: the suite of the
+    dataset's type (``character``, ``background``, ``style``, ``lighting``)."""
     name = str(cfg.evaluation.suite)
+    if name == "auto":
+        name = dataset_type
     path = Path(name).expanduser()
     if path.suffix in (".yaml", ".yml"):
         return path
     return CONFIGS_DIR / "evaluation" / f"{name}.yaml"
 
 
-def load_suite(cfg: Config) -> dict[str, dict[str, str]]:
+def load_suite(cfg: Config, dataset_type: str = "character") -> dict[str, dict[str, str]]:
     """{family: {name: template}} of ``evaluation.suite``, validated (known families, non-empty, strings)."""
-    path = suite_path(cfg)
+    path = suite_path(cfg, dataset_type)
     if not path.is_file():
         known = sorted(p.stem for p in (CONFIGS_DIR / "evaluation").glob("*.yaml"))
         raise ConfigError(f"evaluation.suite: no suite file {path} (known suites: {', '.join(known) or 'none'})")
@@ -89,14 +94,16 @@ def scoring_text(prompt: str, trigger: str, class_word: str) -> str:
     return re.sub(r"\s{2,}", " ", text).strip(" ,")
 
 
-def suite_prompts(cfg: Config, trigger: str, class_word: str, captions: list[str] | None = None) -> list[PromptSpec]:
-    """Every prompt of the suite (then ``evaluation.caption_prompts`` training captions, drawn with the run's seed)."""
-    suite = load_suite(cfg)
-    where = f"evaluation.suite {suite_path(cfg).name}"
+def suite_prompts(cfg: Config, trigger: str, class_word: str, captions: list[str] | None = None,
+                  dataset_type: str = "character", medium: str | None = None) -> list[PromptSpec]:
+    """Every prompt of the suite (then ``evaluation.caption_prompts`` training captions, drawn with the run's seed);
+    `medium` fills ``{medium}`` (default ``dataset.caption_prefix``; a type's dataset gives ``types.<type>.medium``)."""
+    suite = load_suite(cfg, dataset_type)
+    where = f"evaluation.suite {suite_path(cfg, dataset_type).name}"
     specs = []
     for family in FAMILIES:
         for name, template in suite[family].items():
-            prompt = _fill(template, trigger, class_word, str(cfg.dataset.caption_prefix), where)
+            prompt = _fill(template, trigger, class_word, medium or str(cfg.dataset.caption_prefix), where)
             if family in TRIGGERED and trigger not in prompt:
                 raise ConfigError(f"{where}: {family}/{name} has no {{trigger}}: {template!r}")
             if family == "leakage" and trigger in prompt:

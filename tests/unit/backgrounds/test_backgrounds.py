@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scene_run import RED, RedFaceDetector, RedShareScorer
 
 from castlab.backgrounds.candidates import background_candidates
 from castlab.backgrounds.check import check_character_free
 from castlab.config import load_config
 from castlab.manifest import Manifest
-
-RED = np.array([220, 30, 30], np.uint8)
-
-
-@dataclass(frozen=True)
-class Box:
-    kind: str
-    box: tuple[float, float, float, float]
-
-
-class RedFaceDetector:
-    """Finds a 'face' wherever a red blob of at least 20 pixels is (the synthetic character's head)."""
-
-    def detect(self, image: np.ndarray) -> list[Box]:
-        ys, xs = np.nonzero(np.all(image == RED, axis=-1))
-        return [Box("face", (xs.min(), ys.min(), xs.max(), ys.max()))] if len(xs) >= 20 else []
-
-
-class RedShareScorer:
-    """'Character' probability: grows with the share of red pixels (a half-erased character is some red)."""
-
-    def scores(self, image: np.ndarray, masks: list[np.ndarray]) -> list[float]:
-        red = np.all(image == RED, axis=-1)
-        return [min(1.0, 0.1 + 200 * float(red[m].mean())) for m in masks]
 
 
 def set_image(character: int = 0) -> np.ndarray:

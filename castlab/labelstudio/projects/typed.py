@@ -1,0 +1,169 @@
+"""The review projects of the dataset types (``label_configs/<type>.xml``; title ``types.<type>.title``): one
+task per ok record of ``<run>/<type>/records.jsonl``.
+
+A task shows the record's image, its labels and the VLM's own sentence; its prediction pre-fills the caption body
+(TextArea; the trigger and class word are added in front by the dataset) and one Choices per reviewed label (the
+type's closed schema fields, and for lighting the measured ones). Task keys are the content
+(``<type>:<video id>:<frame index>:<image source>``), never the run: pushing again or a second run of the same
+footage adds no task (a re-used task joins the run) and review-sync finds the answer by that key.
+
+:func:`sync_typed_reviews` writes each reviewed record's ``review``: ``labels`` (every Choices answer),
+``caption`` (the text when the reviewer edited it, else None: the dataset rebuilds the body from the reviewed
+labels) and ``edited``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from castlab.config import Config
+from castlab.labelstudio import client
+from castlab.layers import media_path
+from castlab.reviews.hooks import watch_project
+from castlab.typed.spec import DatasetType, control_name, dataset_type
+from castlab.typed.stage import read_records, summarise, type_dir, write_records
+from castlab.workspace import relative_to_workspace, resolve_in_workspace, write_json_atomic
+
+PUSH_NAME = "push.json"
+
+
+def task_key(record: dict[str, Any]) -> str:
+    """The content key of a record's task (module docstring)."""
+    where = f"{record.get('video_id') or 'video'}:{record.get('frame_index', record['row_id'])}"
+    return f"{record['type']}:{where}:{record.get('source') or 'frame'}"
+
+
+def _rid(*parts: str) -> str:
+    return hashlib.sha1(":".join(parts).encode()).hexdigest()[:10]
+
+
+def prediction_result(record: dict[str, Any], kind: DatasetType) -> list[dict[str, Any]]:
+    """TextArea (the caption body) + one Choices per reviewed label whose value is in its vocabulary."""
+    row = record["row_id"]
+    result = [{"id": _rid(row, "caption"), "from_name": "caption", "to_name": "image", "type": "textarea",
+               "value": {"text": [record.get("caption_pred") or ""]}}]
+    labels = record.get("labels") or {}
+    for path, values in kind.reviewed.items():
+        if labels.get(path) in values:
+            result.append({"id": _rid(row, path), "from_name": control_name(path), "to_name": "image",
+                           "type": "choices", "value": {"choices": [labels[path]]}})
+    return result
+
+
+def build_tasks(records: list[dict[str, Any]], run_dir: Path, kind: DatasetType, cfg: Config) -> list[dict]:
+    """One task per ok record (the first of two records with one content key), in row order."""
+    run = relative_to_workspace(Path(run_dir))
+    balance = str(kind.settings(cfg).balance)
+    tasks, seen = [], set()
+    for record in sorted((r for r in records if r["status"] == "ok"), key=lambda r: r["row_id"]):
+        key = task_key(record)
+        if key in seen:
+            continue
+        seen.add(key)
+        labels = record.get("labels") or {}
+        summary = ", ".join(f"{k} {labels[k]}" for k in (balance, "scene") if k in labels) or "no labels"
+        tasks.append({
+            "data": {"image": client.local_file_url(media_path(record["image"])),
+                     "castlab_key": key, "castlab_run": run, "record": record["row_id"], "type": kind.name,
+                     "summary": summary,
+                     "model_sentence": str((record.get("fields") or {}).get("final_caption") or "(none)")},
+            "predictions": [{"result": prediction_result(record, kind), "model_version": record["model_version"],
+                             "score": 1.0}],
+        })
+    return tasks
+
+
+def push_typed(ls: Any, run_dir: Path, name: str, cfg: Config) -> dict[str, Any]:
+    """Create/reuse the type's project, serve its images, push new tasks; writes ``<run>/<type>/push.json``."""
+    kind = dataset_type(name)
+    tasks = build_tasks(read_records(Path(run_dir), name), Path(run_dir), kind, cfg)
+    title = str(kind.settings(cfg).title)
+    project_id = client.ensure_project(ls, title, kind.label_config)
+    watch_project(ls, project_id, cfg)
+    for folder in sorted({Path(t["data"]["image"].split("?d=", 1)[-1]).parent for t in tasks}):
+        client.ensure_local_storage(ls, project_id, resolve_in_workspace(str(folder)))
+    mapping = client.push_tasks(ls, project_id, tasks, complete_for=relative_to_workspace(Path(run_dir)))
+    updated = refresh_predictions(ls, project_id, tasks, set(mapping.created))
+    summary = {"project_id": int(project_id), "title": title, "tasks": len(mapping),
+               "new_tasks": len(mapping.created), "reused_tasks": len(mapping.joined),
+               "updated_predictions": updated}
+    write_json_atomic(type_dir(Path(run_dir), name) / PUSH_NAME, summary)
+    return summary
+
+
+def refresh_predictions(ls: Any, project_id: int, tasks: list[dict[str, Any]], created: set[str]) -> int:
+    """Existing tasks nobody answered yet whose prediction changed (a new preparation) get the new one."""
+    wanted = {t["data"]["castlab_key"]: t for t in tasks if t["data"]["castlab_key"] not in created}
+    updated = 0
+    for task in client.list_tasks(ls, project_id) if wanted else []:
+        fresh = wanted.get(str((task.get("data") or {}).get("castlab_key")))
+        if fresh is None or client.latest_annotation(task) is not None:
+            continue
+        prediction = fresh["predictions"][0]
+        current = (task.get("predictions") or [{}])[-1].get("result") or []
+        if _answer(current) != _answer(prediction["result"]):
+            ls.predictions.create(task=int(task["id"]), result=prediction["result"], score=prediction["score"],
+                                  model_version=prediction["model_version"])
+            updated += 1
+    return updated
+
+
+def _answer(result: list[dict[str, Any]]) -> tuple[str, dict[str, str]]:
+    text, choices = "", {}
+    for item in result or []:
+        value = item.get("value") or {}
+        if item.get("from_name") == "caption" and value.get("text"):
+            text = " ".join(str(t) for t in value["text"]).strip()
+        elif value.get("choices"):
+            choices[str(item.get("from_name"))] = str(value["choices"][0])
+    return text, choices
+
+
+def annotation_answer(annotation: dict[str, Any], kind: DatasetType) -> tuple[str, dict[str, str]]:
+    """(caption text, {label path: chosen value}) of an annotation of a `kind` task."""
+    text, by_control = _answer(annotation.get("result") or [])
+    paths = {control_name(p): p for p in kind.reviewed}
+    return text, {paths[c]: v for c, v in by_control.items() if c in paths}
+
+
+def sync_typed_reviews(ls: Any, run_dir: Path, name: str, cfg: Config) -> dict[str, Any]:
+    """Apply the latest annotation of each record's task (module docstring); rewrites the records."""
+    kind = dataset_type(name)
+    run_dir = Path(run_dir)
+    records = read_records(run_dir, name)
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if record["status"] == "ok":
+            by_key.setdefault(task_key(record), []).append(record)
+    project_id = client.find_project(ls, str(kind.settings(cfg).title))
+    answers: dict[str, dict[str, Any]] = {}
+    for task in client.list_tasks(ls, project_id) if project_id is not None else []:
+        annotation = client.latest_annotation(task)
+        key = str((task.get("data") or {}).get("castlab_key"))
+        if annotation is None or key not in by_key:
+            continue
+        if key not in answers or client.annotation_order(annotation) > client.annotation_order(answers[key]):
+            answers[key] = annotation
+    edited = 0
+    for key, annotation in answers.items():
+        text, labels = annotation_answer(annotation, kind)
+        for record in by_key[key]:
+            predicted = " ".join(str(record.get("caption_pred") or "").split())
+            was_edited = bool(text) and " ".join(text.split()) != predicted
+            record["review"] = {"state": "reviewed", "labels": labels, "caption": text if was_edited else None,
+                                "edited": was_edited}
+            edited += int(was_edited)
+    write_records(run_dir, name, records)
+    write_json_atomic(type_dir(run_dir, name) / "summary.json", summarise(run_dir, name, records, cfg))
+    return {"reviewed": sum(len(by_key[k]) for k in answers), "edited": edited, "tasks_answered": len(answers)}
+
+
+def accept_typed_predictions(ls: Any, run_dir: Path, name: str, cfg: Config) -> int:
+    """Demo reviewer: accept the predictions of the run's tasks of type `name` as they are."""
+    run = relative_to_workspace(Path(run_dir))
+    project_id = client.find_project(ls, str(dataset_type(name).settings(cfg).title))
+    if project_id is None:
+        return 0
+    return client.accept_predictions(ls, project_id, lambda t: client.in_run(t, run))

@@ -1,0 +1,3 @@
+"""Dataset types beyond characters (background, style, lighting): prepare a curate run's candidates
+(:mod:`castlab.typed.stage`), review them in Label Studio (:mod:`castlab.labelstudio.projects.typed`), build the
+dataset (:mod:`castlab.typed.recipes` with :func:`castlab.dataset.assemble.assemble`)."""

@@ -1,0 +1,112 @@
+"""A dataset type's dataset: the prepared records of one or more runs → the common dataset contract
+(:func:`castlab.dataset.assemble.assemble`).
+
+Candidates are the ok records of ``<run>/<type>/records.jsonl`` (:mod:`castlab.typed.stage`); the records a
+preparation rejected (a character left in a background, a blurred frame, a missing file) enter ``metadata.json``'s
+rejections with their reasons. Images are the whole record image (a background layer or a frame) scaled towards
+``dataset.resolution``² pixels with an opaque alpha; captions are ``<trigger> <class word>, <medium>, <body>``
+(the reviewed caption, else the body rebuilt from the reviewed labels, else the prediction); the selection gives
+every value of ``types.<type>.balance`` an equal share, after near-duplicates (open_clip cosine) are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from castlab.config import Config
+from castlab.dataset.assemble import Recipe
+from castlab.dataset.candidates import run_label
+from castlab.dataset.images import DatasetImage
+from castlab.dataset.selection import rejection
+from castlab.dataset.triggers import Trigger, derive_trigger
+from castlab.errors import InputError
+from castlab.layers import media_path
+from castlab.typed.spec import dataset_type
+from castlab.typed.stage import labels_of, read_embeddings, read_records, reviewed_body, type_dir
+
+
+@dataclass(frozen=True)
+class ImageQuality:
+    """The quality a preparation measured (sharpness of the whole image)."""
+
+    score: float
+    flagged: str = ""
+
+    def describe(self) -> str:
+        return f"sharpness {self.score:.2f}"
+
+
+def type_trigger(name: str, cfg: Config) -> Trigger:
+    settings = dataset_type(name).settings(cfg)
+    if settings.trigger:
+        return Trigger(settings.trigger.strip(), settings.class_word, "config")
+    return Trigger(derive_trigger(f"castlab {name}"), settings.class_word, "derived")
+
+
+def gather_typed(run_dirs: list[Path], name: str, cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(candidates, rejections) of type `name` over `run_dirs`; InputError for a run not prepared for it."""
+    balance = str(dataset_type(name).settings(cfg).balance)
+    candidates, rejected = [], []
+    for run_dir in run_dirs:
+        records = read_records(Path(run_dir), name)
+        if not records:
+            raise InputError(type_dir(Path(run_dir), name), f"holds no {name} records: run `castlab prepare "
+                                                             f"{run_dir} --type {name}` first")
+        vectors = read_embeddings(Path(run_dir), name)
+        for record in records:
+            row = {**record, "run": run_label(run_dir)}
+            if record["status"] != "ok":
+                rejected.append(rejection(row, str(record.get("reason") or record["status"]),
+                                          str(record.get("detail") or "")))
+                continue
+            candidates.append({**row, "clip": vectors.get(record["row_id"]),
+                               "label": labels_of(record).get(balance, "unknown")})
+    return candidates, rejected
+
+
+def type_image(row: dict[str, Any], cfg: Config, resolution: int) -> DatasetImage:
+    """The record's whole image towards `resolution`² pixels (never enlarged past ``dataset.max_upscale``),
+    opaque alpha (the whole image is learnt)."""
+    path = media_path(row.get("image"))
+    if path is None or not path.is_file():
+        raise InputError(path or row["row_id"], "image file is missing")
+    try:
+        with Image.open(path) as opened:
+            rgb = opened.convert("RGB")
+    except OSError as exc:
+        raise InputError(path, f"is not a readable image ({exc})") from exc
+    box = [0, 0, rgb.width, rgb.height]
+    scale = min(float(cfg.dataset.max_upscale), resolution / math.sqrt(rgb.width * rgb.height))
+    if abs(scale - 1.0) > 1e-3:
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
+                         Image.Resampling.LANCZOS)
+    rgba = rgb.convert("RGBA")
+    return DatasetImage(rgba, box, round(scale, 4), "whole image")
+
+
+def type_recipe(name: str, cfg: Config) -> Recipe:
+    """How a dataset of type `name` is made (module docstring)."""
+    kind = dataset_type(name)
+    settings = kind.settings(cfg)
+
+    def caption(row: dict[str, Any], cfg: Config, trigger: Trigger) -> str:
+        body, _ = reviewed_body(row, kind, cfg)
+        return ", ".join(p for p in (trigger.class_tokens, str(settings.medium), body) if p)
+
+    def entry(row: dict[str, Any]) -> dict[str, Any]:
+        return {"labels": labels_of(row), "source_image": row.get("image"), "scene": row.get("scene"),
+                "image_source": row.get("source")}
+
+    return Recipe(
+        name=name, trigger=type_trigger(name, cfg), image=type_image,
+        quality=lambda row, cfg, resolution: ImageQuality(float(row.get("quality") or 0.0)),
+        caption=caption, source=lambda row: reviewed_body(row, kind, cfg)[1], entry=entry,
+        min_quality=float(settings.min_quality), target_min=int(settings.target_size_min),
+        target_max=int(settings.target_size_max), key="label", shares={},
+        metadata={"type": name, "balance": str(settings.balance), "medium": str(settings.medium)},
+    )
