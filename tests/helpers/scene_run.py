@@ -51,17 +51,17 @@ def scene_image(scene: int, k: int, rng: np.random.Generator, brightness: float 
 
 def scene_run(run: Path, scenes: int = 3, per_scene: int = 4, seed: int = 0, video: str = "vid",
               leftover: tuple[int, ...] = (), empty: tuple[int, ...] = (), pending: tuple[int, ...] = (),
-              frame_fields: Any = None) -> Manifest:
+              frame_fields: Any = None, brightness: dict[int, float] | None = None) -> Manifest:
     """Frames ``frame:<video>:<k>`` (scene ``k // per_scene``, shot ``s<scene>``), each with a red box character
     ``inst:<video>:<k>:0`` and a background layer with the box filled by the set; frames in `leftover` keep the red
     head in their background, `empty` frames have no character (their frame is the background), `pending` frames
-    wait for their masks review. `frame_fields(k)` adds columns to frame k."""
+    wait for their masks review. `frame_fields(k)` adds columns to frame k; `brightness[k]` scales frame k."""
     manifest = Manifest.for_run(run)
     rng = np.random.default_rng(seed)
     rows = []
     for k in range(scenes * per_scene):
         scene = k // per_scene
-        clean = scene_image(scene, k, rng)
+        clean = scene_image(scene, k, rng, (brightness or {}).get(k, 1.0))
         frame = clean.copy()
         path = run / "frames" / f"{video}_{k}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
