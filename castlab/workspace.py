@@ -64,6 +64,18 @@ def write_json_atomic(target: Path, data: Any, force: bool = True) -> Path:
     return write_text_atomic(target, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", force)
 
 
+def read_jsonl(path: Path) -> list[Any]:
+    """One JSON value per non-empty line of `path`; InputError naming the file and line of a bad one."""
+    values = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                values.append(json.loads(line))
+            except ValueError as exc:
+                raise InputError(path, f"line {number} is not JSON ({exc})") from exc
+    return values
+
+
 def write_private(path: Path, text: str) -> None:
     """Write `text` to `path` atomically, readable by the owner only (0600): credentials and secrets."""
     path.parent.mkdir(parents=True, exist_ok=True)

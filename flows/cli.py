@@ -19,7 +19,8 @@ from castlab.config import Config, load_config
 from castlab.errors import CastlabError, InputError, StackError
 from castlab.runtime import setup_runtime
 
-TYPE_NAMES_BUILT = ("background", "style", "lighting")  # castlab.typed.spec.TYPES (not imported: --help stays fast)
+TYPE_NAMES = ("background", "style", "lighting", "pose", "expression")  # castlab.typed.spec.TYPES (not imported:
+# --help stays fast)
 INPUTS_FAILED = 3  # exit status of curate/pipeline when some inputs could not be read (see --allow-failures)
 
 
@@ -362,13 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_flow("prepare", cmd_prepare, "a curate run → one dataset type's candidates (checked, embedded, labelled, "
                                     "captioned) → its Label Studio review project")
     p.add_argument("run", help="curate run folder")
-    p.add_argument("--type", required=True, choices=list(TYPE_NAMES_BUILT), help="the dataset type")
+    p.add_argument("--type", required=True, choices=list(TYPE_NAMES), help="the dataset type")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p.add_argument("--force", action="store_true", help="prepare every candidate again (default: only new ones)")
     p = add_flow("dataset", cmd_dataset, "reviewed characters of curate runs → one dataset each (images with alpha "
                                     "masks, captions, metadata.json, kohya TOMLs, report); or one dataset of a type")
     p.add_argument("runs", nargs="+", metavar="RUN", help="curate run folder(s): a character across episodes")
-    p.add_argument("--type", default="character", choices=["character", *TYPE_NAMES_BUILT],
+    p.add_argument("--type", default="character", choices=["character", *TYPE_NAMES],
                    help="character (default: one dataset per reviewed character) or a type: one dataset from the "
                         "runs' prepared records (runs not prepared for it are prepared first)")
     p.add_argument("--character", help="build only this reviewed identity (default: every character with at least "

@@ -1,6 +1,7 @@
 """dataset: reviewed instances of one or more curate runs → one dataset per reviewed character; or, with
-``dataset_type``, the prepared records of a type (background, style, lighting) → one dataset of that type (a run
-not prepared for the type is prepared first, its review tasks pushed: the dataset then uses the predictions)."""
+``dataset_type``, the prepared records of a type (background, style, lighting, pose, expression) → one dataset of
+that type (a run not prepared for the type is prepared first, its review tasks pushed: the dataset then uses the
+predictions)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def dataset(
 ) -> dict[str, Any]:
     """Build one dataset per reviewed character of `run_dirs` (or only `character`) under `out_dir`
     (default: a new dataset run folder), each in ``<out_dir>/<character>/``; with `dataset_type` (background,
-    style, lighting) the one dataset of that type in ``<out_dir>/<type>/``."""
+    style, lighting, pose, expression) the one dataset of that type in ``<out_dir>/<type>/``."""
     from castlab.dataset.stage import dataset_folder
 
     cfg = resolve_config(config_files, preset, profile)

@@ -1,5 +1,5 @@
-"""prepare: a curate run → the candidates of one dataset type (background, style, lighting), checked, embedded,
-labelled and captioned → the type's Label Studio review project.
+"""prepare: a curate run → the candidates of one dataset type (background, style, lighting, pose, expression),
+checked, embedded, labelled and captioned → the type's Label Studio review project.
 
 One task plans (what is new since the last preparation), one task per chunk of candidates runs the models (fanned
 out on the run's task runner, models loaded once per worker process), one task clusters scenes and writes the

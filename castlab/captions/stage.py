@@ -57,7 +57,7 @@ from castlab.identity.embed import square_on_background, view_balanced_sample
 from castlab.layers import media_path, open_rgba
 from castlab.manifest import Manifest, row_text
 from castlab.rows import chunked
-from castlab.workspace import write_json_atomic, write_text_atomic
+from castlab.workspace import read_jsonl, write_json_atomic, write_text_atomic
 
 CAPTIONS_DIR = "captions"
 RECORDS_NAME = "captions.jsonl"
@@ -405,13 +405,7 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / CAPTIONS_DIR / RECORDS_NAME
     if not path.is_file():
         raise InputError(path, "is missing: run `castlab caption` first")
-    records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            records.append(json.loads(line))
-        except ValueError as exc:
-            raise InputError(path, f"line {n} is not JSON ({exc})") from exc
-    return records
+    return read_jsonl(path)
 
 
 def read_labels(run_dir: Path) -> dict[str, Any]:

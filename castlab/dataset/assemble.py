@@ -45,7 +45,7 @@ from castlab.rows import chunked
 from castlab.workspace import atomic_path, write_json_atomic, write_text_atomic
 
 FORMAT = "castlab-dataset/1"
-OUTPUTS = ("images", "captions", "kohya", "metadata.json", "dataset_config.toml", "training.toml",
+OUTPUTS = ("images", "captions", "conditioning", "kohya", "metadata.json", "dataset_config.toml", "training.toml",
            "dataset_report.md", "contact_sheet.png", "histograms.png")
 DATASET_CHUNK = 64  # rows per process() call: the progress bar's step
 _CAPTION_FIELDS = ("view", "shot_size", "lighting")  # structured review choices, used when present
@@ -98,7 +98,8 @@ class Recipe:
     target_max: int
     key: str = "view"  # the row field the selection balances
     shares: dict[str, float] = field(default_factory=dict)  # its quotas (empty: equal shares of what is there)
-    extra: Callable[[dict[str, Any], Path, str], dict[str, Any]] | None = None  # (row, out_dir, name) → files
+    # (row, out_dir, name, built image) → files written beside the image, as metadata fields (pose skeletons)
+    extra: Callable[[dict[str, Any], Path, str, DatasetImage], dict[str, Any]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # metadata.json fields of the dataset (type, suite)
 
 
@@ -193,7 +194,7 @@ def process(rows: list[dict[str, Any]], cfg: Config, models: Any, *, layout: Lay
             "view": row_text(row.get(recipe.key)) or "unknown", "quality": row.get("quality"),
             "quality_parts": row.get("quality_parts"), "size": list(built.image.size), "crop_box": built.crop_box,
             "scale": built.scale, "context": built.context, **recipe.entry(row),
-            **(recipe.extra(row, layout.out_dir, name) if recipe.extra else {}),
+            **(recipe.extra(row, layout.out_dir, name, built) if recipe.extra else {}),
         })
     return entries, rejected
 def prepare_out_dir(out_dir: Path, force: bool) -> None:

@@ -1,5 +1,5 @@
 """The dataset stage: one dataset per reviewed character of one or more curate runs, or one dataset of a type
-(background, style, lighting) from their prepared records."""
+(background, style, lighting, pose, expression) from their prepared records."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def dataset_folder(out_root: Path, name: str) -> Path:
 
 
 def build_type(name: str, run_dirs: list[Path], out_dir: Path, cfg: Config, force: bool = False) -> dict[str, Any]:
-    """The dataset of type `name` (background, style, lighting) from the runs' prepared records."""
+    """The dataset of type `name` (background, style, lighting, pose, expression) from the runs' prepared records."""
     from castlab.typed.recipes import gather_typed, type_recipe
 
     candidates, rejected = gather_typed(run_dirs, name, cfg)

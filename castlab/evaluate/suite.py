@@ -39,7 +39,7 @@ class PromptSpec:
 
 def suite_path(cfg: Config, dataset_type: str = "character") -> Path:
     """The YAML of ``evaluation.suite``: a name under configs/evaluation/ or a path; ``auto``: the suite of the
-    dataset's type (``character``, ``background``, ``style``, ``lighting``)."""
+    dataset's type (``character``, ``background``, ``style``, ``lighting``, ``pose``, ``expression``)."""
     name = str(cfg.evaluation.suite)
     if name == "auto":
         name = dataset_type

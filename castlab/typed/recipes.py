@@ -3,10 +3,12 @@
 
 Candidates are the ok records of ``<run>/<type>/records.jsonl`` (:mod:`castlab.typed.stage`); the records a
 preparation rejected (a character left in a background, a blurred frame, a missing file) enter ``metadata.json``'s
-rejections with their reasons. Images are the whole record image (a background layer or a frame) scaled towards
+rejections with their reasons. Images are the whole record image (a background layer, a frame, a pose's context
+crop, a face crop) scaled towards
 ``dataset.resolution``² pixels with an opaque alpha; captions are ``<trigger> <class word>, <medium>, <body>``
 (the reviewed caption, else the body rebuilt from the reviewed labels, else the prediction); the selection gives
 every value of ``types.<type>.balance`` an equal share, after near-duplicates (open_clip cosine) are dropped.
+A pose dataset also writes ``conditioning/<name>.png``: the OpenPose skeleton in the image's frame (ControlNet).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from castlab.config import Config
@@ -28,6 +31,7 @@ from castlab.errors import InputError
 from castlab.layers import media_path
 from castlab.typed.spec import dataset_type
 from castlab.typed.stage import labels_of, read_embeddings, read_records, reviewed_body, type_dir
+from castlab.workspace import atomic_path
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,10 @@ def type_recipe(name: str, cfg: Config) -> Recipe:
         return ", ".join(p for p in (trigger.class_tokens, str(settings.medium), body) if p)
 
     def entry(row: dict[str, Any]) -> dict[str, Any]:
-        return {"labels": labels_of(row), "source_image": row.get("image"), "scene": row.get("scene"),
-                "image_source": row.get("source")}
+        found = {k: row[k] for k in ("scene", "pose_cluster", "instance", "identity", "keypoints",
+                                     "expression_sources") if row.get(k) is not None}
+        return {"labels": labels_of(row), "source_image": row.get("source_image") or row.get("image"),
+                "image_source": row.get("source"), **found}
 
     return Recipe(
         name=name, trigger=type_trigger(name, cfg), image=type_image,
@@ -108,5 +114,24 @@ def type_recipe(name: str, cfg: Config) -> Recipe:
         caption=caption, source=lambda row: reviewed_body(row, kind, cfg)[1], entry=entry,
         min_quality=float(settings.min_quality), target_min=int(settings.target_size_min),
         target_max=int(settings.target_size_max), key="label", shares={},
+        extra=(lambda row, out, file, built: write_skeleton(row, out, file, built, float(cfg.pose.min_confidence)))
+        if kind.keypoints else None,
         metadata={"type": name, "balance": str(settings.balance), "medium": str(settings.medium)},
     )
+
+
+def write_skeleton(row: dict[str, Any], out_dir: Path, name: str, built: DatasetImage, min_confidence: float
+                   ) -> dict[str, Any]:
+    """``conditioning/<name>.png``: the OpenPose skeleton of the row's keypoints (the reviewed ones when a reviewer
+    moved them) in the dataset image's frame, for ControlNet training beside the LoRA's."""
+    from castlab.pose.skeleton import draw_skeleton
+
+    keypoints = (row.get("review") or {}).get("keypoints") or row.get("keypoints")
+    if not keypoints:
+        return {"conditioning": None}
+    skeleton = draw_skeleton(np.asarray(keypoints, np.float32), built.image.size, min_confidence, scale=built.scale)
+    path = Path(out_dir) / "conditioning" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(skeleton).save(tmp, format="PNG")
+    return {"conditioning": f"conditioning/{name}.png"}

@@ -20,23 +20,28 @@ from castlab.captions.scene_schema import (
 )
 from castlab.config import PROJECT_ROOT, Config
 from castlab.errors import ConfigError
+from castlab.pose.geometry import CATEGORIES
+from castlab.pose.geometry import VIEWS as POSE_VIEWS
 from castlab.settings import TypeDatasetSettings
 
-TYPE_NAMES = ("background", "style", "lighting", "pose", "expression")
-FRAME_TYPES = ("background", "style", "lighting")  # one candidate per kept frame
-MEASURED_CHOICES: dict[str, tuple[str, ...]] = {  # castlab.lighting.features' labels
+EXPRESSIONS = ("happy", "sad", "surprised", "angry", "neutral", "other")  # the review Choices (expression.labels)
+MEASURED_CHOICES: dict[str, tuple[str, ...]] = {
     "luma_key": ("low-key", "mid-key", "high-key"), "warmth": ("warm", "neutral", "cool", "unknown"),
-    "direction": ("left", "right", "top", "bottom", "frontal"),
+    "direction": ("left", "right", "top", "bottom", "frontal"),  # castlab.lighting.features
+    "category": CATEGORIES, "view": POSE_VIEWS,  # castlab.pose.geometry
+    "expression": EXPRESSIONS,  # castlab.expression.labels
 }
 
 
 @dataclass(frozen=True)
 class DatasetType:
     name: str
-    schema: type[BaseModel]  # what the VLM fills for each image
+    schema: type[BaseModel] | None  # what the VLM fills for each image (None: the VLM is not asked)
     choices: dict[str, tuple[str, ...]]  # schema field path → closed vocabulary (reviewed as Choices)
     caption_fields: tuple[str, ...]  # field or label paths, in caption order after "<trigger> <class>, <medium>"
     measured: tuple[str, ...] = ()  # labels measured from the pixels (not asked of the VLM), reviewed as Choices
+    rows: str = "frame"  # frame: one candidate per kept frame | instance: per reviewed character instance
+    keypoints: bool = False  # reviewed as keypoints on the image too (pose)
 
     @property
     def reviewed(self) -> dict[str, tuple[str, ...]]:
@@ -60,11 +65,14 @@ TYPES: dict[str, DatasetType] = {
         "lighting", LightingFields, LIGHTING_CHOICES,
         ("time_of_day", "weather", "setting", "luma_key", "warmth", "direction", "key", "rim", "fill"),
         measured=("luma_key", "warmth", "direction")),
+    "pose": DatasetType("pose", None, {}, ("category", "view"), measured=("category", "view"), rows="instance",
+                        keypoints=True),
+    "expression": DatasetType("expression", None, {}, ("expression",), measured=("expression",), rows="instance"),
 }
 
 
 def dataset_type(name: str) -> DatasetType:
-    """The type called `name`; ConfigError listing the known ones (pose and expression: not built yet)."""
+    """The type called `name`; ConfigError listing the known ones."""
     if name not in TYPES:
         raise ConfigError(f"unknown dataset type {name!r}; known: {', '.join(['character', *TYPES])}")
     return TYPES[name]

@@ -1,11 +1,14 @@
 """Preparing a dataset type on a curate run: candidates → checks and quality → image embeddings → the VLM's fields
-under the type's schema → labels (scene clusters, measured light) → records a reviewer corrects in Label Studio.
+under the type's schema → labels (scene clusters, measured light, pose, expression) → records a reviewer corrects
+in Label Studio.
 
 Candidates are the kept frames: for ``background`` their background (:mod:`castlab.backgrounds.candidates`),
 checked to be character-free (:mod:`castlab.backgrounds.check`); for ``style`` and ``lighting`` the frame itself
-(``lighting`` adds :mod:`castlab.lighting.features`). Every candidate gets a record, a rejected one with its reason
-(``missing_file``, ``low_quality``, ``character_evidence``, ``character_score``; frames without a known
-background are ``skipped``): nothing is dropped silently.
+(``lighting`` adds :mod:`castlab.lighting.features`). For ``pose`` and ``expression`` they are the reviewed
+character instances (:mod:`castlab.typed.instances`: keypoints, face crops). Every candidate gets a record, a
+rejected one with its reason (``missing_file``, ``low_quality``, ``character_evidence``, ``character_score``,
+``no_face``, ``small_face``, ``blurred_face``, ``occluded_face``; frames without a known background are
+``skipped``): nothing is dropped silently.
 
 Outputs in ``<run>/<type>/``: ``records.jsonl`` (one record per candidate: status, reason, image, quality, VLM
 fields, labels, the predicted caption body and, once synced, the review) and ``embeddings.npz`` (the open_clip
@@ -38,7 +41,7 @@ from castlab.layers import media_path
 from castlab.manifest import Manifest, row_text
 from castlab.rows import chunked
 from castlab.typed.spec import DatasetType, dataset_type
-from castlab.workspace import relative_to_workspace, write_json_atomic, write_text_atomic
+from castlab.workspace import read_jsonl, relative_to_workspace, write_json_atomic, write_text_atomic
 
 RECORDS_NAME = "records.jsonl"
 EMBEDDINGS_NAME = "embeddings.npz"
@@ -52,6 +55,11 @@ MEASURED_PHRASES: dict[str, dict[str, str | None]] = {
     "warmth": {"warm": "warm light", "cool": "cool light", "neutral": None, "unknown": None},
     "direction": {"left": "key light from the left", "right": "key light from the right",
                   "top": "light from above", "bottom": "light from below", "frontal": "flat frontal light"},
+    "category": {"standing": "standing", "walking": "walking", "running": "running", "sitting": "sitting",
+                 "other": None},
+    "view": {"front": "front view", "back": "back view", "side": "side view", "unknown": None},
+    "expression": {"happy": "happy expression", "sad": "sad expression", "surprised": "surprised expression",
+                   "angry": "angry expression", "neutral": "neutral expression", "other": None},
 }
 
 
@@ -61,37 +69,56 @@ def type_dir(run_dir: Path, name: str) -> Path:
 
 @dataclass
 class TypedModels:
-    """What preparing a type needs: open_clip and the VLM; for backgrounds the character detectors too."""
+    """What preparing a type needs: open_clip, and the VLM (background, style, lighting), the character detectors
+    (background), ViTPose (pose) or the zero-shot expression scorer (expression)."""
 
     embedder: Any
-    captioner: Any
+    captioner: Any = None
     detector: Any = None
     scorer: Any = None
+    pose: Any = None
+    expression: Any = None
 
     @property
     def version(self) -> str:
-        return f"{self.captioner.model_version}+{self.embedder.model_version}"
+        parts = [m.model_version for m in (self.captioner, self.pose, self.embedder) if m is not None]
+        return "+".join(parts)
 
 
 def load_models(cfg: Config, name: str) -> TypedModels:
     """The models of type `name` for the active profile."""
-    from castlab.models.captioner import load_captioner
     from castlab.models.embedder import load_embedder
 
-    embedder = load_embedder(cfg)
-    models = TypedModels(embedder, load_captioner(cfg))
+    kind = dataset_type(name)
+    models = TypedModels(load_embedder(cfg))
+    if kind.schema is not None:
+        from castlab.models.captioner import load_captioner
+
+        models.captioner = load_captioner(cfg)
     if name == "background":
         from castlab.segment.characters import CharacterScorer, EvidenceDetector
 
         models.detector = EvidenceDetector.from_config(cfg)
-        models.scorer = CharacterScorer.from_config(embedder, cfg)
+        models.scorer = CharacterScorer.from_config(models.embedder, cfg)
+    elif name == "pose":
+        from castlab.models.pose import load_pose_estimator
+
+        models.pose = load_pose_estimator(cfg)
+    elif name == "expression":
+        from castlab.expression.labels import ExpressionScorer
+
+        models.expression = ExpressionScorer(models.embedder, cfg)
     return models
 
 
 # -- candidates ---------------------------------------------------------------------------------------------------
-def candidate_rows(manifest: Manifest, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def candidate_rows(manifest: Manifest, name: str, run_dir: Path | None = None
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(candidate rows with ``image_path``, skipped rows with ``row_id`` and ``reason``) of type `name`."""
-    dataset_type(name)
+    if dataset_type(name).rows == "instance":
+        from castlab.typed.instances import instance_candidates
+
+        return instance_candidates(manifest, Path(run_dir or manifest.path.parent), name), []
     if name == "background":
         from castlab.backgrounds.candidates import background_candidates
 
@@ -102,7 +129,16 @@ def candidate_rows(manifest: Manifest, name: str) -> tuple[list[dict[str, Any]],
 
 def new_record(row: dict[str, Any], name: str) -> dict[str, Any]:
     record = {"row_id": str(row["row_id"]), "type": name, "status": "ok", "reason": None, "detail": None,
-              "image": row_text(row.get("image_path")), "source": row.get("background_source")}
+              "image": row_text(row.get("image_path")), "source_image": row_text(row.get("image_path")),
+              "source": row.get("background_source")}
+    if row.get("kind") == "instance":
+        from castlab.labelstudio.projects.identity import instance_key
+
+        try:
+            key = instance_key(row)
+        except InputError:
+            key = None  # the mask cannot be read: the review task is keyed by the row instead
+        record.update(instance=str(row["row_id"]), identity=row_text(row.get("identity")) or None, content_key=key)
     for key in SHOT_FIELDS:
         value = row.get(key)
         if value is not None:
@@ -140,6 +176,37 @@ def _thumb(image: Image.Image, side: int) -> Image.Image:
                         Image.Resampling.LANCZOS)
 
 
+def _look(record: dict[str, Any], row: dict[str, Any], image: Image.Image, models: TypedModels, cfg: Config,
+          name: str) -> Image.Image | None:
+    """The type's own look at one candidate: checks, measures, crops. Returns the image to go on with (None when
+    rejected); sets the record's ``measured`` labels."""
+    if name == "pose":
+        from castlab.typed.instances import pose_look
+
+        return pose_look(record, row, image, models, cfg)
+    if name == "expression":
+        from castlab.typed.instances import expression_look
+
+        return expression_look(record, row, image, models, cfg)
+    small = _thumb(image, int(cfg.captions.max_side))
+    if name == "background":
+        from castlab.backgrounds.check import check_character_free
+
+        check = check_character_free(np.asarray(small), models.detector, models.scorer,
+                                     float(cfg.backgrounds.max_character_score))
+        record["check"] = check.as_row()
+        if not check.ok:
+            _reject(record, str(check.reason), check.detail)
+            return None
+    if name == "lighting":
+        from castlab.lighting.features import lighting_features
+
+        record["features"] = lighting_features(np.asarray(small), cfg.lighting).as_dict()
+        record["measured"] = {"luma_key": record["features"]["key"], "warmth": record["features"]["warmth"],
+                              "direction": record["features"]["direction"]}
+    return small
+
+
 def process(rows: Sequence[dict[str, Any]], cfg: Config, models: TypedModels, *, name: str) -> list[dict[str, Any]]:
     """One chunk of candidate rows → records (module docstring), with ``clip`` (a list) on the ok ones."""
     kind = dataset_type(name)
@@ -153,33 +220,24 @@ def process(rows: Sequence[dict[str, Any]], cfg: Config, models: TypedModels, *,
         except InputError as exc:
             _reject(record, "missing_file", str(exc))
             continue
-        record["size"] = list(image.size)
-        record["quality"] = sharpness(image, cfg)
+        looked = _look(record, row, image, models, cfg, name)
+        if looked is None:
+            continue
+        record["size"] = list(looked.size if kind.rows == "instance" else image.size)
+        record["quality"] = sharpness(looked, cfg)
         if record["quality"] < float(settings.min_quality):
             _reject(record, "low_quality", f"sharpness {record['quality']:.2f} < types.{name}.min_quality "
                                            f"{settings.min_quality}")
             continue
-        small = _thumb(image, int(cfg.captions.max_side))
-        if name == "background":
-            from castlab.backgrounds.check import check_character_free
-
-            check = check_character_free(np.asarray(small), models.detector, models.scorer,
-                                         float(cfg.backgrounds.max_character_score))
-            record["check"] = check.as_row()
-            if not check.ok:
-                _reject(record, str(check.reason), check.detail)
-                continue
-        if name == "lighting":
-            from castlab.lighting.features import lighting_features
-
-            record["features"] = lighting_features(np.asarray(small), cfg.lighting).as_dict()
-        live.append((record, small))
+        live.append((record, _thumb(looked, int(cfg.captions.max_side))))
     if live:
         vectors = models.embedder.encode_images([img for _, img in live])
+        for (record, _), vector in zip(live, vectors, strict=True):
+            record["clip"] = [float(v) for v in vector]
+    if live and kind.schema is not None:
         texts = models.captioner.generate([[img] for _, img in live], str(settings.prompt), kind.schema,
                                           int(cfg.captions.max_new_tokens), int(cfg.captions.batch_size))
-        for (record, _), vector, text in zip(live, vectors, texts, strict=True):
-            record["clip"] = [float(v) for v in vector]
+        for (record, _), text in zip(live, texts, strict=True):
             try:
                 record["fields"] = parse_fields(text, kind.schema)
             except SchemaError as exc:
@@ -190,19 +248,13 @@ def process(rows: Sequence[dict[str, Any]], cfg: Config, models: TypedModels, *,
 
 
 # -- labels and captions ------------------------------------------------------------------------------------------
-def measured_labels(record: dict[str, Any]) -> dict[str, str]:
-    features = record.get("features") or {}
-    return {"luma_key": features["key"], "warmth": features["warmth"], "direction": features["direction"]} \
-        if features else {}
-
-
 def predicted_labels(record: dict[str, Any], kind: DatasetType) -> dict[str, str]:
-    """The record's labels before review: its scene, its closed fields and what was measured."""
-    labels = {"scene": str(record.get("scene") or OTHER_SCENE)}
+    """The record's labels before review: its scene (or pose cluster), its closed fields and what was measured."""
+    labels = {k: str(record[k]) for k in ("scene", "pose_cluster") if record.get(k)}
     for path in kind.choices:
         value = get_field(record.get("fields") or {}, path) if record.get("fields") else None
         labels[path] = str(value) if value is not None else "unknown"
-    return {**labels, **measured_labels(record)}
+    return {**labels, **(record.get("measured") or {})}
 
 
 def labels_of(record: dict[str, Any]) -> dict[str, str]:
@@ -245,16 +297,7 @@ def reviewed_body(record: dict[str, Any], kind: DatasetType, cfg: Config) -> tup
 # -- the run ------------------------------------------------------------------------------------------------------
 def read_records(run_dir: Path, name: str) -> list[dict[str, Any]]:
     path = type_dir(run_dir, name) / RECORDS_NAME
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except ValueError as exc:
-                raise InputError(path, f"line {number} is not JSON ({exc})") from exc
-    return records
+    return read_jsonl(path) if path.is_file() else []
 
 
 def write_records(run_dir: Path, name: str, records: list[dict[str, Any]]) -> Path:
@@ -275,13 +318,13 @@ def read_embeddings(run_dir: Path, name: str) -> dict[str, np.ndarray]:
 def plan(run_dir: Path, cfg: Config, name: str, version: str, force: bool = False
          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(rows to process, records reused, skipped rows) of type `name` on the run."""
-    rows, skipped = candidate_rows(Manifest.for_run(Path(run_dir)), name)
+    rows, skipped = candidate_rows(Manifest.for_run(Path(run_dir)), name, Path(run_dir))
     previous = {} if force else {r["row_id"]: r for r in read_records(run_dir, name)}
     vectors = read_embeddings(run_dir, name) if previous else {}
     todo, reused = [], []
     for row in rows:
         old = previous.get(str(row["row_id"]))
-        if old and old.get("image") == row_text(row.get("image_path")) and old.get("model_version") == version \
+        if old and old.get("source_image") == row_text(row.get("image_path")) and old.get("model_version") == version \
                 and (old["status"] != "ok" or str(row["row_id"]) in vectors):
             reused.append({**old, "clip": vectors[old["row_id"]].tolist()} if old["status"] == "ok" else old)
         else:
@@ -291,7 +334,8 @@ def plan(run_dir: Path, cfg: Config, name: str, version: str, force: bool = Fals
 
 def scene_labels(vectors: np.ndarray, cfg: Config, min_size: int) -> list[str]:
     """Scene clusters of image embeddings (the identity clustering, ``clustering.*`` with the type's smallest
-    scene): ``scene-01`` is the largest; noise, and every image when there are too few, is ``scene-other``."""
+    scene; also used on normalised pose keypoints): ``scene-01`` is the largest; noise, and every image when there
+    are too few, is ``scene-other``."""
     from castlab.identity.cluster import ClusterSettings, cluster_embeddings
 
     if len(vectors) < 2 * min_size:
@@ -309,8 +353,14 @@ def finish(run_dir: Path, cfg: Config, name: str, records: list[dict[str, Any]],
     records = sorted(records, key=lambda r: r["row_id"])
     ok = [r for r in records if r["status"] == "ok" and r.get("clip")]
     vectors = np.asarray([r.pop("clip") for r in ok], np.float32).reshape(len(ok), -1)
-    for record, scene in zip(ok, scene_labels(vectors, cfg, int(settings.scene_min_size)), strict=True):
-        record["scene"] = scene
+    if kind.rows == "frame":  # locations: clusters of the image embeddings
+        for record, scene in zip(ok, scene_labels(vectors, cfg, int(settings.scene_min_size)), strict=True):
+            record["scene"] = scene
+    posed = [r for r in ok if r.get("keypoints_norm")]
+    if posed:  # poses: clusters of the normalised keypoints
+        points = np.asarray([np.ravel(np.asarray(r["keypoints_norm"])[:, :2]) for r in posed], np.float32)
+        for record, cluster in zip(posed, scene_labels(points, cfg, int(settings.scene_min_size)), strict=True):
+            record["pose_cluster"] = cluster.replace("scene", "pose")
     for record in records:
         record.pop("clip", None)
         if record["status"] == "ok":
@@ -338,6 +388,7 @@ def summarise(run_dir: Path, name: str, records: list[dict[str, Any]], cfg: Conf
         "schema_errors": sum(1 for r in ok if r.get("schema_error")), "balance": balance,
         "labels": dict(Counter(labels_of(r).get(balance, "unknown") for r in ok)),
         "scenes": len({r.get("scene") for r in ok} - {OTHER_SCENE, None}),
+        "pose_clusters": len({r.get("pose_cluster") for r in ok} - {"pose-other", None}),
         "reviewed": sum(1 for r in ok if r.get("review")), "records": str(type_dir(run_dir, name) / RECORDS_NAME),
     }
 

@@ -49,7 +49,7 @@ def character_run(
     Spec keys (all optional): ``identity`` and ``identity_state`` (default ``cluster`` when identity is given, else
     ``noise``), ``review_state`` (default ``accepted``), ``view``, ``shot`` (default ``s<k // 3>``), ``split``,
     ``score``, ``caption``, ``caption_pred``, ``caption_flags``, ``clip`` (a vector; default a random unit vector),
-    ``box`` (y0, y1, x0, x1).
+    ``box`` (y0, y1, x0, x1), ``extra`` (more instance columns, e.g. ``face_bbox``).
     """
     from castlab.identity.embed import save_embeddings
 
@@ -67,7 +67,7 @@ def character_run(
         frame_id, row_id = f"frame:{video}:{k}", f"inst:{video}:{k}:0"
         shot = spec.get("shot", f"s{k // 3}")
         rows.append({"row_id": frame_id, "kind": "frame", "status": "kept", "path": str(path), "video_id": video,
-                     "shot_id": shot, "width": w, "height": h})
+                     "shot_id": shot, "frame_index": k, "width": w, "height": h})
         y0, y1, x0, x1 = spec.get("box", (h // 4, 3 * h // 4, w // 3, 2 * w // 3))
         mask = np.zeros((h, w), bool)
         mask[y0:y1, x0:x1] = True
@@ -81,6 +81,7 @@ def character_run(
                   "review_state": spec.get("review_state", "accepted"), "view": spec.get("view", "front"),
                   "split": spec.get("split", "train"), "score": spec.get("score", 0.9)}
         fields.update({key: spec[key] for key in ("caption", "caption_pred", "caption_flags") if key in spec})
+        fields.update(spec.get("extra") or {})
         rows.append({"row_id": row_id, "kind": "instance", "status": "kept", "parent_id": frame_id, "video_id": video,
                      "shot_id": shot, **fields, **layers})
         vector = np.asarray(spec["clip"], np.float32) if "clip" in spec else rng.normal(size=clip_dim)

@@ -3,13 +3,14 @@ task per ok record of ``<run>/<type>/records.jsonl``.
 
 A task shows the record's image, its labels and the VLM's own sentence; its prediction pre-fills the caption body
 (TextArea; the trigger and class word are added in front by the dataset) and one Choices per reviewed label (the
-type's closed schema fields, and for lighting the measured ones). Task keys are the content
-(``<type>:<video id>:<frame index>:<image source>``), never the run: pushing again or a second run of the same
-footage adds no task (a re-used task joins the run) and review-sync finds the answer by that key.
+type's closed schema fields, and the measured ones: lighting's, a pose's category and view, an expression) and for a
+pose its keypoints (KeyPointLabels). Task keys are the content (``<type>:<video id>:<frame index>:<image source>``,
+for an instance type ``<type>:<instance key>``), never the run: pushing again or a second run of the same footage adds
+no task (a re-used task joins the run) and review-sync finds the answer by that key.
 
 :func:`sync_typed_reviews` writes each reviewed record's ``review``: ``labels`` (every Choices answer),
 ``caption`` (the text when the reviewer edited it, else None: the dataset rebuilds the body from the reviewed
-labels) and ``edited``.
+labels), ``edited`` and for a pose ``keypoints`` (as placed; the dataset's skeleton is drawn from them).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ PUSH_NAME = "push.json"
 
 def task_key(record: dict[str, Any]) -> str:
     """The content key of a record's task (module docstring)."""
+    if record.get("instance"):
+        return f"{record['type']}:{record.get('content_key') or record['row_id']}"
     where = f"{record.get('video_id') or 'video'}:{record.get('frame_index', record['row_id'])}"
     return f"{record['type']}:{where}:{record.get('source') or 'frame'}"
 
@@ -39,8 +42,42 @@ def _rid(*parts: str) -> str:
     return hashlib.sha1(":".join(parts).encode()).hexdigest()[:10]
 
 
-def prediction_result(record: dict[str, Any], kind: DatasetType) -> list[dict[str, Any]]:
-    """TextArea (the caption body) + one Choices per reviewed label whose value is in its vocabulary."""
+def keypoint_results(record: dict[str, Any], min_confidence: float) -> list[dict[str, Any]]:
+    """The record's keypoints (image pixels) found with at least `min_confidence`, as KeyPointLabels results (in
+    percent of the image, as Label Studio stores them)."""
+    from castlab.pose.geometry import COCO_KEYPOINTS
+
+    width, height = record.get("size") or (0, 0)
+    results = []
+    for name, (x, y, confidence) in zip(COCO_KEYPOINTS, record.get("keypoints") or [], strict=False):
+        if confidence < min_confidence or not (0 <= x <= width and 0 <= y <= height) or not width or not height:
+            continue
+        results.append({"id": _rid(record["row_id"], name), "from_name": "keypoints", "to_name": "image",
+                        "type": "keypointlabels", "original_width": width, "original_height": height,
+                        "value": {"x": 100.0 * x / width, "y": 100.0 * y / height, "width": 0.6,
+                                  "keypointlabels": [name]}})
+    return results
+
+
+def reviewed_keypoints(result: list[dict[str, Any]], size: tuple[int, int]) -> list[list[float]] | None:
+    """Keypoints (17, 3: x, y in image pixels, confidence 1 when placed, 0 when absent) of an annotation's
+    KeyPointLabels; None when it has none."""
+    from castlab.pose.geometry import COCO_KEYPOINTS
+
+    placed = {}
+    for item in result:
+        value = item.get("value") or {}
+        names = value.get("keypointlabels") or []
+        if item.get("type") == "keypointlabels" and names and names[0] in COCO_KEYPOINTS:
+            placed[names[0]] = [float(value["x"]) * size[0] / 100.0, float(value["y"]) * size[1] / 100.0, 1.0]
+    if not placed:
+        return None
+    return [[round(v, 2) for v in placed.get(name, [0.0, 0.0, 0.0])] for name in COCO_KEYPOINTS]
+
+
+def prediction_result(record: dict[str, Any], kind: DatasetType, cfg: Config) -> list[dict[str, Any]]:
+    """TextArea (the caption body) + one Choices per reviewed label whose value is in its vocabulary (+ the
+    keypoints of a pose)."""
     row = record["row_id"]
     result = [{"id": _rid(row, "caption"), "from_name": "caption", "to_name": "image", "type": "textarea",
                "value": {"text": [record.get("caption_pred") or ""]}}]
@@ -49,7 +86,17 @@ def prediction_result(record: dict[str, Any], kind: DatasetType) -> list[dict[st
         if labels.get(path) in values:
             result.append({"id": _rid(row, path), "from_name": control_name(path), "to_name": "image",
                            "type": "choices", "value": {"choices": [labels[path]]}})
+    if kind.keypoints:
+        result += keypoint_results(record, float(cfg.pose.min_confidence))
     return result
+
+
+def _sentence(record: dict[str, Any]) -> str:
+    sources = record.get("expression_sources")
+    if sources:
+        said = f"{sources['caption_phrase']!r} → {sources['caption']}" if sources.get("caption") else "no expression"
+        return f"caption: {said}; open_clip: {sources['zero_shot']} ({sources['zero_shot_probability']:.2f})"
+    return str((record.get("fields") or {}).get("final_caption") or "(none)")
 
 
 def build_tasks(records: list[dict[str, Any]], run_dir: Path, kind: DatasetType, cfg: Config) -> list[dict]:
@@ -67,10 +114,9 @@ def build_tasks(records: list[dict[str, Any]], run_dir: Path, kind: DatasetType,
         tasks.append({
             "data": {"image": client.local_file_url(media_path(record["image"])),
                      "castlab_key": key, "castlab_run": run, "record": record["row_id"], "type": kind.name,
-                     "summary": summary,
-                     "model_sentence": str((record.get("fields") or {}).get("final_caption") or "(none)")},
-            "predictions": [{"result": prediction_result(record, kind), "model_version": record["model_version"],
-                             "score": 1.0}],
+                     "summary": summary, "model_sentence": _sentence(record)},
+            "predictions": [{"result": prediction_result(record, kind, cfg),
+                             "model_version": record["model_version"], "score": 1.0}],
         })
     return tasks
 
@@ -110,20 +156,22 @@ def refresh_predictions(ls: Any, project_id: int, tasks: list[dict[str, Any]], c
     return updated
 
 
-def _answer(result: list[dict[str, Any]]) -> tuple[str, dict[str, str]]:
-    text, choices = "", {}
+def _answer(result: list[dict[str, Any]]) -> tuple[str, dict[str, str], list[tuple[str, float, float]]]:
+    text, choices, points = "", {}, []
     for item in result or []:
         value = item.get("value") or {}
         if item.get("from_name") == "caption" and value.get("text"):
             text = " ".join(str(t) for t in value["text"]).strip()
         elif value.get("choices"):
             choices[str(item.get("from_name"))] = str(value["choices"][0])
-    return text, choices
+        elif value.get("keypointlabels"):
+            points.append((str(value["keypointlabels"][0]), round(float(value["x"]), 2), round(float(value["y"]), 2)))
+    return text, choices, sorted(points)
 
 
 def annotation_answer(annotation: dict[str, Any], kind: DatasetType) -> tuple[str, dict[str, str]]:
     """(caption text, {label path: chosen value}) of an annotation of a `kind` task."""
-    text, by_control = _answer(annotation.get("result") or [])
+    text, by_control, _ = _answer(annotation.get("result") or [])
     paths = {control_name(p): p for p in kind.reviewed}
     return text, {paths[c]: v for c, v in by_control.items() if c in paths}
 
@@ -154,6 +202,9 @@ def sync_typed_reviews(ls: Any, run_dir: Path, name: str, cfg: Config) -> dict[s
             was_edited = bool(text) and " ".join(text.split()) != predicted
             record["review"] = {"state": "reviewed", "labels": labels, "caption": text if was_edited else None,
                                 "edited": was_edited}
+            if kind.keypoints:
+                record["review"]["keypoints"] = reviewed_keypoints(annotation.get("result") or [],
+                                                                   tuple(record.get("size") or (0, 0)))
             edited += int(was_edited)
     write_records(run_dir, name, records)
     write_json_atomic(type_dir(run_dir, name) / "summary.json", summarise(run_dir, name, records, cfg))

@@ -110,6 +110,7 @@ def test_captions_skip_uncertain_fields_and_follow_the_review(cfg):
 def test_label_configs_offer_exactly_the_reviewed_labels():
     import xml.etree.ElementTree as ET
 
+    from castlab.pose.geometry import COCO_KEYPOINTS
     from castlab.typed.spec import control_name
 
     for kind in TYPES.values():
@@ -117,6 +118,8 @@ def test_label_configs_offer_exactly_the_reviewed_labels():
         choices = {c.get("name"): tuple(x.get("value") for x in c.findall("Choice")) for c in root.iter("Choices")}
         assert choices == {control_name(p): v for p, v in kind.reviewed.items()}, kind.name
         assert [t.get("name") for t in root.iter("TextArea")] == ["caption"]
+        points = [tuple(x.get("value") for x in k.findall("Label")) for k in root.iter("KeyPointLabels")]
+        assert points == ([COCO_KEYPOINTS] if kind.keypoints else []), kind.name
 
 
 def test_summary_counts_the_balance_labels(workspace, cfg, models):
