@@ -6,7 +6,8 @@ corrected or drew, each seen in its frame.
   context crop (``dataset.context_margin``), its keypoints stored in that crop's pixels.
 - ``expression``: the identity stage's face box (``face_bbox``) padded and gated (:mod:`castlab.expression.crops`:
   no face, too small, blurred, occluded by something in front); its label is the caption's expression field when
-  it names one (:func:`castlab.expression.labels.caption_label`), else the open_clip zero-shot label; both are kept.
+  it names one (:func:`castlab.expression.labels.caption_label`; a run not captioned has none), else the open_clip
+  zero-shot label; both are kept.
 
 Crops are written to ``<run>/<type>/crops/<instance>.png``: the image the reviewer sees and the dataset uses.
 """
@@ -39,7 +40,7 @@ def instance_candidates(manifest: Manifest, run_dir: Path, name: str) -> list[di
         raise InputError(run_dir, "has no reviewed instance masks: review the masks project, then "
                                   "`castlab review-sync`")
     phrases: dict[str, str] = {}
-    if name == "expression":
+    if name == "expression" and (Path(run_dir) / "captions" / "captions.jsonl").is_file():  # captioned: its words
         from castlab.captions.schema import get_field
         from castlab.captions.stage import read_records
 

@@ -75,3 +75,63 @@ def test_type_reviews_round_trip(ls_env, tmp_path: Path):
     assert by_row[relabelled["row_id"]]["labels"]["time_of_day"] == "night"
     assert ", night," in by_row[relabelled["row_id"]]["caption"] + ","
     assert by_row[relabelled["row_id"]]["caption_source"] == "reviewed"
+
+
+def test_pose_and_expression_reviews_round_trip(ls_env, tmp_path: Path):
+    from run_builder import character_run
+
+    from flows.dataset import dataset
+    from flows.prepare import prepare
+    from flows.review_sync import review_sync
+
+    override = tmp_path / "instances.yaml"
+    override.write_text(
+        "types:\n  pose:\n    title: pose flow it\n  expression:\n    title: expression flow it\n"
+        "pose:\n  min_confidence: 0.0\n"  # tiny ViTPose is unsure of everything: offer every keypoint
+        "dataset:\n  resolution: 128\nmodels:\n  tiny:\n    embedder:\n      max_similarity: 1.0\n")
+    run = Path(ls_env.workspace) / "runs" / "instances-flow-it"
+    character_run(run, [{"identity": "Bo", "box": (48, 176, 96, 160), "shot": f"s{k}",
+                         "extra": {"face_bbox": [100, 54, 156, 110]}} for k in range(3)], size=(192, 256),
+                  video="inst-it")
+    ls = client.connect(ls_env.url, ls_env.token)
+    projects = {}
+    for name in ("pose", "expression"):
+        summary = prepare(run_dir=str(run), dataset_type=name, config_files=[str(override)])
+        assert summary["ok"] == 3 and summary["labelstudio"]["new_tasks"] == 3, summary
+        projects[name] = summary["labelstudio"]["project_id"]
+
+    pose_task = sorted(client.list_tasks(ls, projects["pose"]), key=lambda t: t["id"])[0]
+    predicted = pose_task["predictions"][-1]["result"]
+    points = [r for r in predicted if r["type"] == "keypointlabels"]
+    assert points and all(0 <= r["value"]["x"] <= 100 and 0 <= r["value"]["y"] <= 100 for r in points)  # in the crop
+    joint = points[0]["value"]["keypointlabels"][0]
+    moved = [dict(r, value={**r["value"], "x": 50.0, "y": 10.0}) if r["value"].get("keypointlabels") == [joint]
+             else r for r in predicted if r["from_name"] != "category"]
+    moved.append({"from_name": "category", "to_name": "image", "type": "choices", "value": {"choices": ["sitting"]}})
+    client.create_annotation(ls, pose_task["id"], moved)
+    face_task = sorted(client.list_tasks(ls, projects["expression"]), key=lambda t: t["id"])[0]
+    assert "open_clip" in face_task["data"]["model_sentence"]
+    client.create_annotation(ls, face_task["id"], [
+        {"from_name": "expression", "to_name": "image", "type": "choices", "value": {"choices": ["surprised"]}}])
+
+    counts = review_sync(run_dir=str(run), config_files=[str(override)])
+    assert counts["pose"]["reviewed"] == 1 and counts["expression"]["reviewed"] == 1
+    pose = next(r for r in read_records(run, "pose") if r["row_id"] == pose_task["data"]["record"])
+    from castlab.pose.geometry import K
+
+    placed = pose["review"]["keypoints"][K[joint]]
+    assert placed == pytest.approx([0.5 * pose["size"][0], 0.1 * pose["size"][1], 1.0], abs=0.01)
+    assert sum(p[2] for p in pose["review"]["keypoints"]) == len(points)  # the others stay where they were
+    assert pose["review"]["labels"]["category"] == "sitting"
+
+    built = dataset(run_dirs=[str(run)], dataset_type="pose", out_dir=str(tmp_path / "poses"),
+                    config_files=[str(override)])
+    meta = json.loads(Path(built["datasets"]["pose"]["metadata"]).read_text())
+    entry = next(e for e in meta["images"] if e["row_id"] == pose["row_id"])
+    assert entry["labels"]["category"] == "sitting" and ", sitting" in entry["caption"]
+    assert (Path(built["datasets"]["pose"]["out_dir"]) / entry["conditioning"]).is_file()
+    built = dataset(run_dirs=[str(run)], dataset_type="expression", out_dir=str(tmp_path / "faces"),
+                    config_files=[str(override)])
+    meta = json.loads(Path(built["datasets"]["expression"]["metadata"]).read_text())
+    face = next(e for e in meta["images"] if e["row_id"] == face_task["data"]["record"])
+    assert face["labels"]["expression"] == "surprised" and face["caption"].endswith(", surprised expression")
