@@ -18,9 +18,8 @@ from typing import Any
 from castlab.config import Config, load_config
 from castlab.errors import CastlabError, InputError, StackError
 from castlab.runtime import setup_runtime
+from castlab.typed import TYPE_NAMES
 
-TYPE_NAMES = ("background", "style", "lighting", "pose", "expression")  # castlab.typed.spec.TYPES (not imported:
-# --help stays fast)
 INPUTS_FAILED = 3  # exit status of curate/pipeline when some inputs could not be read (see --allow-failures)
 
 
@@ -122,7 +121,7 @@ def cmd_pipeline(args: argparse.Namespace) -> Any:
         return {"submitted": False, "failed": failed}
     from prefect.deployments import run_deployment
 
-    params = {"videos": [str(Path(v).resolve()) for v in args.videos], "mode": args.mode,
+    params = {"videos": [str(Path(v).resolve()) for v in args.videos], "mode": args.mode, "types": args.types,
               **_flow_kwargs(args), "config_files": [str(Path(c).resolve()) for c in args.config or []] or None}
     run = run_deployment("pipeline/pipeline", parameters=params, timeout=0, as_subflow=False)
     ui = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
@@ -331,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "moves it on")
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or folders of videos")
     p.add_argument("--mode", choices=["scene", "interval", "hybrid"], help="frame selection (default from config)")
+    p.add_argument("--types", nargs="+", choices=list(TYPE_NAMES), metavar="TYPE",
+                   help=f"dataset types to build beside the characters ({', '.join(TYPE_NAMES)}): each is "
+                        "prepared after the captions review, reviewed, built, trained and evaluated")
     p.add_argument("--allow-failures", action="store_true",
                    help="submit even when some videos cannot be read (they are recorded in the run, not processed)")
     p = add_flow("curate", cmd_curate, "video(s) → frames by shot → SAM2 instances → Label Studio masks project")

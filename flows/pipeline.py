@@ -1,8 +1,9 @@
 """pipeline: videos walked from curation to a registered LoRA, waiting for each review in Label Studio.
 
-curate → masks review → identify → identities review → caption → captions review → dataset → train (each
-character) → evaluate → checkpoints review → registry → the run report. Before each wait the run records what it
-waits for (:mod:`castlab.pipeline.state`); run from its deployment it then suspends (the worker's process exits,
+curate → masks review → identify → identities review → caption → captions review → prepare (each dataset type
+asked for: background, style, lighting, pose, expression) → each type's review → dataset (each character and each
+type) → train (each) → evaluate → checkpoints review → registry → the run report. Before each wait the run records
+what it waits for (:mod:`castlab.pipeline.state`); run from its deployment it then suspends (the worker's process exits,
 the Prefect UI shows the run Suspended), run in process it pauses. ``review-advance`` resumes it when the review
 is complete (:mod:`castlab.reviews`); a run resumed while its review is still incomplete waits again. A resumed
 run starts again from the top and skips the steps it has done; a step it had begun and not finished (the worker
@@ -29,6 +30,7 @@ from flows.curate import curate
 from flows.dataset import dataset
 from flows.evaluate import evaluate
 from flows.identify import identify
+from flows.prepare import prepare
 from flows.report import report
 from flows.review_advance import review_counts
 from flows.review_sync import review_sync
@@ -104,27 +106,36 @@ def _suspend(state: PipelineState, step: str, cfg: Any) -> None:
 
 
 @flow(name="pipeline", retries=1, retry_delay_seconds=60)
-def pipeline(videos: list[str], mode: str | None = None, config_files: list[str] | None = None,
-             preset: str | None = None, profile: str | None = None) -> dict[str, Any]:
-    """Walk `videos` through every stage to a registered LoRA per reviewed character; each review is a wait."""
+def pipeline(videos: list[str], mode: str | None = None, types: list[str] | None = None,
+             config_files: list[str] | None = None, preset: str | None = None, profile: str | None = None
+             ) -> dict[str, Any]:
+    """Walk `videos` through every stage to a registered LoRA per reviewed character (and per dataset type in
+    `types`); each review is a wait."""
+    from castlab.typed.spec import dataset_type
+
     logger = get_run_logger()
     settings: dict[str, Any] = {"config_files": config_files, "preset": preset, "profile": profile}
     cfg = resolve_config(**settings)
+    types = [dataset_type(t).name for t in dict.fromkeys(types or [])]  # an unknown type fails before any work
     context = FlowRunContext.get()
     flow_run_id, name = (str(context.flow_run.id), context.flow_run.name) if context and context.flow_run else ("", "")
-    state = PipelineState.open(flow_run_id, name, {"videos": videos, "mode": mode, **settings})
+    state = PipelineState.open(flow_run_id, name, {"videos": videos, "mode": mode, "types": types, **settings})
     try:
         curated = _step(state, "curate", lambda _: _curate_summary(curate(video=videos, mode=mode, **settings)))
         run_dir = str(curated["run_dir"])
-        for stage in ("identify", "caption", "dataset"):  # this run walks them: review-advance must not start them
-            advance.claim(Path(run_dir), stage, {"by": "pipeline", "flow_run": flow_run_id})
+        for stage in ("identify", "caption", "dataset", *(f"dataset-{t}" for t in types)):  # this run walks them:
+            advance.claim(Path(run_dir), stage, {"by": "pipeline", "flow_run": flow_run_id})  # review-advance won't
         _wait_for_review(state, "masks-review", [run_dir], cfg, settings)
         _step(state, "identify", lambda redo: _pick(identify(run_dir=run_dir, force=redo, **settings),
                                                     "instances", "clusters", "noise"))
         _wait_for_review(state, "identities-review", [run_dir], cfg, settings)
         _step(state, "caption", lambda _: _pick(caption(run_dir=run_dir, **settings), "instances", "flagged"))
         _wait_for_review(state, "captions-review", [run_dir], cfg, settings)
-        built = _step(state, "dataset", lambda _: _datasets(dataset(run_dirs=[run_dir], **settings)))
+        _each(state, "prepare", dict.fromkeys(types), lambda t, _, redo: _pick(
+            prepare(run_dir=run_dir, dataset_type=t, force=redo, **settings), "candidates", "ok", "labels"))
+        for t in types:
+            _wait_for_review(state, f"{t}-review", [run_dir], cfg, settings)
+        built = _step(state, "dataset", lambda _: _all_datasets(run_dir, types, settings))
         if not built["datasets"]:
             raise Stop(f"no character dataset was built ({built.get('skipped')})")
         trained = _each(state, "train", built["datasets"], lambda _, data, redo: train(
@@ -169,6 +180,16 @@ def _curate_summary(summary: dict[str, Any]) -> dict[str, Any]:
 def _datasets(built: dict[str, Any]) -> dict[str, Any]:
     return {"datasets": {n: _pick(d, "out_dir", "training_toml", "images") for n, d in built["datasets"].items()},
             "skipped": built.get("skipped")}
+
+
+def _all_datasets(run_dir: str, types: list[str], settings: dict[str, Any]) -> dict[str, Any]:
+    """The characters' datasets, then one per dataset type beside them (in the same dataset run folder)."""
+    built = _datasets(dataset(run_dirs=[run_dir], **settings))
+    root = str(Path(next(iter(built["datasets"].values()))["out_dir"]).parent) if built["datasets"] else None
+    for t in types:
+        built["datasets"].update(_datasets(dataset(run_dirs=[run_dir], dataset_type=t, out_dir=root, **settings))
+                                 ["datasets"])
+    return built
 
 
 def _evaluation(result: dict[str, Any]) -> dict[str, Any]:

@@ -83,13 +83,13 @@ def resume_waiting(review: advance.Review) -> list[dict[str, Any]]:
 @task(name="start-next-stage")
 def start_next_task(review: advance.Review, params: dict[str, Any]) -> str | None:
     """Start the next stage's deployment (not as a subflow: a run of its own); its flow run id."""
-    stage = str(review.next_stage)
-    if not advance.claim(review.run_dir, stage, {"after": review.stage, "parameters": params}):
+    stage, claim = str(review.next_stage), str(review.claim_name)
+    if not advance.claim(review.run_dir, claim, {"after": review.stage, "parameters": params}):
         return None
     try:
         started = run_deployment(f"{stage}/{stage}", parameters=params, timeout=0, as_subflow=False)
     except Exception:
-        advance.release(review.run_dir, stage)
+        advance.release(review.run_dir, claim)
         raise
     return str(started.id)
 

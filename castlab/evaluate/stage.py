@@ -153,8 +153,9 @@ def load_reference_set(dataset: Path, cfg: Config) -> dict[str, Any]:
     count, seed = int(cfg.evaluation.identity.references), int(cfg.seed)
     crops = {info["character"]: [_open(dataset, e) for e in view_balanced_sample(images, count, seed)]}
     for sibling in sorted(p for p in dataset.parent.iterdir() if p.is_dir() and p != dataset):
-        other = _dataset_meta(sibling)
-        if other and other.get("images") and other.get("character") not in crops:
+        other = _dataset_meta(sibling)  # rivals are datasets of the same type (a background is no character's rival)
+        if other and other.get("images") and other.get("character") not in crops \
+                and str(other.get("type") or "character") == info["type"]:
             crops[str(other["character"])] = [_open(sibling, e) for e in
                                              view_balanced_sample(other["images"], count, seed)]
     return {**info, "crops": crops, "train_images": [_open(dataset, e) for e in _train_split(images)]}

@@ -13,11 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from castlab.typed import TYPE_NAMES
 from castlab.workspace import workspace_root, write_json_atomic
 
-STEPS = ("curate", "masks-review", "identify", "identities-review", "caption", "captions-review", "dataset",
-         "train", "evaluate", "checkpoints-review", "registry", "report")
-REVIEW_OF_STEP = {"masks-review": "masks", "identities-review": "identities", "captions-review": "captions",
+TYPE_REVIEW_STEPS = tuple(f"{name}-review" for name in TYPE_NAMES)  # only the types a run asked for are shown
+STEPS = ("curate", "masks-review", "identify", "identities-review", "caption", "captions-review", "prepare",
+         *TYPE_REVIEW_STEPS, "dataset", "train", "evaluate", "checkpoints-review", "registry", "report")
+REVIEW_OF_STEP = {**{f"{name}-review": name for name in TYPE_NAMES},
+                  "masks-review": "masks", "identities-review": "identities", "captions-review": "captions",
                   "checkpoints-review": "checkpoints"}
 
 
@@ -150,6 +153,8 @@ def describe(state: PipelineState) -> list[str]:
     if state.run_dir:
         lines.append(f"  run folder: {state.run_dir}")
     for step in STEPS:
+        if step in TYPE_REVIEW_STEPS and step not in data["steps"]:
+            continue
         entry = data["steps"].get(step) or {}
         status = entry.get("status", "pending")
         detail = ""

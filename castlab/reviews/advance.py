@@ -1,7 +1,8 @@
 """Which castlab run a Label Studio project's review belongs to, whether it is complete, and what comes next.
 
 A run folder records every push (``labelstudio_push.json`` masks, ``identity_push.json`` identities,
-``captions/captions_push.json`` captions, ``checkpoints_push.json`` an evaluation's blind pairs). A review is
+``captions/captions_push.json`` captions, ``checkpoints_push.json`` an evaluation's blind pairs, ``<type>/push.json``
+a dataset type's review, after which that type's dataset is built). A review is
 complete when ``reviews.complete_share`` of the run's tasks in that project carry an annotation; the identity review
 counts the cluster project's tasks (the decisions that name identities), or the instance project's when the run
 has no cluster (every instance was noise). The next stage starts once per run: its
@@ -19,17 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from castlab.config import Config
+from castlab.typed import TYPE_NAMES
 from castlab.workspace import relative_to_workspace, workspace_root
 
-NEXT_STAGE = {"masks": "identify", "identities": "caption", "captions": "dataset", "checkpoints": None}
+NEXT_STAGE = {"masks": "identify", "identities": "caption", "captions": "dataset", "checkpoints": None,
+              **dict.fromkeys(TYPE_NAMES, "dataset")}  # a dataset type's review → that type's dataset
 _PUSHES = (("masks", "labelstudio_push.json"), ("identities", "identity_push.json"),
-           ("captions", "captions/captions_push.json"), ("checkpoints", "checkpoints_push.json"))
+           ("captions", "captions/captions_push.json"), ("checkpoints", "checkpoints_push.json"),
+           *((name, f"{name}/push.json") for name in TYPE_NAMES))
 
 
 @dataclass(frozen=True)
 class Review:
     run_dir: Path
-    stage: str                  # masks | identities | captions | checkpoints
+    stage: str                  # masks | identities | captions | checkpoints | a dataset type
     project_ids: tuple[int, ...]  # every project of the stage (identities: instances, clusters)
     counted_projects: tuple[int, ...]  # whose tasks decide completeness: the first holding any of the run's tasks
 
@@ -40,6 +44,13 @@ class Review:
     @property
     def run(self) -> str:
         return relative_to_workspace(self.run_dir)
+
+    @property
+    def claim_name(self) -> str | None:
+        """What starting the next stage claims: the stage, or ``dataset-<type>`` after a type's review."""
+        if self.next_stage is None:
+            return None
+        return f"{self.next_stage}-{self.stage}" if self.stage in TYPE_NAMES else self.next_stage
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -85,6 +96,8 @@ def is_complete(annotated: int, total: int, share: float) -> bool:
 
 
 def next_parameters(review: Review) -> dict[str, Any]:
+    if review.stage in TYPE_NAMES:
+        return {"run_dirs": [str(review.run_dir)], "dataset_type": review.stage}
     if review.next_stage == "dataset":
         return {"run_dirs": [str(review.run_dir)]}
     return {"run_dir": str(review.run_dir)}

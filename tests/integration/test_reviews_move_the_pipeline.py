@@ -202,8 +202,9 @@ PICK_LEFT = [{"from_name": "pick", "to_name": "pick", "type": "pairwise", "value
 
 
 def test_the_pipeline_walks_to_the_registry_moved_only_by_reviews(stack: Stack, tmp_path: Path):
-    """`castlab pipeline VIDEO`: four reviews made through Label Studio's API, each resuming the suspended run,
-    and a LoRA chosen by the reviewers in the registry; the stages ran inside the pipeline run, never twice."""
+    """`castlab pipeline VIDEO --types style`: five reviews made through Label Studio's API, each resuming the
+    suspended run, and a LoRA chosen by the reviewers in the registry for the character and for the style; the
+    stages ran inside the pipeline run, never twice."""
     from test_thin_path import make_video
 
     from castlab.evaluate.registry import read_registry
@@ -218,7 +219,8 @@ def test_the_pipeline_walks_to_the_registry_moved_only_by_reviews(stack: Stack, 
     # footage of its own: the other test's clip has its masks reviewed already, and reviewed work is never asked for
     # twice (a second run of it would pass the masks review at once)
     video = make_video(tmp_path / "clip.mp4", shots=1, frames_per_shot=26)
-    started = json.loads(stack.castlab("pipeline", str(video), "--mode", "interval", "--config", str(settings)).stdout)
+    started = json.loads(stack.castlab("pipeline", str(video), "--mode", "interval", "--types", "style", "--config",
+                                       str(settings)).stdout)
     flow_run_id = started["flow_run"]
     state_file = workspace / "pipelines" / f"{flow_run_id}.json"
 
@@ -270,17 +272,25 @@ def test_the_pipeline_walks_to_the_registry_moved_only_by_reviews(stack: Stack, 
     assert len(ours) == len({t["data"]["castlab_key"] for t in ours}) > 0  # none pushed twice
     annotate_run(ls, json.loads((run_dir / "captions" / "captions_push.json").read_text())["project_id"], run)
 
+    data = suspended_for("style-review")  # the style type was prepared after the captions review
+    assert data["steps"]["prepare"]["result"]["style"]["ok"] > 0
+    assert annotate_run(ls, json.loads((run_dir / "style" / "push.json").read_text())["project_id"], run) > 0
+
     data = suspended_for("checkpoints-review")  # dataset → train → evaluate ran without anybody
-    assert set(data["steps"]["dataset"]["result"]["datasets"]) == {"Zorvik"}
-    evaluation = data["steps"]["evaluate"]["result"]["Zorvik"]
-    eval_dir = Path(evaluation["out_dir"])
-    assert annotate_run(ls, int(evaluation["project_id"]), f"runs/{eval_dir.name}", PICK_LEFT) > 0
+    built = data["steps"]["dataset"]["result"]["datasets"]
+    assert set(built) == {"Zorvik", "style"} and Path(built["style"]["out_dir"]).parent == \
+        Path(built["Zorvik"]["out_dir"]).parent  # the style dataset beside the character's
+    for name in ("Zorvik", "style"):
+        evaluation = data["steps"]["evaluate"]["result"][name]
+        eval_dir = Path(evaluation["out_dir"])
+        assert annotate_run(ls, int(evaluation["project_id"]), f"runs/{eval_dir.name}", PICK_LEFT) > 0
 
     data = wait_until(lambda: (lambda d, r: d if r["state_type"] == "COMPLETED" else None)(*pipeline_state()), 600,
                       "the pipeline run to complete after the checkpoints review")
     assert data["status"] == "completed" and all(data["steps"][s]["status"] == "done" for s in data["steps"])
     chosen = data["steps"]["registry"]["result"]["Zorvik"]
     assert chosen["chosen"] and Path(chosen["registry"]).is_file()
+    assert data["steps"]["registry"]["result"]["style"]["chosen"]  # the style LoRA is registered too
     entry = next(e for e in read_registry().values() if Path(e["file"]).stem == chosen["chosen"])
     assert entry["chosen_by"] == "reviewers"
     assert re.search(r"registry\s+done", stack.castlab("status", str(run_dir)).stdout)
