@@ -57,9 +57,7 @@ class ExpressionScorer:
         if not images:
             return []
         pil = [Image.fromarray(im) if isinstance(im, np.ndarray) else im for im in images]
-        logits = 100.0 * (self.embedder.encode_images(pil) @ self._text.T)
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        probs = self.embedder.zero_shot(pil, self._text)
         out = []
         for row in probs:
             best = int(np.argmax(row))

@@ -57,6 +57,13 @@ class Embedder:
             out.append(torch.nn.functional.normalize(feats, dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
+    def zero_shot(self, images: list[Any], texts: np.ndarray) -> np.ndarray:
+        """(N, T) probabilities of each image over `texts` (T unit vectors of :meth:`encode_texts`): softmax of
+        the cosines at CLIP's logit scale 100."""
+        logits = 100.0 * (self.encode_images(images) @ np.asarray(texts).T)
+        logits -= logits.max(axis=1, keepdims=True)
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
     def clip_t(self, images: list[Any], texts: list[str]) -> list[float]:
         """Cosine similarity of each image with its text (pairwise, same length)."""
         if len(images) != len(texts):

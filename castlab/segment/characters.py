@@ -200,10 +200,7 @@ class CharacterScorer:
     def scores(self, image: np.ndarray, masks: list[np.ndarray]) -> list[float]:
         if not masks:
             return []
-        feats = self.embedder.encode_images([self.crop(image, m) for m in masks])
-        logits = 100.0 * feats @ self._text.T  # CLIP's logit scale
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        probs = self.embedder.zero_shot([self.crop(image, m) for m in masks], self._text)
         return [float(p) for p in probs[:, 0]]
 
 

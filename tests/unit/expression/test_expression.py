@@ -8,6 +8,7 @@ import pytest
 from castlab.config import load_config
 from castlab.expression.crops import crop_box, face_crop
 from castlab.expression.labels import OTHER, ExpressionScorer, caption_label, label_names
+from castlab.models.embedder import Embedder
 
 CFG = load_config()
 
@@ -22,7 +23,10 @@ def test_caption_words_give_the_label(phrase, label):
 
 
 class ColourEmbedder:
-    """Unit vectors: text k → axis k; an image → the axis of its dominant colour channel (R, G, B, grey)."""
+    """Unit vectors: text k → axis k; an image → the axis of its dominant colour channel (R, G, B, grey); the
+    real embedder's zero-shot softmax over them."""
+
+    zero_shot = Embedder.zero_shot
 
     def encode_texts(self, texts):
         return np.eye(8)[: len(texts)]
