@@ -254,6 +254,25 @@ def push_tasks(
                       left)
 
 
+def refresh_predictions(ls: LabelStudio, project_id: int, tasks: list[dict[str, Any]], created: set[str],
+                        key: Callable[[list[dict[str, Any]]], Any]) -> int:
+    """Existing tasks among `tasks` (not in `created`) nobody answered yet whose prediction differs by `key` (what
+    of a result matters: the caption text, the labels) from the new one get the new prediction; how many did."""
+    wanted = {t["data"]["castlab_key"]: t for t in tasks if t["data"]["castlab_key"] not in created}
+    updated = 0
+    for task in list_tasks(ls, project_id) if wanted else []:
+        fresh = wanted.get(str((task.get("data") or {}).get("castlab_key")))
+        if fresh is None or latest_annotation(task) is not None:
+            continue
+        current = (task.get("predictions") or [{}])[-1].get("result") or []
+        prediction = fresh["predictions"][0]
+        if key(current) != key(prediction["result"]):
+            ls.predictions.create(task=int(task["id"]), result=prediction["result"], score=prediction["score"],
+                                  model_version=prediction["model_version"])
+            updated += 1
+    return updated
+
+
 def list_tasks(ls: LabelStudio, project_id: int) -> list[dict[str, Any]]:
     """Every task of the project as a plain dict, with its annotations and predictions."""
     return [_dump(t) for t in ls.tasks.list(project=project_id, fields="all", page_size=_PAGE_SIZE)]

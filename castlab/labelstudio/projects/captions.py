@@ -114,7 +114,7 @@ def push_captions(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config) -> di
     for folder in sorted(folders):
         client.ensure_local_storage(ls, project_id, resolve_in_workspace(str(folder)))
     mapping = client.push_tasks(ls, project_id, tasks, complete_for=relative_to_workspace(Path(run_dir)))
-    updated = refresh_predictions(ls, project_id, tasks, set(mapping.created))
+    updated = client.refresh_predictions(ls, project_id, tasks, set(mapping.created), _caption_of)
     summary: dict[str, Any] = {
         "project_id": int(project_id), "title": title, "tasks": len(mapping), "new_tasks": len(mapping.created),
         "reused_tasks": len(mapping.joined), "updated_predictions": updated,
@@ -127,23 +127,6 @@ def push_captions(ls: Any, manifest: Manifest, run_dir: Path, cfg: Config) -> di
 
 def _caption_of(result: list[dict[str, Any]]) -> str:
     return next((" ".join(r["value"]["text"]) for r in result if r.get("from_name") == "caption"), "")
-
-
-def refresh_predictions(ls: Any, project_id: int, tasks: list[dict[str, Any]], created: set[str]) -> int:
-    """Existing, not yet annotated tasks whose caption changed (a later caption run) get the new prediction."""
-    wanted = {t["data"]["castlab_key"]: t for t in tasks if t["data"]["castlab_key"] not in created}
-    updated = 0
-    for task in client.list_tasks(ls, project_id) if wanted else []:
-        fresh = wanted.get(str((task.get("data") or {}).get("castlab_key")))
-        if fresh is None or client.latest_annotation(task) is not None:
-            continue
-        current = (task.get("predictions") or [{}])[-1].get("result") or []
-        prediction = fresh["predictions"][0]
-        if _caption_of(current) != _caption_of(prediction["result"]):
-            ls.predictions.create(task=int(task["id"]), result=prediction["result"], score=prediction["score"],
-                                  model_version=prediction["model_version"])
-            updated += 1
-    return updated
 
 
 def annotation_answer(annotation: dict[str, Any]) -> tuple[str, dict[str, str]]:

@@ -131,29 +131,12 @@ def push_typed(ls: Any, run_dir: Path, name: str, cfg: Config) -> dict[str, Any]
     for folder in sorted({Path(t["data"]["image"].split("?d=", 1)[-1]).parent for t in tasks}):
         client.ensure_local_storage(ls, project_id, resolve_in_workspace(str(folder)))
     mapping = client.push_tasks(ls, project_id, tasks, complete_for=relative_to_workspace(Path(run_dir)))
-    updated = refresh_predictions(ls, project_id, tasks, set(mapping.created))
+    updated = client.refresh_predictions(ls, project_id, tasks, set(mapping.created), _answer)
     summary = {"project_id": int(project_id), "title": title, "tasks": len(mapping),
                "new_tasks": len(mapping.created), "reused_tasks": len(mapping.joined),
                "updated_predictions": updated}
     write_json_atomic(type_dir(Path(run_dir), name) / PUSH_NAME, summary)
     return summary
-
-
-def refresh_predictions(ls: Any, project_id: int, tasks: list[dict[str, Any]], created: set[str]) -> int:
-    """Existing tasks nobody answered yet whose prediction changed (a new preparation) get the new one."""
-    wanted = {t["data"]["castlab_key"]: t for t in tasks if t["data"]["castlab_key"] not in created}
-    updated = 0
-    for task in client.list_tasks(ls, project_id) if wanted else []:
-        fresh = wanted.get(str((task.get("data") or {}).get("castlab_key")))
-        if fresh is None or client.latest_annotation(task) is not None:
-            continue
-        prediction = fresh["predictions"][0]
-        current = (task.get("predictions") or [{}])[-1].get("result") or []
-        if _answer(current) != _answer(prediction["result"]):
-            ls.predictions.create(task=int(task["id"]), result=prediction["result"], score=prediction["score"],
-                                  model_version=prediction["model_version"])
-            updated += 1
-    return updated
 
 
 def _answer(result: list[dict[str, Any]]) -> tuple[str, dict[str, str], list[tuple[str, float, float]]]:
