@@ -13,9 +13,19 @@ def test_every_flow_has_a_command():
     for argv in (["curate", "v.mp4", "--mode", "interval"], ["review-sync", "r"], ["dataset", "r", "--force"],
                  ["dataset", "ep1", "ep2", "--character", "Bob", "--out", "d"], ["export", "d", "--format", "hf"],
                  ["train", "t.toml"], ["evaluate", "a.safetensors", "b.safetensors"], ["demo"],
-                 ["up", "--backend"], ["down"], ["status"]):
+                 ["up", "--backend"], ["down"], ["status"], ["prepare", "r", "--type", "pose", "--no-push"],
+                 ["dataset", "r", "--type", "background"], ["pipeline", "v.mp4", "--types", "style", "expression"]):
         args = parser.parse_args(argv)
         assert callable(args.func)
+
+
+def test_the_cli_knows_every_dataset_type():
+    from castlab.typed import TYPE_NAMES
+    from castlab.typed.spec import TYPES
+
+    assert TYPE_NAMES == tuple(TYPES)  # the cheap list (CLI, reviews) and the types themselves agree
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prepare", "r", "--type", "hats"])
 
 
 def test_cli_reports_bad_input_without_traceback(workspace: Path, capsys: pytest.CaptureFixture[str]):

@@ -95,13 +95,18 @@ def test_a_project_maps_to_the_runs_that_pushed_to_it(workspace):
                                      "identity_push.json": {"instances": {"project_id": 2},
                                                             "clusters": {"project_id": 3}}})
     b = _run(workspace, "b-curate", {"labelstudio_push.json": {"project_id": 1},
-                                     "captions/captions_push.json": {"project_id": 4}})
+                                     "captions/captions_push.json": {"project_id": 4},
+                                     "pose/push.json": {"project_id": 5}})
     masks = advance.reviews_of_project(cfg, 1)
     assert [(r.run_dir, r.stage, r.next_stage) for r in masks] == [(a, "masks", "identify"), (b, "masks", "identify")]
     (identities,) = advance.reviews_of_project(cfg, 2)
     assert identities.counted_projects == (3, 2) and identities.next_stage == "caption"
     (captions,) = advance.reviews_of_project(cfg, 4)
     assert advance.next_parameters(captions) == {"run_dirs": [str(b)]}
+    assert captions.claim_name == "dataset"
+    (pose,) = advance.reviews_of_project(cfg, 5)  # a dataset type's review → that type's dataset, claimed apart
+    assert (pose.stage, pose.next_stage, pose.claim_name) == ("pose", "dataset", "dataset-pose")
+    assert advance.next_parameters(pose) == {"run_dirs": [str(b)], "dataset_type": "pose"}
     assert advance.reviews_of_project(cfg, 99) == []
 
 
