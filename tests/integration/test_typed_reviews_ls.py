@@ -51,7 +51,7 @@ def test_type_reviews_round_trip(ls_env, tmp_path: Path):
     prediction = second["predictions"][-1]["result"]
     assert _choice(prediction, "luma_key") in ("low-key", "mid-key", "high-key")  # measured labels are offered
     client.create_annotation(ls, first["id"], [
-        {"from_name": "caption", "to_name": "image", "type": "textarea",
+        {"from_name": "type_caption", "to_name": "image", "type": "textarea",
          "value": {"text": ["moonlight through blinds, blue shadows"]}}])
     corrected = [r for r in prediction if r["from_name"] != "time_of_day"] + [
         {"from_name": "time_of_day", "to_name": "image", "type": "choices", "value": {"choices": ["night"]}}]

@@ -28,6 +28,7 @@ from castlab.typed.stage import read_records, summarise, type_dir, write_records
 from castlab.workspace import relative_to_workspace, resolve_in_workspace, write_json_atomic
 
 PUSH_NAME = "push.json"
+CAPTION = "type_caption"  # the TextArea (not "caption": the ML backend suggests character captions to that one)
 
 
 def task_key(record: dict[str, Any]) -> str:
@@ -79,7 +80,7 @@ def prediction_result(record: dict[str, Any], kind: DatasetType, cfg: Config) ->
     """TextArea (the caption body) + one Choices per reviewed label whose value is in its vocabulary (+ the
     keypoints of a pose)."""
     row = record["row_id"]
-    result = [{"id": _rid(row, "caption"), "from_name": "caption", "to_name": "image", "type": "textarea",
+    result = [{"id": _rid(row, "caption"), "from_name": CAPTION, "to_name": "image", "type": "textarea",
                "value": {"text": [record.get("caption_pred") or ""]}}]
     labels = record.get("labels") or {}
     for path, values in kind.reviewed.items():
@@ -143,7 +144,7 @@ def _answer(result: list[dict[str, Any]]) -> tuple[str, dict[str, str], list[tup
     text, choices, points = "", {}, []
     for item in result or []:
         value = item.get("value") or {}
-        if item.get("from_name") == "caption" and value.get("text"):
+        if item.get("from_name") == CAPTION and value.get("text"):
             text = " ".join(str(t) for t in value["text"]).strip()
         elif value.get("choices"):
             choices[str(item.get("from_name"))] = str(value["choices"][0])

@@ -29,6 +29,7 @@ def test_every_project_config_is_known():
     """A new label config must be given a kind here (or be refused on purpose, as the cluster review is)."""
     assert {p.name for p in CONFIGS.glob("*.xml")} == {
         "masks.xml", "identity_instances.xml", "captions.xml", "identity_clusters.xml", "checkpoints.xml",
+        "background.xml", "style.xml", "lighting.xml", "pose.xml", "expression.xml",  # dataset types: refused
     }  # fmt: skip
 
 
@@ -43,6 +44,8 @@ def test_the_parse_gives_each_predictor_its_facts():
     [
         (_xml("identity_clusters.xml"), "Choices 'decision', TextArea 'name', Choices 'merge_into'"),
         (_xml("checkpoints.xml"), "Choices 'verdict'"),  # a blind pick: no suggestions, on purpose
+        (_xml("background.xml"), "TextArea 'type_caption'"),  # the dataset types: castlab prepare predicts them
+        (_xml("pose.xml"), "KeyPointLabels 'keypoints'"),
         ('<View><Image name="i" value="$image"/></View>', "no BrushLabels control on an Image"),
         ('<View><Text name="t" value="$text"/><Choices name="c" toName="t"/></View>', "Choices 'c'"),
         ("<View><Image name='i' value='$image'/>", "not valid XML"),

@@ -117,7 +117,7 @@ def test_label_configs_offer_exactly_the_reviewed_labels():
         root = ET.fromstring(kind.label_config)
         choices = {c.get("name"): tuple(x.get("value") for x in c.findall("Choice")) for c in root.iter("Choices")}
         assert choices == {control_name(p): v for p, v in kind.reviewed.items()}, kind.name
-        assert [t.get("name") for t in root.iter("TextArea")] == ["caption"]
+        assert [t.get("name") for t in root.iter("TextArea")] == ["type_caption"]
         points = [tuple(x.get("value") for x in k.findall("Label")) for k in root.iter("KeyPointLabels")]
         assert points == ([COCO_KEYPOINTS] if kind.keypoints else []), kind.name
 
