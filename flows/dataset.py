@@ -1,6 +1,6 @@
 """dataset: reviewed instances of one or more curate runs → one dataset per reviewed character; or, with
 ``dataset_type``, the prepared records of a type (background, style, lighting, pose, expression) → one dataset of
-that type (a run not prepared for the type is prepared first, its review tasks pushed: the dataset then uses the
+that type (a run not prepared for the type is prepared first, without review tasks: the dataset then uses the
 predictions)."""
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ def _type_dataset(run_dirs: list[str], name: str, out_dir: str | None, force: bo
 
     for run_dir in run_dirs:
         if not read_records(Path(run_dir), name):
-            get_run_logger().info("%s is not prepared for %s datasets: preparing it now", run_dir, name)
-            prepare(run_dir=run_dir, dataset_type=name, **settings)
+            get_run_logger().info("%s is not prepared for %s datasets: preparing it now (no review tasks: "
+                                  "`castlab prepare %s --type %s` pushes them)", run_dir, name, run_dir, name)
+            prepare(run_dir=run_dir, dataset_type=name, push=False, **settings)
     root = Path(out_dir) if out_dir else Run.create(f"dataset-{name}", cfg).path
     summary = build_type_task(list(run_dirs), name, str(dataset_folder(root, name)), force, cfg)
     _report_artifact(summary, f"{name} dataset")

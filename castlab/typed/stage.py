@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -153,8 +152,9 @@ def _reject(record: dict[str, Any], reason: str, detail: str) -> None:
 
 def sharpness(image: Image.Image, cfg: Config) -> float:
     """Variance of the Laplacian of the grey image over ``dataset.sharpness_ref``, capped at 1."""
-    grey = cv2.Laplacian(np.asarray(image.convert("L"), np.float32), cv2.CV_32F)
-    return round(min(1.0, float(grey.var()) / float(cfg.dataset.sharpness_ref)), 4)
+    from castlab.frames.quality import sharpness as laplacian_variance
+
+    return round(min(1.0, laplacian_variance(np.asarray(image.convert("L"))) / float(cfg.dataset.sharpness_ref)), 4)
 
 
 def _open(record: dict[str, Any]) -> Image.Image:

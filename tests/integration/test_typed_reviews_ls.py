@@ -135,3 +135,17 @@ def test_pose_and_expression_reviews_round_trip(ls_env, tmp_path: Path):
     meta = json.loads(Path(built["datasets"]["expression"]["metadata"]).read_text())
     face = next(e for e in meta["images"] if e["row_id"] == face_task["data"]["record"])
     assert face["labels"]["expression"] == "surprised" and face["caption"].endswith(", surprised expression")
+
+
+def test_a_dataset_of_an_unprepared_run_prepares_it_without_label_studio(ls_env, tmp_path: Path, monkeypatch):
+    from flows.dataset import dataset
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")  # nothing listens: no review tasks are pushed
+    run = Path(ls_env.workspace) / "runs" / "unprepared-it"
+    scene_run(run, scenes=1, per_scene=3, video="unprepared-it")
+    override = tmp_path / "style.yaml"
+    override.write_text("dataset:\n  resolution: 128\nmodels:\n  tiny:\n    embedder:\n      max_similarity: 1.0\n")
+    built = dataset(run_dirs=[str(run)], dataset_type="style", out_dir=str(tmp_path / "d"),
+                    config_files=[str(override)])["datasets"]["style"]
+    assert built["images"] == 3 and len(read_records(run, "style")) == 3
+    assert not (run / "style" / "push.json").exists()
