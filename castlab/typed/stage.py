@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from castlab.captions.schema import SchemaError, get_field, parse_fields
 from castlab.config import Config
-from castlab.errors import InputError
+from castlab.errors import ConfigError, InputError
 from castlab.layers import media_path
 from castlab.manifest import Manifest, row_text
 from castlab.rows import chunked
@@ -104,8 +104,13 @@ def load_models(cfg: Config, name: str) -> TypedModels:
 
         models.pose = load_pose_estimator(cfg)
     elif name == "expression":
-        from castlab.expression.labels import ExpressionScorer
+        from castlab.expression.labels import ExpressionScorer, label_names
+        from castlab.typed.spec import EXPRESSIONS
 
+        unknown = sorted(set(label_names(cfg)) - set(EXPRESSIONS))
+        if unknown:  # the review project offers a fixed list (label_configs/expression.xml)
+            raise ConfigError(f"expression.labels: {unknown} are not among the review choices {list(EXPRESSIONS)}; "
+                              "add them to label_configs/expression.xml and castlab.typed.spec.EXPRESSIONS")
         models.expression = ExpressionScorer(models.embedder, cfg)
     return models
 

@@ -117,3 +117,11 @@ def test_expression_crops_gates_and_labels(workspace, cfg):
     assert sorted(meta["views"].values()) == [1] * len(meta["views"])  # one image per label: balanced
     first = next(e for e in meta["images"] if e["row_id"] == "inst:vid:0:0")
     assert first["caption"].endswith(", happy expression") and first["identity"] == "Bo"
+
+
+def test_expression_labels_must_be_review_choices(cfg):
+    from castlab.errors import ConfigError
+
+    labels = {**cfg.expression.labels, "smug": ["smug", "smirk"]}
+    with pytest.raises(ConfigError, match=r"expression.labels: \['smug'\] are not among the review choices"):
+        load_models(cfg.with_overrides({"expression": {"labels": labels}}), "expression")
