@@ -299,6 +299,40 @@ class EvaluationSettings(Section):
     gates: EvaluationGates
 
 
+SAMPLERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "pndm")
+
+
+class GenerationPreset(Section):
+    """A quality preset of ``castlab generate``: sampler, steps, CFG and the size relative to the base model's."""
+
+    steps: int = Field(ge=1)
+    sampler: Literal[SAMPLERS]  # type: ignore[valid-type]
+    guidance_scale: float = Field(ge=0)
+    size_scale: float = Field(gt=0, le=4)  # × the base model's training resolution (rounded to 8 px)
+
+
+class ConsistencySettings(Section):
+    threshold: float = Probability  # normalised identity score below which an image is off-model
+    retries: int = Field(ge=0)  # an off-model image is generated again with the next seed up to this many times
+
+
+class GenerationSettings(Section):
+    """``castlab generate``: the registered LoRAs at work."""
+
+    preset: str = Field(min_length=1)  # a key of presets
+    presets: dict[str, GenerationPreset] = Field(min_length=1)
+    negative_prompt: str
+    batch_size: int = Field(ge=1)  # images per pipeline call
+    cpu_offload: bool  # sequential CPU offload: the least GPU memory, the slowest
+    consistency: ConsistencySettings
+
+    @model_validator(mode="after")
+    def _known_preset(self) -> GenerationSettings:
+        if self.preset not in self.presets:
+            raise ValueError(f"preset {self.preset!r} is not one of presets: {sorted(self.presets)}")
+        return self
+
+
 class CaptionsSettings(Section):
     style: Literal["natural", "tags", "auto"]
     batch_size: int = Field(ge=1)
@@ -499,6 +533,7 @@ class Settings(Section):
     dataset: DatasetSettings
     training: TrainingSettings
     evaluation: EvaluationSettings
+    generation: GenerationSettings
     captions: CaptionsSettings
     labelstudio: LabelStudioSettings
     prefect: PrefectSettings

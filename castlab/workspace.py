@@ -7,6 +7,7 @@ document root, so every image a task shows lives under it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -74,6 +75,15 @@ def read_jsonl(path: Path) -> list[Any]:
             except ValueError as exc:
                 raise InputError(path, f"line {number} is not JSON ({exc})") from exc
     return values
+
+
+def short_hash(path: Path, length: int = 12) -> str:
+    """The first `length` hex digits of the file's SHA-256 (AUTOMATIC1111's short hash of a model file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
 
 
 def write_private(path: Path, text: str) -> None:

@@ -207,6 +207,39 @@ def base_embeddings(
     }
 
 
+@dataclass
+class Regions:
+    """What identity scoring sees of some images: whole-image and head-region embeddings, the faces and boxes."""
+
+    whole: np.ndarray  # (N, D) whole-image embeddings (composited, squared)
+    head: np.ndarray  # (N, D) head-region embeddings (zeros where no head was found)
+    faces: list[Face | None]
+    boxes: list[Box | None]
+    found: list[int]  # indices of the images with a head region (all of them under region: image)
+
+
+def identity_regions(images: Sequence[Image.Image], encoder: Encoder, analyzer: FaceModel | None, cfg: Config
+                     ) -> Regions:
+    """The head region of each image (module docstring) and both embeddings; the encoder is called at most
+    twice (whole images, then every head found)."""
+    squared = [_square(im, cfg) for im in images]
+    whole = np.asarray(encoder.encode(squared), np.float32).reshape(len(images), -1)
+    scale = float(cfg.evaluation.identity.head_scale)
+    faces: list[Face | None] = [None] * len(images)
+    boxes: list[Box | None] = [None] * len(images)
+    if not _uses_faces(cfg, analyzer):
+        return Regions(whole, whole, faces, [(0.0, 0.0, float(im.width), float(im.height)) for im in images],
+                       list(range(len(images))))
+    for i, image in enumerate(images):
+        faces[i] = best_face(image, analyzer, cfg)
+        boxes[i] = grow_box(faces[i].bbox, scale, image.size) if faces[i] is not None else None
+    found = [i for i, box in enumerate(boxes) if box is not None]
+    head = np.zeros((len(images), whole.shape[1]), np.float32)
+    if found:
+        head[found] = np.asarray(encoder.encode([_crop(images[i], boxes[i], cfg) for i in found]), np.float32)
+    return Regions(whole, head, faces, boxes, found)
+
+
 def score_images(
     renders: Sequence[Mapping[str, Any]],
     images: Sequence[Image.Image],
@@ -232,24 +265,9 @@ def score_images(
     if len(renders) != len(images):
         raise ValueError(f"score_images needs one image per render, got {len(renders)} renders, {len(images)} images")
     refs.check(character)
-    squared = [_square(im, cfg) for im in images]
-    whole = np.asarray(encoder.encode(squared), np.float32).reshape(len(images), -1)
-    faces_on = _uses_faces(cfg, analyzer)
-    scale = float(cfg.evaluation.identity.head_scale)
-    faces: list[Face | None] = [None] * len(images)
-    boxes: list[Box | None] = [None] * len(images)
-    if faces_on:
-        for i, image in enumerate(images):
-            faces[i] = best_face(image, analyzer, cfg)
-            boxes[i] = grow_box(faces[i].bbox, scale, image.size) if faces[i] is not None else None
-        found = [i for i, box in enumerate(boxes) if box is not None]
-        head = np.zeros((len(images), whole.shape[1]), np.float32)
-        if found:
-            head[found] = np.asarray(encoder.encode([_crop(images[i], boxes[i], cfg) for i in found]), np.float32)
-    else:
-        found, head = list(range(len(images))), whole
-        boxes = [(0.0, 0.0, float(im.width), float(im.height)) for im in images]
-    margins, own, rivals = refs.margins(head, character)
+    regions = identity_regions(images, encoder, analyzer, cfg)
+    whole, faces, boxes, found = regions.whole, regions.faces, regions.boxes, regions.found
+    margins, own, rivals = refs.margins(regions.head, character)
     clip_t = embedder.clip_t(list(images), [str(r["scoring_prompt"]) for r in renders]) if renders else []
     train = None if train_embeddings is None else np.asarray(train_embeddings, np.float32)
     memorisation = np.clip((whole @ train.T).max(axis=1), -1.0, 1.0) if train is not None and train.size else None

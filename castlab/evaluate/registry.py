@@ -17,7 +17,12 @@ tools read it. Layout::
       evaluation: <the evaluation folder>
       profile: tiny | full        # the profile it was made under (tiny LoRAs are for tests and demos)
       updated: 2025-01-01T12:00:00+00:00
-      # optional: checkpoint, step, weight, agreement
+      type: character             # or background, style, lighting, pose, expression
+      dataset: /abs/path/datasets/.../Bunny   # its castlab dataset: the references of the consistency check
+      file_hash: 0a1b2c3d4e5f     # the file's SHA-256, first 12 hex digits (AUTOMATIC1111's short hash)
+      base_model_source: <the base model it was trained from: folder, hub id or checkpoint file>
+      # optional: checkpoint, step, weight, agreement (and type, dataset, file_hash, base_model_source: entries
+      # written before they existed lack them)
 
 Writes are atomic and serialised by a lock file beside the registry (read, replace the entry, write).
 """
@@ -43,7 +48,8 @@ ARCHES = ("sd15", "sdxl")
 CHOSEN_BY = ("castlab", "reviewers")
 REQUIRED = ("name", "character", "trigger", "class_word", "base_model", "arch", "file", "metrics", "chosen_by",
             "evaluation")
-OPTIONAL = ("checkpoint", "step", "weight", "agreement", "profile", "updated")
+OPTIONAL = ("checkpoint", "step", "weight", "agreement", "profile", "updated", "type", "dataset", "file_hash",
+            "base_model_source")
 _HEADER = "# castlab LoRA registry: one entry per name, written by castlab (evaluate, review-sync)\n"
 
 

@@ -43,7 +43,7 @@ from castlab.evaluate.ranking import aggregate, rank, weight_key
 from castlab.evaluate.render import RenderSettings, render_suite
 from castlab.evaluate.suite import PromptSpec, suite_path, suite_prompts
 from castlab.pictures import save_png
-from castlab.workspace import write_json_atomic
+from castlab.workspace import short_hash, write_json_atomic
 
 if TYPE_CHECKING:
     from castlab.evaluate.metrics import References
@@ -398,7 +398,8 @@ def finish_evaluation(plan: dict[str, Any], references: dict[str, Any], parts: l
     report = {
         "profile": cfg.profile, "note": note, "model_versions": references["model_versions"],
         "character": plan["character"], "trigger": plan["trigger"], "class_word": plan["class_word"],
-        "dataset": plan["dataset"], "references": references["meta"],
+        "dataset": plan["dataset"], "dataset_type": plan.get("dataset_type", "character"),
+        "references": references["meta"],
         "suite": {"file": str(suite_path(cfg, plan.get("dataset_type", "character"))), "prompts": plan["specs"]},
         "settings": {"seeds": list(settings.seeds), "steps": settings.steps,
                      "guidance_scale": settings.guidance_scale, "width": settings.width, "height": settings.height,
@@ -406,7 +407,8 @@ def finish_evaluation(plan: dict[str, Any], references: dict[str, Any], parts: l
                      "identity": dict(cfg.evaluation.identity)},
         "checkpoints": [{"name": Path(c).stem, "file": c, "step": _step(m),
                          "output_name": m.get("ss_output_name") or Path(c).stem,
-                         "base_model_version": m.get("castlab_base_model_version")}
+                         "base_model_version": m.get("castlab_base_model_version"),
+                         "base_model": m.get("castlab_base_model")}
                         for c, m in zip(plan["checkpoints"], plan["metas"], strict=True)],
         "aggregates": aggregates, "ranking": ranking,
         "recommended": recommended, "recommended_file": by_name[recommended] if recommended else None,
@@ -431,6 +433,7 @@ def _remove_scoring(out_dir: Path, files: list[str]) -> None:
 def registry_entry(report: dict[str, Any], name: str, chosen_by: str, agreement: dict[str, Any] | None = None
                    ) -> dict[str, Any]:
     """The LoRA registry entry (castlab/evaluate/registry.py) of checkpoint `name` of an evaluation report."""
+
     checkpoint = next(c for c in report["checkpoints"] if c["name"] == name)
     row = report["ranking"]["checkpoints"][name]
     version = str(report["model_versions"]["base_model"])
@@ -438,7 +441,10 @@ def registry_entry(report: dict[str, Any], name: str, chosen_by: str, agreement:
              "class_word": report["class_word"], "base_model": version,
              "arch": "sdxl" if "sdxl" in version else "sd15", "file": checkpoint["file"],
              "metrics": row.get("metrics") or {}, "chosen_by": chosen_by, "evaluation": report["out_dir"],
-             "checkpoint": name, "step": checkpoint["step"], "weight": report["ranking"].get("weight")}
+             "checkpoint": name, "step": checkpoint["step"], "weight": report["ranking"].get("weight"),
+             "type": report.get("dataset_type", "character"), "dataset": report.get("dataset"),
+             "file_hash": short_hash(Path(checkpoint["file"])),
+             "base_model_source": checkpoint.get("base_model")}
     if agreement is not None:
         entry["agreement"] = agreement
     return entry

@@ -1,0 +1,161 @@
+"""castlab generate on the tiny SD1.5: registered LoRAs composed at their weights (0 = without it), triggers put in,
+presets and prompt-file options, parameters that round-trip from the PNG, clear errors, and the consistency check
+flagging an off-model image and trying the next seed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lora_checkpoints import character_datasets, random_lora
+from PIL import Image
+
+from castlab.config import load_config
+from castlab.errors import InputError
+from castlab.evaluate.registry import register_lora
+from castlab.generate.pngmeta import read_parameters
+from castlab.generate.prompts import parse_line, read_prompt_file
+from castlab.generate.stage import generate
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(profile="tiny", extra={
+        "evaluation": {"identity": {"region": "image"}},
+        "generation": {"batch_size": 2, "presets": {"draft": {"steps": 2, "sampler": "euler_a",
+                                                              "guidance_scale": 5.0, "size_scale": 1.0}},
+                       "preset": "draft", "consistency": {"threshold": 0.65, "retries": 2}}})
+
+
+@pytest.fixture(scope="module")
+def loras(models_workspace, cfg, tmp_path_factory):
+    """Two registered LoRAs on the tiny base: a character (with its dataset) and a style."""
+    from castlab.models.diffusion import base_model_source, load_base_pipeline
+
+    pipe, version = load_base_pipeline(cfg)
+    root = tmp_path_factory.mktemp("loras")
+    hero = character_datasets(root / "datasets")
+    for name, seed, kind in (("castlab_zorvik", 1, "character"), ("castlab_glossy", 2, "style")):
+        path = random_lora(pipe, root / f"{name}.safetensors", hero, seed=seed, steps=10, scale=0.5)
+        register_lora({"name": name, "character": "Zorvik" if kind == "character" else "style",
+                       "trigger": "zorvik" if kind == "character" else "glosk",
+                       "class_word": "disc" if kind == "character" else "style", "base_model": version,
+                       "arch": "sd15", "file": str(path), "metrics": {}, "chosen_by": "castlab",
+                       "evaluation": str(root), "type": kind, "dataset": str(hero),
+                       "base_model_source": base_model_source(cfg)}, cfg)
+    return root
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), np.float32)
+
+
+def test_weights_compose_and_zero_means_without(loras, cfg, tmp_path):
+    line = [parse_line("a disc on a table --d 5")]
+    runs = {}
+    for label, chosen in (("none", []), ("zero", [("castlab_zorvik", 0.0), ("castlab_glossy", 0.0)]),
+                          ("hero", [("castlab_zorvik", 1.0)]), ("both", [("castlab_zorvik", 1.0),
+                                                                       ("castlab_glossy", 1.0)])):
+        report = generate(line, chosen, tmp_path / label, cfg, check=False)
+        runs[label] = pixels(Path(report["out_dir"]) / report["images"][0]["file"])
+    assert np.abs(runs["none"] - runs["zero"]).max() == 0  # weight 0 = without the LoRA
+    assert np.abs(runs["hero"] - runs["none"]).mean() > 1.0  # a LoRA at 1 changes the image ...
+    assert np.abs(runs["both"] - runs["hero"]).mean() > 1.0  # ... and a second one on top changes it again
+
+
+def test_parameters_round_trip_and_triggers(loras, cfg, tmp_path):
+    lines, bad = read_prompt_file(write(tmp_path / "prompts.txt", [
+        "# a comment", "", "zorvik disc jumping --n blurry --d 11 --s 3 --l 4.5 --ss ddim --w 72 --h 64",
+        "a disc in the rain", "broken line --q 3"]))
+    assert [b.problem for b in bad] == ["unknown option --q (known: --n, --w, --h, --d, --s, --l, --ss)"]
+    report = generate(lines, [("castlab_zorvik", 0.8), ("castlab_glossy", 0.5)], tmp_path / "out", cfg,
+                      bad_lines=bad, images=2, seed=100, check=False)
+    assert report["counts"]["images"] == 4 and report["bad_lines"][0]["source"].endswith("prompts.txt:5")
+    first, _, third, fourth = report["images"]
+    params = read_parameters(Path(report["out_dir"]) / first["file"])
+    assert params["prompt"] == "glosk style, zorvik disc jumping <lora:castlab_zorvik:0.8> <lora:castlab_glossy:0.5>"
+    assert params["negative_prompt"] == "blurry"
+    assert (params["Steps"], params["Sampler"], params["CFG scale"], params["Seed"], params["Size"]) == \
+        ("3", "DDIM", "4.5", "11", "72x64")  # the line's options; its trigger was there, the style's put in front
+    assert params["Lora hashes"] == ", ".join(f"{lo['name']}: {lo['file_hash']}" for lo in report["loras"])
+    assert Image.open(Path(report["out_dir"]) / first["file"]).size == (72, 64)
+    assert third["job"]["prompt"] == "zorvik disc, glosk style, a disc in the rain"
+    assert (third["job"]["seed"], fourth["job"]["seed"]) == (102, 103)  # seed, seed + 1, ... over the batch
+    assert third["job"]["steps"] == 2 and third["job"]["sampler"] == "euler_a"  # the preset
+    assert (Path(report["out_dir"]) / "contact_sheet.png").is_file()
+    assert json.loads((Path(report["out_dir"]) / "generation.json").read_text())["counts"]["images"] == 4
+
+
+class EvenSeedsOffModel:
+    """A consistency check that calls every image made with an even seed off-model (known truth)."""
+
+    threshold = 0.65
+
+    def __init__(self, seeds: list[int]) -> None:
+        self.seeds = seeds
+        self.pending: list[int] = []
+
+    def scores(self, images):
+        seeds, self.pending = self.pending[: len(images)], self.pending[len(images):]
+        return [{"castlab_zorvik": 0.2 if s % 2 == 0 else 0.9} for s in seeds]
+
+    def passes(self, scores):
+        return all(v >= self.threshold for v in scores.values())
+
+
+def test_off_model_images_are_flagged_and_made_again(loras, cfg, tmp_path, monkeypatch):
+    from castlab.generate import stage
+
+    check = EvenSeedsOffModel([])
+    make = stage.Generator.make
+
+    def recording(self, jobs):
+        check.pending += [j.seed for j in jobs]
+        return make(self, jobs)
+
+    monkeypatch.setattr(stage.Generator, "make", recording)
+    monkeypatch.setattr("castlab.generate.consistency.ConsistencyCheck.for_loras", lambda *a, **k: check)
+    report = generate([parse_line("zorvik disc")], [("castlab_zorvik", 1.0)], tmp_path / "out", cfg, images=3,
+                      seed=10)
+    by_index = {r["index"]: r for r in report["images"]}
+    assert [t["seed"] for t in by_index[0]["tries"]] == [10, 13]  # off-model at 10: the next free seed, 13, passes
+    assert by_index[1]["passed_first_time"] and by_index[1]["tries"][0]["seed"] == 11
+    assert [t["seed"] for t in by_index[2]["tries"]] == [12, 15]
+    assert report["counts"] == {"prompts": 1, "images": 3, "passed_first_time": 1, "passed": 3, "flagged": 0,
+                                "tries": 5}
+    assert sorted(p.name for p in (Path(report["out_dir"]) / "rejected").iterdir()) == ["0000_s10.png",
+                                                                                       "0002_s12.png"]
+
+
+def test_the_real_check_flags_and_gives_up_after_the_retries(loras, cfg, tmp_path):
+    strict = cfg.with_overrides({"generation": {"consistency": {"threshold": 1.0, "retries": 1}}})
+    report = generate([parse_line("zorvik disc")], [("castlab_zorvik", 1.0)], tmp_path / "strict", strict)
+    (record,) = report["images"]
+    assert not record["passed"] and len(record["tries"]) == 2 and report["counts"]["flagged"] == 1
+    assert 0.0 <= record["scores"]["castlab_zorvik"] < 1.0  # the DINOv2 similarity to the hero's crops
+    lenient = cfg.with_overrides({"generation": {"consistency": {"threshold": 0.0}}})
+    report = generate([parse_line("zorvik disc")], [("castlab_zorvik", 1.0)], tmp_path / "lenient", lenient)
+    assert report["counts"]["passed_first_time"] == 1
+    style_only = generate([parse_line("a disc")], [("castlab_glossy", 1.0)], tmp_path / "style", strict)
+    assert style_only["consistency"] is None  # no character LoRA: nothing to check against
+
+
+def test_bad_input_is_named(loras, cfg, tmp_path):
+    with pytest.raises(InputError, match="castlab_nobody: is not a registered LoRA; known: castlab_glossy, "
+                                         "castlab_zorvik"):
+        generate([parse_line("x")], [("castlab_nobody", 1.0)], tmp_path / "a", cfg)
+    assert not (tmp_path / "a").exists()  # nothing loaded or written first
+    with pytest.raises(InputError, match="is not a generation preset; known: draft"):
+        generate([parse_line("x")], [], tmp_path / "b", cfg, preset="ultra")
+    with pytest.raises(ValueError, match=r"--d needs a int, got 'soon'"):
+        parse_line("x --d soon")
+    generate([parse_line("x")], [], tmp_path / "c", cfg, check=False)
+    with pytest.raises(InputError, match="not empty"):
+        generate([parse_line("x")], [], tmp_path / "c", cfg, check=False)
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
