@@ -226,6 +226,58 @@ def cmd_evaluate(args: argparse.Namespace) -> Any:
                      push=not args.no_push, register=not args.no_register, force=args.force, **_flow_kwargs(args))
 
 
+def cmd_generate(args: argparse.Namespace) -> Any:
+    _must_exist(*([args.prompt_file] if args.prompt_file else []))
+    cfg = _flow_config(args)
+    _prefect(cfg)
+    from flows.generate import generate
+
+    return _run_flow(generate, cfg, loras=args.lora, prompt=args.prompt, prompt_file=args.prompt_file,
+                     out_dir=args.out, base=args.base, quality=args.quality, images=args.images, seed=args.seed,
+                     check=not args.no_check, device=args.device, force=args.force, **_flow_kwargs(args))
+
+
+def cmd_loras(args: argparse.Namespace) -> Any:
+    """The LoRA registry: list, show, check, set, remove."""
+    from castlab.evaluate.registry import edit_lora, read_registry, registry_path, registry_problems
+
+    entries = read_registry()
+    if args.action == "list":
+        problems = registry_problems(entries)
+        rows = [(n, e.get("type", "character"), e["character"], f"{e['trigger']} {e['class_word']}", e["arch"],
+                 e["chosen_by"], e.get("profile", "?"), "; ".join(problems.get(n, [])) or "ok")
+                for n, e in sorted(entries.items())]
+        header = ("name", "type", "character", "trigger", "arch", "chosen by", "profile", "state")
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        print(f"{registry_path()}: {len(rows)} LoRA(s)")
+        for row in [header, *rows]:
+            print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        return None
+    if args.action == "check":
+        problems = registry_problems(entries)
+        if problems:
+            raise InputError(registry_path(), "; ".join(f"{n}: {', '.join(p)}" for n, p in problems.items()))
+        return {"registry": str(registry_path()), "loras": len(entries), "problems": {}}
+    if not args.name:
+        raise InputError("loras", f"`castlab loras {args.action}` needs a LoRA name")
+    if args.action == "show":
+        if args.name not in entries:
+            raise InputError(registry_path(), f"has no LoRA named {args.name!r}; known: "
+                                              f"{', '.join(sorted(entries)) or 'none'}")
+        return {**entries[args.name], "problems": registry_problems({args.name: entries[args.name]}).get(
+            args.name, [])}
+    if args.action == "remove":
+        edit_lora(args.name, remove=True)
+        return {"removed": args.name, "registry": str(registry_path())}
+    changes = {}
+    for pair in args.values:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(pair, "expected KEY=VALUE (e.g. trigger=zorvik)")
+        changes[key.strip()] = float(value) if key.strip() == "weight" else value
+    return edit_lora(args.name, changes)
+
+
 def cmd_report(args: argparse.Namespace) -> Any:
     _must_exist(*args.runs)
     cfg = _config(args)
@@ -398,6 +450,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-push", action="store_true", help="do not push the checkpoints review to Label Studio")
     p.add_argument("--no-register", action="store_true", help="do not register the recommendation in loras.yaml")
     p.add_argument("--force", action="store_true", help="overwrite an existing quality_evaluation.json")
+    p = add_flow("generate", cmd_generate, "registered LoRAs composed on a base model → images with their "
+                                          "parameters, checked against the character (generation.json, contact "
+                                          "sheet)")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
+                   help="a registered LoRA and its weight (default 1.0); repeat to compose several")
+    p.add_argument("--prompt", help="one prompt (sd-scripts options allowed: --n, --w, --h, --d, --s, --l, --ss)")
+    p.add_argument("--prompt-file", help="one prompt per line, sd-scripts' sample-prompt syntax")
+    p.add_argument("--base", help="base model: diffusers folder, hub id or single-file checkpoint (default: the "
+                                  "one the LoRAs were trained from)")
+    p.add_argument("--quality", help="generation preset: draft, standard, high (default generation.preset)")
+    p.add_argument("--images", type=int, default=1, help="images per prompt (seeds counting up)")
+    p.add_argument("--seed", type=int, help="first seed (default: the config's seed)")
+    p.add_argument("--no-check", action="store_true", help="skip the consistency check of character LoRAs")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", help="output folder (default: a new generate run folder)")
+    p.add_argument("--force", action="store_true", help="generate into a non-empty output folder")
+    p = add("loras", cmd_loras, "the LoRA registry (<workspace>/loras.yaml): list, show, check, set, remove")
+    p.add_argument("action", choices=["list", "show", "check", "set", "remove"])
+    p.add_argument("name", nargs="?", help="a registered LoRA's name (show, set, remove)")
+    p.add_argument("values", nargs="*", metavar="KEY=VALUE", help="set: fields to change (character, trigger, "
+                                                                  "class_word, weight, type)")
     p = add("report", cmd_report, "one page per curate run: funnel, identities, captions, training and evaluation, "
                                   "review analytics (<run>/report/: report.html, report.md, CSV tables)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="curate run folder(s)")

@@ -152,6 +152,61 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+EDITABLE = ("character", "trigger", "class_word", "weight", "type")  # what `castlab loras set` may change
+
+
+def _write(path: Path, entries: dict[str, dict[str, Any]]) -> None:
+    body = yaml.safe_dump({"loras": [entries[k] for k in sorted(entries)]}, sort_keys=False, allow_unicode=True)
+    write_text_atomic(path, _HEADER + body)
+
+
+def edit_lora(name: str, changes: Mapping[str, Any] | None = None, remove: bool = False) -> dict[str, Any] | None:
+    """Change fields of entry `name` (:data:`EDITABLE` only, checked again) or remove it; the new entry (None when
+    removed). InputError naming the registry for an unknown name or field."""
+    path = registry_path()
+    with _locked(path):
+        entries = _load(path)
+        if name not in entries:
+            raise InputError(path, f"has no LoRA named {name!r}; known: {', '.join(sorted(entries)) or 'none'}")
+        if remove:
+            del entries[name]
+            _write(path, entries)
+            return None
+        wrong = sorted(set(changes or {}) - set(EDITABLE))
+        if wrong:
+            raise InputError(path, f"{', '.join(wrong)} cannot be edited (editable: {', '.join(EDITABLE)})")
+        try:
+            entries[name] = check_entry({**entries[name], **(changes or {}),
+                                         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                                        check_file=False)
+        except ValueError as exc:
+            raise InputError(path, str(exc)) from exc
+        _write(path, entries)
+        return entries[name]
+
+
+def registry_problems(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Per entry, what makes it unusable or doubtful: a missing LoRA file, a file whose hash is not the one
+    registered (replaced since), a base model folder or file that is gone."""
+    from castlab.workspace import short_hash
+
+    problems: dict[str, list[str]] = {}
+    for name, entry in entries.items():
+        found = []
+        file = Path(str(entry["file"]))
+        if not file.is_file():
+            found.append(f"LoRA file {file} is missing")
+        elif entry.get("file_hash") and short_hash(file) != entry["file_hash"]:
+            found.append(f"LoRA file {file} changed since it was registered (hash {short_hash(file)}, registered "
+                         f"{entry['file_hash']})")
+        source = str(entry.get("base_model_source") or "")
+        if source.startswith(("/", "~", ".")) and not Path(source).expanduser().exists():
+            found.append(f"base model {source} is missing")
+        if found:
+            problems[name] = found
+    return problems
+
+
 def register_lora(entry: Mapping[str, Any], cfg: Config) -> Path:
     """Add or replace the entry named ``entry["name"]`` (checked by :func:`check_entry`; stamped with
     ``cfg.profile`` and the time); returns the registry's path."""
@@ -161,6 +216,5 @@ def register_lora(entry: Mapping[str, Any], cfg: Config) -> Path:
     with _locked(path):
         entries = _load(path)
         entries[checked["name"]] = checked
-        body = yaml.safe_dump({"loras": [entries[k] for k in sorted(entries)]}, sort_keys=False, allow_unicode=True)
-        write_text_atomic(path, _HEADER + body)
+        _write(path, entries)
     return path

@@ -14,7 +14,9 @@ def test_every_flow_has_a_command():
                  ["dataset", "ep1", "ep2", "--character", "Bob", "--out", "d"], ["export", "d", "--format", "hf"],
                  ["train", "t.toml"], ["evaluate", "a.safetensors", "b.safetensors"], ["demo"],
                  ["up", "--backend"], ["down"], ["status"], ["prepare", "r", "--type", "pose", "--no-push"],
-                 ["dataset", "r", "--type", "background"], ["pipeline", "v.mp4", "--types", "style", "expression"]):
+                 ["dataset", "r", "--type", "background"], ["pipeline", "v.mp4", "--types", "style", "expression"],
+                 ["generate", "--lora", "bo:0.8", "--lora", "style", "--prompt", "bo --d 3", "--quality", "draft"],
+                 ["loras", "list"], ["loras", "set", "bo", "trigger=zk"]):
         args = parser.parse_args(argv)
         assert callable(args.func)
 

@@ -159,3 +159,27 @@ def test_bad_input_is_named(loras, cfg, tmp_path):
 def write(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def test_the_registry_from_the_cli(loras, cfg, capsys):
+    from flows.cli import main
+
+    assert main(["loras", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "castlab_zorvik" in listed and "castlab_glossy" in listed and listed.count(" ok") == 2
+    assert main(["loras", "set", "castlab_glossy", "trigger=glozz"]) == 0
+    assert json.loads(capsys.readouterr().out)["trigger"] == "glozz"
+    assert main(["loras", "set", "castlab_glossy", "file=/elsewhere.safetensors"]) == 2
+    assert "file cannot be edited" in capsys.readouterr().err
+    file = Path(json.loads((main(["loras", "show", "castlab_glossy"]), capsys.readouterr().out)[1])["file"])
+    moved = file.with_suffix(".moved")
+    file.rename(moved)
+    try:
+        assert main(["loras", "check"]) == 2
+        assert f"castlab_glossy: LoRA file {file} is missing" in capsys.readouterr().err
+        main(["loras", "list"])
+        assert "is missing" in capsys.readouterr().out  # reported, never silently used
+    finally:
+        moved.rename(file)
+    assert main(["loras", "set", "castlab_glossy", "trigger=glosk"]) == 0
+    assert main(["loras", "check"]) == 0
