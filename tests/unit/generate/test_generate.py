@@ -183,3 +183,25 @@ def test_the_registry_from_the_cli(loras, cfg, capsys):
         moved.rename(file)
     assert main(["loras", "set", "castlab_glossy", "trigger=glosk"]) == 0
     assert main(["loras", "check"]) == 0
+
+
+def test_sdxl_base_with_an_sdxl_lora_and_a_family_mismatch(loras, cfg, tmp_path):
+    from castlab.models.diffusion import base_model_source, load_base_pipeline
+
+    source = base_model_source(cfg, "sdxl-tiny")
+    pipe, version = load_base_pipeline(cfg, source=source)
+    path = random_lora(pipe, tmp_path / "castlab_xl.safetensors", loras, seed=3, steps=5, scale=0.5)
+    register_lora({"name": "castlab_xl", "character": "style", "trigger": "xlsty", "class_word": "style",
+                   "base_model": version, "arch": "sdxl", "file": str(path), "metrics": {}, "chosen_by": "castlab",
+                   "evaluation": str(tmp_path), "type": "style", "base_model_source": source}, cfg)
+    line = [parse_line("a disc --d 4")]
+    plain = generate(line, [], tmp_path / "plain", cfg, base=source, check=False)
+    styled = generate(line, [("castlab_xl", 1.0)], tmp_path / "xl", cfg)  # the base comes from the LoRA's entry
+    assert styled["base_model"] == version and styled["images"][0]["job"]["prompt"] == "xlsty style, a disc"
+    a, b = (pixels(Path(r["out_dir"]) / r["images"][0]["file"]) for r in (plain, styled))
+    assert np.abs(a - b).mean() > 1.0
+    with pytest.raises(InputError, match="was trained for sd15, the base model is sdxl"):
+        generate(line, [("castlab_zorvik", 1.0)], tmp_path / "mix", cfg, base=source)
+    from castlab.evaluate.registry import edit_lora
+
+    edit_lora("castlab_xl", remove=True)  # the module's registry as the other tests know it
