@@ -325,6 +325,8 @@ class GenerationSettings(Section):
     batch_size: int = Field(ge=1)  # images per pipeline call
     cpu_offload: bool  # sequential CPU offload: the least GPU memory, the slowest
     consistency: ConsistencySettings
+    control_scale: float = Field(ge=0)  # ControlNet conditioning scale (--control-scale)
+    canny: list[int] = Field(min_length=2, max_length=2)  # OpenCV Canny thresholds (low, high) of canny conditioning
 
     @model_validator(mode="after")
     def _known_preset(self) -> GenerationSettings:
@@ -495,6 +497,21 @@ class PoseModel(Section):
     device: str = "auto"  # auto: cuda when available, else cpu (the tiny profile runs on cpu)
 
 
+class ControlNetModels(Section):
+    """ControlNet weights per kind for one base family: hub ids or folders (full); the tiny profile builds them."""
+
+    pose: str | None = None
+    depth: str | None = None
+    canny: str | None = None
+
+
+class ControlNetSettings(Section):
+    arch: str | None = None  # tiny: the tiny ControlNet recipe (from the tiny base UNet, seeded random weights)
+    sd15: ControlNetModels = ControlNetModels()
+    sdxl: ControlNetModels = ControlNetModels()
+    local_files_only: bool = True
+
+
 class ProfileModels(Section):
     image_encoder: ImageEncoderModel
     segmenter: SegmenterModel
@@ -504,6 +521,8 @@ class ProfileModels(Section):
     base_model: BaseModelSettings
     safety: SafetyModel
     pose: PoseModel
+    depth: PoseModel  # the same shape: tiny arch, or a transformers depth-estimation model by hub id or folder
+    controlnet: ControlNetSettings
 
 
 class ModelsSettings(Section):

@@ -234,7 +234,8 @@ def cmd_generate(args: argparse.Namespace) -> Any:
 
     return _run_flow(generate, cfg, loras=args.lora, prompt=args.prompt, prompt_file=args.prompt_file,
                      out_dir=args.out, base=args.base, quality=args.quality, images=args.images, seed=args.seed,
-                     check=not args.no_check, device=args.device, force=args.force, **_flow_kwargs(args))
+                     check=not args.no_check, control=args.control, control_scale=args.control_scale,
+                     device=args.device, force=args.force, **_flow_kwargs(args))
 
 
 def cmd_loras(args: argparse.Namespace) -> Any:
@@ -463,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=1, help="images per prompt (seeds counting up)")
     p.add_argument("--seed", type=int, help="first seed (default: the config's seed)")
     p.add_argument("--no-check", action="store_true", help="skip the consistency check of character LoRAs")
+    p.add_argument("--control", metavar="KIND=IMAGE", help="ControlNet condition: pose (a skeleton image, or a "
+                                                          "frame whose pose is detected), depth or canny")
+    p.add_argument("--control-scale", type=float, help="ControlNet conditioning scale (default "
+                                                       "generation.control_scale)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", help="output folder (default: a new generate run folder)")
     p.add_argument("--force", action="store_true", help="generate into a non-empty output folder")

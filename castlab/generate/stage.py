@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from castlab.config import Config
 from castlab.errors import InputError
+from castlab.generate.control import Control, condition
 from castlab.generate.loras import (
     LoraUse,
     apply_loras,
@@ -114,12 +115,18 @@ def base_source(uses: list[LoraUse], base: str | None) -> str | None:
 
 
 class Generator:
-    """A loaded base model with its LoRAs, making images for jobs (schedulers made once per sampler)."""
+    """A loaded base model with its LoRAs (and a ControlNet), making images for jobs (schedulers made once per
+    sampler)."""
 
-    def __init__(self, pipe: Any, base_version: str, uses: list[LoraUse], cfg: Config, device: str) -> None:
+    def __init__(self, pipe: Any, base_version: str, uses: list[LoraUse], cfg: Config, device: str,
+                 control: Control | None = None) -> None:
         self.pipe, self.base_version, self.uses, self.cfg, self.device = pipe, base_version, uses, cfg, device
         self._schedulers: dict[str, Any] = {}
         self.clip_skip = int(cfg.training.clip_skip)
+        self.control, self.control_pipe, self.control_version = control, None, None
+        self._control_models: dict[str, Any] = {}
+        if control is not None:
+            self.control_pipe, self.control_version = control_pipeline(pipe, control.kind, cfg)
 
     @torch.no_grad()
     def make(self, jobs: list[Job]) -> list[Image.Image]:
@@ -132,9 +139,15 @@ class Generator:
         self.pipe.scheduler = self._schedulers[first.sampler]
         conditioning = prompt_conditioning(self.pipe, [j.prompt for j in jobs], [j.negative_prompt for j in jobs],
                                            self.clip_skip)
-        return self.pipe(**conditioning, width=first.width, height=first.height, num_inference_steps=first.steps,
-                         guidance_scale=first.guidance_scale,
-                         generator=[torch.Generator(device="cpu").manual_seed(j.seed) for j in jobs]).images
+        pipe, extra = self.pipe, {}
+        if self.control is not None:
+            image = condition(self.control, (first.width, first.height), self.cfg, self._control_models)
+            pipe, extra = self.control_pipe, {"image": [image] * len(jobs),
+                                              "controlnet_conditioning_scale": self.control.scale}
+            pipe.scheduler = self.pipe.scheduler
+        return pipe(**conditioning, **extra, width=first.width, height=first.height, num_inference_steps=first.steps,
+                    guidance_scale=first.guidance_scale,
+                    generator=[torch.Generator(device="cpu").manual_seed(j.seed) for j in jobs]).images
 
     def parameters(self, job: Job) -> str:
         """The A1111 parameters text of a job's image."""
@@ -144,8 +157,24 @@ class Generator:
             "CFG scale": job.guidance_scale, "Seed": job.seed, "Size": f"{job.width}x{job.height}",
             "Model": self.base_version, "Clip skip": self.clip_skip if self.clip_skip > 1 else None,
             "Lora hashes": ", ".join(f"{n}: {h}" for n, h in loras.items()) or None,
+            "ControlNet": (f"{self.control.kind} {self.control.reference.name} scale {self.control.scale:g} "
+                           f"model {self.control_version}") if self.control is not None else None,
             "Version": f"castlab{tiny_stamp(self.cfg.profile).replace(' ', '-')}",
         })
+
+
+def control_pipeline(pipe: Any, kind: str, cfg: Config) -> tuple[Any, str]:
+    """The ControlNet pipeline sharing `pipe`'s components (its LoRA adapters too) with the `kind` ControlNet."""
+    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+
+    from castlab.models.controlnet import load_controlnet
+    from castlab.models.diffusion import is_sdxl
+
+    model, version = load_controlnet(cfg, kind, pipe)
+    cls = StableDiffusionXLControlNetPipeline if is_sdxl(pipe) else StableDiffusionControlNetPipeline
+    control = cls.from_pipe(pipe, controlnet=model)
+    control.set_progress_bar_config(disable=True)
+    return control, version
 
 
 def with_lora_tags(prompt: str, uses: list[LoraUse]) -> str:
@@ -221,6 +250,10 @@ def summary_markdown(report: dict[str, Any]) -> str:
                   f"{counts['flagged']} flagged off-model after {report['consistency']['retries']} retries.", ""]
     else:
         lines += ["No consistency check (no character LoRA in use, or --no-check).", ""]
+    if report.get("control"):
+        control = report["control"]
+        lines += [f"ControlNet {control['kind']} from `{control['reference']}` at scale {control['scale']:g} "
+                  f"({control['how']}; {control['model']}).", ""]
     for note in report["notes"]:
         lines.append(f"- note: {note}")
     for bad in report["bad_lines"]:
@@ -232,7 +265,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
 def generate(lines: list[PromptLine], loras: list[tuple[str, float]], out_dir: Path, cfg: Config, *,
              bad_lines: list[BadLine] | None = None, base: str | None = None, preset: str | None = None,
              images: int = 1, seed: int | None = None, device: str = "cpu", check: bool = True,
-             force: bool = False) -> dict[str, Any]:
+             force: bool = False, control: Control | None = None) -> dict[str, Any]:
     """Generate (module docstring); the report (also ``generation.json``)."""
     from castlab.evaluate.registry import read_registry
     from castlab.generate.consistency import ConsistencyCheck
@@ -257,7 +290,7 @@ def generate(lines: list[PromptLine], loras: list[tuple[str, float]], out_dir: P
     retries = int(cfg.generation.consistency.retries) if checker is not None else 0
     first_seed = int(cfg.seed if seed is None else seed)
     jobs = plan_jobs(lines, uses, cfg, preset, int(images), first_seed, training_resolution(cfg))
-    generator = Generator(pipe, version, uses, cfg, device)
+    generator = Generator(pipe, version, uses, cfg, device, control)
     records = run_jobs(generator, jobs, out_dir, checker, retries)
     contact_sheet(records, out_dir).save(out_dir / "contact_sheet.png")
     report = {
@@ -266,6 +299,9 @@ def generate(lines: list[PromptLine], loras: list[tuple[str, float]], out_dir: P
                    "trigger": u.entry["trigger"], "file": u.entry["file"],
                    "file_hash": u.entry.get("file_hash") or short_hash(Path(u.entry["file"]))} for u in uses],
         "notes": other_bases(uses, version),
+        "control": None if control is None else {"kind": control.kind, "reference": str(control.reference),
+                                                 "scale": control.scale, "model": generator.control_version,
+                                                 "how": control.how},
         "consistency": None if checker is None else {"threshold": checker.threshold, "retries": retries},
         "counts": {"prompts": len(lines), "images": len(records),
                    "passed_first_time": sum(r.get("passed_first_time", False) for r in records),

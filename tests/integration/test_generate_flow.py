@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from lora_checkpoints import character_datasets, random_lora
+from PIL import Image
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +37,18 @@ def test_generate_flow_with_a_registered_lora(prefect_runtime, workspace, monkey
                         " size_scale: 1.0}\n")
     prompts = workspace / "prompts.txt"
     prompts.write_text("zorvik disc on a beach --d 3\nzorvik disc at night --w nope\na disc in snow --s 2\n")
+    reference = workspace / "reference.png"
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(reference)
     code = main(["generate", "--lora", "castlab_zorvik:0.8", "--prompt-file", str(prompts), "--quality", "draft",
-                 "--images", "2", "--out", str(workspace / "gen"), "--config", str(settings), "--profile", "tiny"])
+                 "--images", "2", "--out", str(workspace / "gen"), "--config", str(settings), "--profile", "tiny",
+                 "--control", f"depth={reference}", "--control-scale", "0.5"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["counts"]["images"] == 4 and result["counts"]["passed_first_time"] == 4
     assert [b["source"].rsplit(":", 1)[-1] for b in result["bad_lines"]] == ["2"]
     assert len(list((workspace / "gen" / "images").glob("*.png"))) == 4
+    assert result["control"]["kind"] == "depth" and result["control"]["scale"] == 0.5
+    assert result["control"]["how"].startswith("tiny-dpt")
 
     async def artifact_keys() -> set[str]:
         async with get_client() as client:

@@ -205,3 +205,69 @@ def test_sdxl_base_with_an_sdxl_lora_and_a_family_mismatch(loras, cfg, tmp_path)
     from castlab.evaluate.registry import edit_lora
 
     edit_lora("castlab_xl", remove=True)  # the module's registry as the other tests know it
+
+
+@pytest.mark.parametrize("kind", ["canny", "depth", "pose"])
+def test_controlnet_conditions_and_scale_zero_is_none(kind, loras, cfg, tmp_path):
+    from castlab.generate.control import parse_control
+
+    reference = tmp_path / "reference.png"
+    yy, xx = np.mgrid[:96, :96]
+    ring = (np.abs(np.hypot(xx - 48, yy - 48) - 30) < 4)[..., None]
+    Image.fromarray(np.where(ring, (230, 40, 40), (120, 120, 120)).astype(np.uint8)).save(reference)
+    line = [parse_line("zorvik disc --d 8")]
+    made = {}
+    for label, scale in (("none", None), ("zero", 0.0), ("full", 1.0)):
+        control = None if scale is None else parse_control(f"{kind}={reference}", scale)
+        report = generate(line, [("castlab_zorvik", 1.0)], tmp_path / label, cfg, check=False, control=control)
+        made[label] = pixels(Path(report["out_dir"]) / report["images"][0]["file"])
+        if control is not None:
+            assert report["control"]["model"].startswith(f"tiny-controlnet-{kind}-sd15")
+            params = read_parameters(Path(report["out_dir"]) / report["images"][0]["file"])
+            assert params["ControlNet"].startswith(f"{kind} reference.png scale {scale:g}")
+    assert np.abs(made["zero"] - made["none"]).max() <= 1.0  # scale 0: as if there were no ControlNet
+    assert np.abs(made["full"] - made["none"]).mean() > 1.0  # the condition changes the image
+
+
+def test_pose_skeleton_images_are_used_as_they_are(cfg, tmp_path):
+    from castlab.generate.control import Control, condition, is_skeleton
+    from castlab.pose.skeleton import draw_skeleton
+
+    keypoints = np.zeros((17, 3), np.float32)
+    keypoints[:, :2] = np.stack([np.linspace(20, 60, 17), np.linspace(10, 90, 17)], axis=1)
+    keypoints[:, 2] = 1.0
+    skeleton = Image.fromarray(draw_skeleton(keypoints, (80, 100), 0.3))
+    skeleton.save(tmp_path / "skeleton.png")
+    assert is_skeleton(skeleton) and not is_skeleton(Image.new("RGB", (80, 100), (120, 120, 120)))
+    control = Control("pose", tmp_path / "skeleton.png", 1.0)
+    made = condition(control, (80, 100), cfg, {})
+    assert control.how == "skeleton image" and np.array_equal(np.asarray(made), np.asarray(skeleton))
+
+
+def test_a_controlnet_of_the_other_family_is_refused(loras, cfg):
+    from castlab.models.controlnet import check_controlnet, load_controlnet
+    from castlab.models.diffusion import base_model_source, load_base_pipeline
+
+    sd15, _ = load_base_pipeline(cfg)
+    sdxl, _ = load_base_pipeline(cfg, source=base_model_source(cfg, "sdxl-tiny"))
+    model, _ = load_controlnet(cfg, "canny", sd15)
+    with pytest.raises(InputError, match="is a ControlNet for another base family .* the base model is sdxl"):
+        check_controlnet(model, sdxl, "sd15-canny")
+    with pytest.raises(InputError, match="is not a ControlNet kind"):
+        load_controlnet(cfg, "normal", sd15)
+
+
+def test_sdxl_controlnet(cfg, tmp_path, models_workspace):
+    from castlab.generate.control import parse_control
+    from castlab.models.diffusion import base_model_source
+
+    source = base_model_source(cfg, "sdxl-tiny")
+    reference = tmp_path / "edges.png"
+    Image.fromarray(np.kron(np.eye(4, dtype=np.uint8) * 255, np.ones((24, 24), np.uint8))).save(reference)
+    line = [parse_line("a disc --d 2")]
+    plain = generate(line, [], tmp_path / "plain", cfg, base=source, check=False)
+    canny = generate(line, [], tmp_path / "canny", cfg, base=source, check=False,
+                     control=parse_control(f"canny={reference}", 1.0))
+    assert canny["control"]["model"].startswith("tiny-controlnet-canny-sdxl")
+    a, b = (pixels(Path(r["out_dir"]) / r["images"][0]["file"]) for r in (plain, canny))
+    assert np.abs(a - b).mean() > 1.0
