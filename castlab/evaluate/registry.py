@@ -21,6 +21,7 @@ tools read it. Layout::
       dataset: /abs/path/datasets/.../Bunny   # its castlab dataset: the references of the consistency check
       file_hash: 0a1b2c3d4e5f     # the file's SHA-256, first 12 hex digits (AUTOMATIC1111's short hash)
       base_model_source: <the base model it was trained from: folder, hub id or checkpoint file>
+      base_model_hash: 1a2b3c4d5e6f   # a single-file checkpoint's short hash (null for a folder or hub id)
       # optional: checkpoint, step, weight, agreement (and type, dataset, file_hash, base_model_source: entries
       # written before they existed lack them)
 
@@ -49,7 +50,7 @@ CHOSEN_BY = ("castlab", "reviewers")
 REQUIRED = ("name", "character", "trigger", "class_word", "base_model", "arch", "file", "metrics", "chosen_by",
             "evaluation")
 OPTIONAL = ("checkpoint", "step", "weight", "agreement", "profile", "updated", "type", "dataset", "file_hash",
-            "base_model_source")
+            "base_model_source", "base_model_hash")
 _HEADER = "# castlab LoRA registry: one entry per name, written by castlab (evaluate, review-sync)\n"
 
 

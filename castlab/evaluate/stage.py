@@ -430,6 +430,13 @@ def _remove_scoring(out_dir: Path, files: list[str]) -> None:
         (out_dir / SCORING_DIR).rmdir()
 
 
+def base_model_hash(source: str | None) -> str | None:
+    """The short SHA-256 of a single-file base checkpoint (AUTOMATIC1111's model hash); None for a diffusers folder
+    or hub id (their version string names them)."""
+    path = Path(str(source or "")).expanduser()
+    return short_hash(path) if path.suffix in (".safetensors", ".ckpt") and path.is_file() else None
+
+
 def registry_entry(report: dict[str, Any], name: str, chosen_by: str, agreement: dict[str, Any] | None = None
                    ) -> dict[str, Any]:
     """The LoRA registry entry (castlab/evaluate/registry.py) of checkpoint `name` of an evaluation report."""
@@ -444,7 +451,8 @@ def registry_entry(report: dict[str, Any], name: str, chosen_by: str, agreement:
              "checkpoint": name, "step": checkpoint["step"], "weight": report["ranking"].get("weight"),
              "type": report.get("dataset_type", "character"), "dataset": report.get("dataset"),
              "file_hash": short_hash(Path(checkpoint["file"])),
-             "base_model_source": checkpoint.get("base_model")}
+             "base_model_source": checkpoint.get("base_model"),
+             "base_model_hash": base_model_hash(checkpoint.get("base_model"))}
     if agreement is not None:
         entry["agreement"] = agreement
     return entry

@@ -123,6 +123,7 @@ class Generator:
         self.pipe, self.base_version, self.uses, self.cfg, self.device = pipe, base_version, uses, cfg, device
         self._schedulers: dict[str, Any] = {}
         self.clip_skip = int(cfg.training.clip_skip)
+        self.base_hash = next((u.entry.get("base_model_hash") for u in uses if u.entry.get("base_model_hash")), None)
         self.control, self.control_pipe, self.control_version = control, None, None
         self._control_models: dict[str, Any] = {}
         if control is not None:
@@ -155,7 +156,8 @@ class Generator:
         return parameters_text(with_lora_tags(job.prompt, self.uses), job.negative_prompt, {
             "Steps": job.steps, "Sampler": A1111_NAMES.get(job.sampler, job.sampler),
             "CFG scale": job.guidance_scale, "Seed": job.seed, "Size": f"{job.width}x{job.height}",
-            "Model": self.base_version, "Clip skip": self.clip_skip if self.clip_skip > 1 else None,
+            "Model hash": self.base_hash, "Model": self.base_version,
+            "Clip skip": self.clip_skip if self.clip_skip > 1 else None,
             "Lora hashes": ", ".join(f"{n}: {h}" for n, h in loras.items()) or None,
             "ControlNet": (f"{self.control.kind} {self.control.reference.name} scale {self.control.scale:g} "
                            f"model {self.control_version}") if self.control is not None else None,
@@ -311,4 +313,14 @@ def generate(lines: list[PromptLine], loras: list[tuple[str, float]], out_dir: P
     }
     write_json_atomic(out_dir / "generation.json", report)
     write_text_atomic(out_dir / "generation.md", summary_markdown(report))
+    release(device)
     return report
+
+
+def release(device: str) -> None:
+    """Give the memory of the models just used back (one base model per run: the next run may load another)."""
+    import gc
+
+    gc.collect()
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()

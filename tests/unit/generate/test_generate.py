@@ -151,6 +151,15 @@ def test_bad_input_is_named(loras, cfg, tmp_path):
         generate([parse_line("x")], [], tmp_path / "b", cfg, preset="ultra")
     with pytest.raises(ValueError, match=r"--d needs a int, got 'soon'"):
         parse_line("x --d soon")
+    from castlab.evaluate.registry import edit_lora, read_registry
+
+    twin = {**read_registry()["castlab_glossy"], "name": "castlab_twin", "trigger": "zorvik"}
+    register_lora(twin, cfg)
+    try:
+        with pytest.raises(InputError, match="castlab_twin: has the trigger 'zorvik' of 'castlab_zorvik'"):
+            generate([parse_line("x")], [("castlab_zorvik", 1.0), ("castlab_twin", 0.5)], tmp_path / "d", cfg)
+    finally:
+        edit_lora("castlab_twin", remove=True)
     generate([parse_line("x")], [], tmp_path / "c", cfg, check=False)
     with pytest.raises(InputError, match="not empty"):
         generate([parse_line("x")], [], tmp_path / "c", cfg, check=False)
