@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +76,23 @@ def read_jsonl(path: Path) -> list[Any]:
             except ValueError as exc:
                 raise InputError(path, f"line {number} is not JSON ({exc})") from exc
     return values
+
+
+def prepare_output_dir(out_dir: Path, outputs: tuple[str, ...], force: bool, what: str, again: str) -> None:
+    """An empty `out_dir` (created); a non-empty one only with `force`, and then only the `outputs` castlab writes
+    there are removed, nothing else. InputError: "<what> folder is not empty (pass --force to <again>)"."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise InputError(out_dir, f"{what} folder is not empty (pass --force to {again})")
+        for name in outputs:
+            target = out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def short_hash(path: Path, length: int = 12) -> str:

@@ -42,7 +42,7 @@ from castlab.layers import safe_name
 from castlab.manifest import row_text
 from castlab.models.tokenizers import count_clip_tokens
 from castlab.rows import chunked
-from castlab.workspace import atomic_path, write_json_atomic, write_text_atomic
+from castlab.workspace import atomic_path, prepare_output_dir, write_json_atomic, write_text_atomic
 
 FORMAT = "castlab-dataset/1"
 OUTPUTS = ("images", "captions", "conditioning", "kohya", "metadata.json", "dataset_config.toml", "training.toml",
@@ -199,18 +199,7 @@ def process(rows: list[dict[str, Any]], cfg: Config, models: Any, *, layout: Lay
     return entries, rejected
 def prepare_out_dir(out_dir: Path, force: bool) -> None:
     """An empty `out_dir`; a non-empty one only with `force` (then castlab's outputs in it are removed)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not force:
-            raise InputError(out_dir, "dataset folder is not empty (pass --force to rebuild it)")
-        for name in OUTPUTS:
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out_dir, OUTPUTS, force, "dataset", "rebuild it")
 
 
 def rank_candidates(candidates: list[dict[str, Any]], cfg: Config, resolution: int,

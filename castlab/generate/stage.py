@@ -19,7 +19,6 @@ Output contract (``out_dir``)::
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from castlab.generate.pngmeta import parameters_text, save_with_parameters
 from castlab.generate.prompts import BadLine, PromptLine
 from castlab.generate.samplers import A1111_NAMES, scheduler_for
 from castlab.pictures import Grid, thumbnail, tiny_stamp
-from castlab.workspace import short_hash, write_json_atomic, write_text_atomic
+from castlab.workspace import prepare_output_dir, short_hash, write_json_atomic, write_text_atomic
 
 OUTPUTS = ("images", "rejected", "generation.json", "contact_sheet.png", "generation.md")
 SIZE_STEP = 8  # image sides are multiples of this (the VAE's downscale)
@@ -93,16 +92,8 @@ def plan_jobs(lines: list[PromptLine], uses: list[LoraUse], cfg: Config, preset:
 
 
 def prepare_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not force:
-            raise InputError(out_dir, "generation folder is not empty (pass --force to generate into it again)")
-        for name in OUTPUTS:
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out_dir, OUTPUTS, force, "generation", "generate into it again")
+    (out_dir / "images").mkdir(exist_ok=True)
 
 
 def base_source(uses: list[LoraUse], base: str | None) -> str | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from PIL import Image
 
 from castlab.config import Config
 from castlab.errors import ConfigError
+from castlab.models.pretrained import ProcessorModel
 
 TINY_ARCH = "tiny-dpt"
 TINY_CONFIG = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
@@ -28,14 +28,8 @@ TINY_CONFIG = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads":
                "neck_hidden_sizes": [8, 16, 32, 32], "fusion_hidden_size": 16, "reassemble_factors": [4, 2, 1, 0.5]}
 
 
-class DepthEstimator:
+class DepthEstimator(ProcessorModel):
     """A depth model with its image processor."""
-
-    def __init__(self, model: Any, processor: Any, model_version: str, device: str) -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.model_version = model_version
-        self.device = device
 
     @torch.no_grad()
     def depth_map(self, image: Image.Image) -> Image.Image:

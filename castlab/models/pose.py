@@ -21,7 +21,7 @@ import torch
 
 from castlab.config import Config
 from castlab.errors import ConfigError
-from castlab.models.pretrained import role_device
+from castlab.models.pretrained import ProcessorModel, role_device
 
 TINY_ARCH = "tiny-vitpose"
 TINY_SIZE = (64, 48)  # height, width: ViTPose's 4:3 person box
@@ -30,14 +30,8 @@ TINY_BACKBONE = {"image_size": list(TINY_SIZE), "patch_size": [16, 16], "hidden_
 KEYPOINTS = 17
 
 
-class PoseEstimator:
+class PoseEstimator(ProcessorModel):
     """ViTPose with its image processor; :meth:`keypoints` per box of an image."""
-
-    def __init__(self, model: Any, processor: Any, model_version: str, device: str) -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.model_version = model_version
-        self.device = device
 
     @torch.no_grad()
     def keypoints(self, image: Any, boxes: list[tuple[float, float, float, float]]) -> list[np.ndarray]:

@@ -48,6 +48,16 @@ class Pretrained:
         return lead + self.name.replace("/", "--") + (f"@{ref}" if ref else "")
 
 
+class ProcessorModel:
+    """A transformers model (in eval mode) with its processor, model version and device."""
+
+    def __init__(self, model: Any, processor: Any, model_version: str, device: str) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.model_version = model_version
+        self.device = device
+
+
 def pretrained(cfg: Config, role: str, hint: str) -> Pretrained:
     """The role's source; ConfigError naming the setting when ``model`` is not set (`hint`: what to set it to)."""
     prefix = f"models.{cfg.profile}.{role}"
