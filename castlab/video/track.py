@@ -14,6 +14,7 @@ with those three methods; frames come from a callback, so a window's frames are 
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,8 @@ def track_objects(predictor: Any, frames_of: Callable[[int, int], list[np.ndarra
         raise InputError(f"frame {seed_frame}", "has no object to track")
     track = Track()
     carried: dict[bool, dict[int, np.ndarray]] = {False: dict(seeds), True: dict(seeds)}
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")  # hole filling needs sam2's C ext
         for window in plan_windows(seed_frame, first, last, max_frames):
             current = {k: v for k, v in carried[window.reverse].items() if v.any()}
             if not current:
