@@ -304,6 +304,7 @@ def generate(lines: list[PromptLine], loras: list[tuple[str, float]], out_dir: P
     }
     write_json_atomic(out_dir / "generation.json", report)
     write_text_atomic(out_dir / "generation.md", summary_markdown(report))
+    del generator, pipe, checker  # the last references to the models: release() can give their memory back
     release(device)
     return report
 
