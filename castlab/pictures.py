@@ -40,6 +40,16 @@ def save_png(image: Image.Image, path: Path) -> None:
         image.save(tmp, format="PNG")
 
 
+def fit_within(image: Image.Image, side: int, resample: int | None = None) -> Image.Image:
+    """`image` scaled down so its longer side is at most `side` (never enlarged); `resample`: PIL's filter
+    (default: PIL's own for the mode)."""
+    scale = side / max(image.size)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size) if resample is None else image.resize(size, resample)
+
+
 def thumbnail(
     path: Path | None,
     box: tuple[int, int],

@@ -56,6 +56,7 @@ from castlab.errors import ConfigError, InputError
 from castlab.identity.embed import square_on_background, view_balanced_sample
 from castlab.layers import media_path, open_rgba
 from castlab.manifest import Manifest, row_text
+from castlab.pictures import fit_within
 from castlab.rows import chunked
 from castlab.workspace import read_jsonl, write_json_atomic, write_text_atomic
 
@@ -118,7 +119,7 @@ def caption_image(crop: Image.Image, background: tuple[int, int, int], max_side:
     if min(crop.size) < 2 or crop.getchannel("A").getextrema()[1] == 0:
         raise InputError(where, f"instance crop is empty ({crop.width}x{crop.height}, no visible pixel)")
     square = square_on_background(crop, background)
-    return _fit(square, max_side) if max_side else square
+    return fit_within(square, max_side) if max_side else square
 
 
 def base_record(row_id: str, identity: str | None, settings: CaptionSettings, model_version: str) -> dict[str, Any]:
@@ -435,7 +436,7 @@ def summarise_sequences(run_dir: Path, manifest: Manifest, captioner: Any, setti
             entries[key] = {"status": "video_error", "error": str(exc)}
             continue
         side = 448
-        items.append([_fit(Image.fromarray(f), side) for f in frames])
+        items.append([fit_within(Image.fromarray(f), side) for f in frames])
         keys.append(key)
         entries[key] = {"frames": [int(shot["start_frame"]) + p for p in picks]}
     texts = captioner.generate(items, SEQUENCE_PROMPT, SequenceSummary, settings.max_new_tokens,
@@ -448,9 +449,3 @@ def summarise_sequences(run_dir: Path, manifest: Manifest, captioner: Any, setti
     write_json_atomic(Path(run_dir) / CAPTIONS_DIR / SEQUENCES_NAME, {"shots": entries})
     return {"shots": len(entries), "ok": sum(1 for e in entries.values() if e.get("status") == "ok")}
 
-
-def _fit(image: Image.Image, side: int) -> Image.Image:
-    scale = side / max(image.size)
-    if scale >= 1:
-        return image
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))

@@ -94,6 +94,7 @@ class Recipe:
     source: Callable[[dict[str, Any]], str]  # where the caption comes from: reviewed | predicted | template
     entry: Callable[[dict[str, Any]], dict[str, Any]]  # metadata.json fields of the row's image beyond the common
     min_quality: float
+    min_quality_setting: str  # where min_quality comes from, named in the rejections
     target_min: int
     target_max: int
     key: str = "view"  # the row field the selection balances
@@ -112,7 +113,8 @@ def character_recipe(name: str, cfg: Config) -> Recipe:
     return Recipe(
         name=name, trigger=character_trigger(name, cfg), image=dataset_image, quality=measure_quality,
         caption=build_caption, source=caption_source, entry=character_entry,
-        min_quality=float(cfg.dataset.min_quality), target_min=int(cfg.dataset.target_size_min),
+        min_quality=float(cfg.dataset.min_quality), min_quality_setting="dataset.min_quality",
+        target_min=int(cfg.dataset.target_size_min),
         target_max=int(cfg.dataset.target_size_max),
         shares={str(k): float(v) for k, v in dict(cfg.dataset.view_quotas).items()},
         metadata={"type": "character", "character": name},
@@ -131,10 +133,6 @@ class Layout:
     resolution: int  # image size target: about resolution² pixels
     min_side: int  # an image with a shorter side is rejected (sd-scripts would give it a zero-size bucket)
 
-    @property
-    def trigger(self) -> Trigger:
-        return self.recipe.trigger
-
 
 def _unique_names(rows: list[dict[str, Any]]) -> dict[str, str]:
     names: dict[str, str] = {}
@@ -150,8 +148,7 @@ def _unique_names(rows: list[dict[str, Any]]) -> dict[str, str]:
     return names
 
 
-def link_file(source: Path, target: Path) -> None:
-    """A hard link of `source` at `target` (a copy where the file system refuses links)."""
+def _link(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:
@@ -185,8 +182,8 @@ def process(rows: list[dict[str, Any]], cfg: Config, models: Any, *, layout: Lay
         caption_path = layout.out_dir / "captions" / f"{name}.txt"
         write_text_atomic(caption_path, caption + "\n")
         if split == "train":
-            link_file(image_path, layout.kohya_dir / f"{name}.png")
-            link_file(caption_path, layout.kohya_dir / f"{name}.txt")
+            _link(image_path, layout.kohya_dir / f"{name}.png")
+            _link(caption_path, layout.kohya_dir / f"{name}.txt")
         entries.append({
             "name": name, "image": f"images/{name}.png", "caption_file": f"captions/{name}.txt",
             "caption": caption, "caption_tokens": count_clip_tokens(caption), "caption_source": recipe.source(row),
@@ -197,21 +194,22 @@ def process(rows: list[dict[str, Any]], cfg: Config, models: Any, *, layout: Lay
             **(recipe.extra(row, layout.out_dir, name, built) if recipe.extra else {}),
         })
     return entries, rejected
+
+
 def prepare_out_dir(out_dir: Path, force: bool) -> None:
     """An empty `out_dir`; a non-empty one only with `force` (then castlab's outputs in it are removed)."""
     prepare_output_dir(out_dir, OUTPUTS, force, "dataset", "rebuild it")
 
 
-def rank_candidates(candidates: list[dict[str, Any]], cfg: Config, resolution: int,
-                    recipe: Recipe | None = None) -> tuple[list[dict], list[dict]]:
+def rank_candidates(candidates: list[dict[str, Any]], cfg: Config, resolution: int, recipe: Recipe
+                    ) -> tuple[list[dict], list[dict]]:
     """(candidates with ``quality``, rejections: missing/unreadable image, low quality, flagged caption)."""
     kept, rejected = [], []
-    measure = recipe.quality if recipe else measure_quality
-    floor = recipe.min_quality if recipe else float(cfg.dataset.min_quality)
+    floor = recipe.min_quality
     for row in tqdm(candidates, desc="dataset quality", unit="crop", disable=len(candidates) < 50):
         row = {**row, "shot_key": shot_key(row)}
         try:
-            quality = measure(row, cfg, resolution)
+            quality = recipe.quality(row, cfg, resolution)
         except InputError as exc:
             rejected.append(rejection(row, "missing_file", str(exc)))
             continue
@@ -219,7 +217,7 @@ def rank_candidates(candidates: list[dict[str, Any]], cfg: Config, resolution: i
         if quality.score < floor:
             code = "caption_flagged" if quality.flagged and quality.score / float(cfg.dataset.caption_flag_penalty) \
                 >= floor else "low_quality"
-            rejected.append(rejection(row, code, f"{quality.describe()} < minimum quality {floor}"))
+            rejected.append(rejection(row, code, f"{quality.describe()} < {recipe.min_quality_setting} {floor}"))
             continue
         kept.append(row)
     return kept, rejected

@@ -74,6 +74,13 @@ def dataset_image(row: dict[str, Any], cfg: Config, resolution: int) -> DatasetI
     else:
         region = [0, 0, crop.width, crop.height]
         rgb, alpha = crop.convert("RGB"), crop.getchannel("A")
+    image, scale = scaled_rgba(rgb, alpha, cfg, resolution)
+    return DatasetImage(image, region, scale, context)
+
+
+def scaled_rgba(rgb: Image.Image, alpha: Image.Image, cfg: Config, resolution: int) -> tuple[Image.Image, float]:
+    """(RGBA image, scale): `rgb` and its `alpha` scaled towards `resolution`² pixels, never enlarged more than
+    ``dataset.max_upscale``; under ``dataset.background: neutral`` the RGB composited on ``background_rgb``."""
     scale = min(float(cfg.dataset.max_upscale), resolution / math.sqrt(rgb.width * rgb.height))
     if abs(scale - 1.0) > 1e-3:  # RGB and alpha resized apart: the RGB under alpha 0 is real context
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
@@ -84,7 +91,7 @@ def dataset_image(row: dict[str, Any], cfg: Config, resolution: int) -> DatasetI
         rgb = Image.composite(rgb, flat, alpha)
     image = rgb.copy()
     image.putalpha(alpha)
-    return DatasetImage(image, region, round(scale, 4), context)
+    return image, round(scale, 4)
 
 
 @dataclass

@@ -197,8 +197,8 @@ def registry_problems(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, lis
         file = Path(str(entry["file"]))
         if not file.is_file():
             found.append(f"LoRA file {file} is missing")
-        elif entry.get("file_hash") and short_hash(file) != entry["file_hash"]:
-            found.append(f"LoRA file {file} changed since it was registered (hash {short_hash(file)}, registered "
+        elif entry.get("file_hash") and (now := short_hash(file)) != entry["file_hash"]:
+            found.append(f"LoRA file {file} changed since it was registered (hash {now}, registered "
                          f"{entry['file_hash']})")
         source = str(entry.get("base_model_source") or "")
         if source.startswith(("/", "~", ".")) and not Path(source).expanduser().exists():

@@ -440,7 +440,6 @@ def base_model_hash(source: str | None) -> str | None:
 def registry_entry(report: dict[str, Any], name: str, chosen_by: str, agreement: dict[str, Any] | None = None
                    ) -> dict[str, Any]:
     """The LoRA registry entry (castlab/evaluate/registry.py) of checkpoint `name` of an evaluation report."""
-
     checkpoint = next(c for c in report["checkpoints"] if c["name"] == name)
     row = report["ranking"]["checkpoints"][name]
     version = str(report["model_versions"]["base_model"])

@@ -44,7 +44,6 @@ def save_with_parameters(image: Image.Image, path: Path, text: str) -> Path:
     """Write `image` as a PNG at `path` (atomically) with `text` in its ``parameters`` chunk."""
     info = PngInfo()
     info.add_text(CHUNK, text)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
     return path

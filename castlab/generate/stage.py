@@ -115,6 +115,7 @@ class Generator:
         self._schedulers: dict[str, Any] = {}
         self.clip_skip = int(cfg.training.clip_skip)
         self.base_hash = next((u.entry.get("base_model_hash") for u in uses if u.entry.get("base_model_hash")), None)
+        self.lora_hashes = {u.name: u.entry.get("file_hash") or short_hash(Path(u.entry["file"])) for u in uses}
         self.control, self.control_pipe, self.control_version = control, None, None
         self._control_models: dict[str, Any] = {}
         if control is not None:
@@ -143,13 +144,12 @@ class Generator:
 
     def parameters(self, job: Job) -> str:
         """The A1111 parameters text of a job's image."""
-        loras = {u.name: u.entry.get("file_hash") or short_hash(Path(u.entry["file"])) for u in self.uses}
         return parameters_text(with_lora_tags(job.prompt, self.uses), job.negative_prompt, {
             "Steps": job.steps, "Sampler": A1111_NAMES.get(job.sampler, job.sampler),
             "CFG scale": job.guidance_scale, "Seed": job.seed, "Size": f"{job.width}x{job.height}",
             "Model hash": self.base_hash, "Model": self.base_version,
             "Clip skip": self.clip_skip if self.clip_skip > 1 else None,
-            "Lora hashes": ", ".join(f"{n}: {h}" for n, h in loras.items()) or None,
+            "Lora hashes": ", ".join(f"{n}: {h}" for n, h in self.lora_hashes.items()) or None,
             "ControlNet": (f"{self.control.kind} {self.control.reference.name} scale {self.control.scale:g} "
                            f"model {self.control_version}") if self.control is not None else None,
             "Version": f"castlab{tiny_stamp(self.cfg.profile).replace(' ', '-')}",
@@ -262,7 +262,7 @@ def generate(lines: list[PromptLine], loras: list[tuple[str, float]], out_dir: P
     """Generate (module docstring); the report (also ``generation.json``)."""
     from castlab.evaluate.registry import read_registry
     from castlab.generate.consistency import ConsistencyCheck
-    from castlab.models.diffusion import is_sdxl, load_base_pipeline, training_resolution
+    from castlab.models.diffusion import load_base_pipeline, pipeline_family, training_resolution
 
     out_dir = Path(out_dir).resolve()
     preset = preset or str(cfg.generation.preset)
@@ -275,7 +275,7 @@ def generate(lines: list[PromptLine], loras: list[tuple[str, float]], out_dir: P
     source = base_source([LoraUse(n, w, registry[n]) for n, w in loras if n in registry], base)
     prepare_out_dir(out_dir, force)
     pipe, version = load_base_pipeline(cfg, device, source)
-    uses = resolve_loras(list(loras), registry, "sdxl" if is_sdxl(pipe) else "sd15")
+    uses = resolve_loras(list(loras), registry, pipeline_family(pipe))
     apply_loras(pipe, uses)
     if cfg.generation.cpu_offload and str(device).startswith("cuda"):
         pipe.enable_sequential_cpu_offload()
@@ -290,7 +290,7 @@ def generate(lines: list[PromptLine], loras: list[tuple[str, float]], out_dir: P
         "profile": cfg.profile, "base_model": version, "base_source": source, "preset": preset,
         "loras": [{"name": u.name, "weight": u.weight, "type": u.entry.get("type", "character"),
                    "trigger": u.entry["trigger"], "file": u.entry["file"],
-                   "file_hash": u.entry.get("file_hash") or short_hash(Path(u.entry["file"]))} for u in uses],
+                   "file_hash": generator.lora_hashes[u.name]} for u in uses],
         "notes": other_bases(uses, version),
         "control": None if control is None else {"kind": control.kind, "reference": str(control.reference),
                                                  "scale": control.scale, "model": generator.control_version,

@@ -10,6 +10,7 @@ asked for it. :func:`in_run` is the test every "tasks of this run" filter uses.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -252,6 +253,11 @@ def push_tasks(
     keys = [str(item["data"][key_field]) for item in items]
     return PushResult({key: mapping[key] for key in keys}, [str(item["data"][key_field]) for item in new], joined,
                       left)
+
+
+def result_id(*parts: str) -> str:
+    """A stable id for a prediction's result region, from what identifies it (row, control, label)."""
+    return hashlib.sha1(":".join(parts).encode()).hexdigest()[:10]
 
 
 def refresh_predictions(ls: LabelStudio, project_id: int, tasks: list[dict[str, Any]], created: set[str],

@@ -18,16 +18,11 @@ import torch
 
 from castlab.config import Config
 from castlab.errors import ConfigError, InputError
+from castlab.models.diffusion import pipeline_family
 
 KINDS = ("pose", "depth", "canny")
 TINY_ARCH = "tiny-controlnet"
 _ZERO_CONVS = ("controlnet_down_blocks", "controlnet_mid_block")
-
-
-def _family(pipe: Any) -> str:
-    from castlab.models.diffusion import is_sdxl
-
-    return "sdxl" if is_sdxl(pipe) else "sd15"
 
 
 def _tiny(cfg: Config, kind: str, pipe: Any) -> tuple[Any, str]:
@@ -49,7 +44,7 @@ def _tiny(cfg: Config, kind: str, pipe: Any) -> tuple[Any, str]:
             if name.startswith(_ZERO_CONVS) and isinstance(module, torch.nn.Conv2d):
                 torch.nn.init.normal_(module.weight, std=0.05)
     check_controlnet(model, pipe, TINY_ARCH)
-    return model.to(pipe.unet.device, pipe.unet.dtype), f"{TINY_ARCH}-{kind}-{_family(pipe)}-s{seed}"
+    return model.to(pipe.unet.device, pipe.unet.dtype), f"{TINY_ARCH}-{kind}-{pipeline_family(pipe)}-s{seed}"
 
 
 def _full(cfg: Config, kind: str, pipe: Any) -> tuple[Any, str]:
@@ -57,7 +52,7 @@ def _full(cfg: Config, kind: str, pipe: Any) -> tuple[Any, str]:
 
     from castlab.models import hub_or_folder
 
-    family = _family(pipe)
+    family = pipeline_family(pipe)
     settings = cfg.model("controlnet")
     key = f"models.full.controlnet.{family}.{kind}"
     value = getattr(getattr(settings, family), kind)
@@ -82,7 +77,7 @@ def check_controlnet(model: Any, pipe: Any, name: str) -> None:
     same = (model.config.cross_attention_dim == unet.cross_attention_dim
             and model.config.addition_embed_type == unet.addition_embed_type)
     if not same:
-        family = _family(pipe)
+        family = pipeline_family(pipe)
         raise InputError(Path(name), f"is a ControlNet for another base family (cross-attention width "
                                      f"{model.config.cross_attention_dim}); the base model is {family} "
                                      f"({unet.cross_attention_dim})")

@@ -316,6 +316,11 @@ def is_sdxl(pipe: Any) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None
 
 
+def pipeline_family(pipe: Any) -> str:
+    """``sdxl`` or ``sd15``: the base family of a loaded pipeline (as LoRA registry entries name it)."""
+    return "sdxl" if is_sdxl(pipe) else "sd15"
+
+
 def encode_prompts(pipe: Any, prompts: list[str], clip_skip: int) -> torch.Tensor:
     """CLIP text-encoder hidden states for `prompts` with kohya's ``clip_skip`` (1 = last layer,
     2 = penultimate, ...; the final layer norm is applied as in kohya and diffusers).

@@ -26,7 +26,7 @@ from castlab.dataset.images import context_region
 from castlab.errors import InputError
 from castlab.layers import media_path, safe_name
 from castlab.manifest import Manifest, row_text
-from castlab.workspace import atomic_path
+from castlab.pictures import save_png
 
 FRAME_FIELDS = ("video_id", "video_path", "shot_id", "frame_index", "time_s", "split")
 
@@ -59,9 +59,7 @@ def crop_path(row: dict[str, Any], name: str) -> Path:
 
 
 def _save(image: Image.Image, path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+    save_png(image, path)
     return str(path)
 
 

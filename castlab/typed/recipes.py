@@ -13,7 +13,6 @@ A pose dataset also writes ``conditioning/<name>.png``: the OpenPose skeleton in
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,14 @@ from PIL import Image
 from castlab.config import Config
 from castlab.dataset.assemble import Recipe
 from castlab.dataset.candidates import run_label
-from castlab.dataset.images import DatasetImage
+from castlab.dataset.images import DatasetImage, scaled_rgba
 from castlab.dataset.selection import rejection
 from castlab.dataset.triggers import Trigger, derive_trigger
 from castlab.errors import InputError
-from castlab.layers import media_path
+from castlab.layers import media_path, open_rgba
+from castlab.pictures import save_png
 from castlab.typed.spec import dataset_type
 from castlab.typed.stage import labels_of, read_embeddings, read_records, reviewed_body, type_dir
-from castlab.workspace import atomic_path
 
 
 @dataclass(frozen=True)
@@ -76,21 +75,9 @@ def gather_typed(run_dirs: list[Path], name: str, cfg: Config) -> tuple[list[dic
 def type_image(row: dict[str, Any], cfg: Config, resolution: int) -> DatasetImage:
     """The record's whole image towards `resolution`² pixels (never enlarged past ``dataset.max_upscale``),
     opaque alpha (the whole image is learnt)."""
-    path = media_path(row.get("image"))
-    if path is None or not path.is_file():
-        raise InputError(path or row["row_id"], "image file is missing")
-    try:
-        with Image.open(path) as opened:
-            rgb = opened.convert("RGB")
-    except OSError as exc:
-        raise InputError(path, f"is not a readable image ({exc})") from exc
-    box = [0, 0, rgb.width, rgb.height]
-    scale = min(float(cfg.dataset.max_upscale), resolution / math.sqrt(rgb.width * rgb.height))
-    if abs(scale - 1.0) > 1e-3:
-        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
-                         Image.Resampling.LANCZOS)
-    rgba = rgb.convert("RGBA")
-    return DatasetImage(rgba, box, round(scale, 4), "whole image")
+    rgb = open_rgba(media_path(row.get("image")), "image").convert("RGB")
+    image, scale = scaled_rgba(rgb, Image.new("L", rgb.size, 255), cfg, resolution)
+    return DatasetImage(image, [0, 0, rgb.width, rgb.height], scale, "whole image")
 
 
 def type_recipe(name: str, cfg: Config) -> Recipe:
@@ -112,7 +99,8 @@ def type_recipe(name: str, cfg: Config) -> Recipe:
         name=name, trigger=type_trigger(name, cfg), image=type_image,
         quality=lambda row, cfg, resolution: ImageQuality(float(row.get("quality") or 0.0)),
         caption=caption, source=lambda row: reviewed_body(row, kind, cfg)[1], entry=entry,
-        min_quality=float(settings.min_quality), target_min=int(settings.target_size_min),
+        min_quality=float(settings.min_quality), min_quality_setting=f"types.{name}.min_quality",
+        target_min=int(settings.target_size_min),
         target_max=int(settings.target_size_max), key="label", shares={},
         extra=(lambda row, out, file, built: write_skeleton(row, out, file, built, float(cfg.pose.min_confidence)))
         if kind.keypoints else None,
@@ -130,8 +118,5 @@ def write_skeleton(row: dict[str, Any], out_dir: Path, name: str, built: Dataset
     if not keypoints:
         return {"conditioning": None}
     skeleton = draw_skeleton(np.asarray(keypoints, np.float32), built.image.size, min_confidence, scale=built.scale)
-    path = Path(out_dir) / "conditioning" / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        Image.fromarray(skeleton).save(tmp, format="PNG")
+    save_png(Image.fromarray(skeleton), Path(out_dir) / "conditioning" / f"{name}.png")
     return {"conditioning": f"conditioning/{name}.png"}

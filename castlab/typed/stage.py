@@ -36,8 +36,9 @@ from tqdm import tqdm
 from castlab.captions.schema import SchemaError, get_field, parse_fields
 from castlab.config import Config
 from castlab.errors import ConfigError, InputError
-from castlab.layers import media_path
+from castlab.layers import media_path, open_rgba
 from castlab.manifest import Manifest, row_text
+from castlab.pictures import fit_within
 from castlab.rows import chunked
 from castlab.typed.spec import DatasetType, dataset_type
 from castlab.workspace import read_jsonl, relative_to_workspace, write_json_atomic, write_text_atomic
@@ -163,22 +164,11 @@ def sharpness(image: Image.Image, cfg: Config) -> float:
 
 
 def _open(record: dict[str, Any]) -> Image.Image:
-    path = media_path(record["image"]) if record["image"] else None
-    if path is None or not path.is_file():
-        raise InputError(path or record["row_id"], "image file is missing")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as exc:
-        raise InputError(path, f"is not a readable image ({exc})") from exc
+    return open_rgba(media_path(record["image"]), f"{record['type']} image of {record['row_id']}").convert("RGB")
 
 
 def _thumb(image: Image.Image, side: int) -> Image.Image:
-    scale = side / max(image.size)
-    if scale >= 1:
-        return image
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                        Image.Resampling.LANCZOS)
+    return fit_within(image, side, Image.Resampling.LANCZOS)
 
 
 def _look(record: dict[str, Any], row: dict[str, Any], image: Image.Image, models: TypedModels, cfg: Config,

@@ -20,7 +20,6 @@ instance, and the reviewed/edited fields of ``captions.jsonl`` and the report. A
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +41,16 @@ CONTROLS = {"view": "view", "camera.shot_size": "shot_size", "camera.angle": "an
             "lighting.key": "key_light", "lighting.rim": "rim_light", "lighting.fill": "fill_light"}
 
 
-def _rid(*parts: str) -> str:
-    return hashlib.sha1(":".join(parts).encode()).hexdigest()[:10]
-
-
 def prediction_result(record: dict[str, Any]) -> list[dict[str, Any]]:
     """TextArea (the caption) + one Choices per closed-vocabulary field, as a Label Studio result."""
     row = str(record["row_id"])
-    result = [{"id": _rid(row, "caption"), "from_name": "caption", "to_name": "crop", "type": "textarea",
+    result = [{"id": client.result_id(row, "caption"), "from_name": "caption", "to_name": "crop", "type": "textarea",
                "value": {"text": [record["caption"]]}}]
     for path, control in CONTROLS.items():
         value = get_field(record["fields"], path)
         if value in CHOICE_FIELDS[path]:
-            result.append({"id": _rid(row, control), "from_name": control, "to_name": "crop", "type": "choices",
-                           "value": {"choices": [value]}})
+            result.append({"id": client.result_id(row, control), "from_name": control, "to_name": "crop",
+                           "type": "choices", "value": {"choices": [value]}})
     return result
 
 

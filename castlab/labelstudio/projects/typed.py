@@ -15,7 +15,6 @@ labels), ``edited`` and for a pose ``keypoints`` (as placed; the dataset's skele
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from castlab.labelstudio import client
 from castlab.layers import media_path
 from castlab.reviews.hooks import watch_project
 from castlab.typed.spec import DatasetType, control_name, dataset_type
-from castlab.typed.stage import read_records, summarise, type_dir, write_records
+from castlab.typed.stage import SUMMARY_NAME, read_records, summarise, type_dir, write_records
 from castlab.workspace import relative_to_workspace, resolve_in_workspace, write_json_atomic
 
 PUSH_NAME = "push.json"
@@ -39,10 +38,6 @@ def task_key(record: dict[str, Any]) -> str:
     return f"{record['type']}:{where}:{record.get('source') or 'frame'}"
 
 
-def _rid(*parts: str) -> str:
-    return hashlib.sha1(":".join(parts).encode()).hexdigest()[:10]
-
-
 def keypoint_results(record: dict[str, Any], min_confidence: float) -> list[dict[str, Any]]:
     """The record's keypoints (image pixels) found with at least `min_confidence`, as KeyPointLabels results (in
     percent of the image, as Label Studio stores them)."""
@@ -53,7 +48,7 @@ def keypoint_results(record: dict[str, Any], min_confidence: float) -> list[dict
     for name, (x, y, confidence) in zip(COCO_KEYPOINTS, record.get("keypoints") or [], strict=False):
         if confidence < min_confidence or not (0 <= x <= width and 0 <= y <= height) or not width or not height:
             continue
-        results.append({"id": _rid(record["row_id"], name), "from_name": "keypoints", "to_name": "image",
+        results.append({"id": client.result_id(record["row_id"], name), "from_name": "keypoints", "to_name": "image",
                         "type": "keypointlabels", "original_width": width, "original_height": height,
                         "value": {"x": 100.0 * x / width, "y": 100.0 * y / height, "width": 0.6,
                                   "keypointlabels": [name]}})
@@ -80,12 +75,12 @@ def prediction_result(record: dict[str, Any], kind: DatasetType, cfg: Config) ->
     """TextArea (the caption body) + one Choices per reviewed label whose value is in its vocabulary (+ the
     keypoints of a pose)."""
     row = record["row_id"]
-    result = [{"id": _rid(row, "caption"), "from_name": CAPTION, "to_name": "image", "type": "textarea",
+    result = [{"id": client.result_id(row, "caption"), "from_name": CAPTION, "to_name": "image", "type": "textarea",
                "value": {"text": [record.get("caption_pred") or ""]}}]
     labels = record.get("labels") or {}
     for path, values in kind.reviewed.items():
         if labels.get(path) in values:
-            result.append({"id": _rid(row, path), "from_name": control_name(path), "to_name": "image",
+            result.append({"id": client.result_id(row, path), "from_name": control_name(path), "to_name": "image",
                            "type": "choices", "value": {"choices": [labels[path]]}})
     if kind.keypoints:
         result += keypoint_results(record, float(cfg.pose.min_confidence))
@@ -191,14 +186,6 @@ def sync_typed_reviews(ls: Any, run_dir: Path, name: str, cfg: Config) -> dict[s
                                                                    tuple(record.get("size") or (0, 0)))
             edited += int(was_edited)
     write_records(run_dir, name, records)
-    write_json_atomic(type_dir(run_dir, name) / "summary.json", summarise(run_dir, name, records, cfg))
+    write_json_atomic(type_dir(run_dir, name) / SUMMARY_NAME, summarise(run_dir, name, records, cfg))
     return {"reviewed": sum(len(by_key[k]) for k in answers), "edited": edited, "tasks_answered": len(answers)}
 
-
-def accept_typed_predictions(ls: Any, run_dir: Path, name: str, cfg: Config) -> int:
-    """Demo reviewer: accept the predictions of the run's tasks of type `name` as they are."""
-    run = relative_to_workspace(Path(run_dir))
-    project_id = client.find_project(ls, str(dataset_type(name).settings(cfg).title))
-    if project_id is None:
-        return 0
-    return client.accept_predictions(ls, project_id, lambda t: client.in_run(t, run))
