@@ -182,6 +182,41 @@ class PropagationSettings(Section):
     max_frames: int = Field(ge=1)
 
 
+class GroundingSettings(Section):
+    """Text-grounded prompts: an open-vocabulary detector's boxes for a text query prompt SAM2."""
+
+    box_threshold: float = Probability  # a box counts when its best token score reaches this
+    text_threshold: float = Probability  # tokens scoring at least this name the box's label
+    max_boxes: int = Field(ge=1)  # the most boxes (objects) one query prompts, best first
+
+
+class ShowcaseSettings(Section):
+    """Showcase videos: frames → H.264 with ffmpeg, optional frame interpolation, optional overlays."""
+
+    fps: float | None = Field(default=None, gt=0)  # None: the source video's rate
+    interpolate: Literal["none", "minterpolate", "rife"]
+    target_fps: float = Field(gt=0)  # the rate interpolation brings the video to
+    rife_command: list[str] | None = None  # argv of a RIFE tool with {input} {output} {factor} placeholders
+    overlay_alpha: float = Probability  # opacity of mask overlays
+    crf: int = Field(ge=0, le=51)  # x264 quality (lower: better, larger)
+
+
+class VaceSettings(Section):
+    """``castlab export-video --format vace``: Wan VACE training clips (DiffSynth-Studio's layout)."""
+
+    max_side: int = Field(ge=16)  # the longer side of a clip, rounded down to a multiple of 16
+    max_frames: int = Field(ge=5)  # the most frames of a clip (rounded down to 4k + 1)
+    fps: float | None = Field(default=None, gt=0)  # None: the source video's rate
+    keep_region: bool  # vace_video keeps the object (True) or zeroes its region (False)
+    prompt: str  # the clip's prompt; {name} is the object's identity (or query), {type} its label
+
+
+class VideoSettings(Section):
+    grounding: GroundingSettings
+    showcase: ShowcaseSettings
+    vace: VaceSettings
+
+
 class IdentitySettings(Section):
     face_min_score: float = Probability
     face_box_margin: float = Field(ge=0)
@@ -521,6 +556,7 @@ class ProfileModels(Section):
     base_model: BaseModelSettings
     safety: SafetyModel
     pose: PoseModel
+    grounder: PoseModel  # the same shape: tiny arch, or a transformers Grounding DINO by hub id or folder
     depth: PoseModel  # the same shape: tiny arch, or a transformers depth-estimation model by hub id or folder
     controlnet: ControlNetSettings
 
@@ -547,6 +583,7 @@ class Settings(Section):
     types: TypesSettings
     segmentation: SegmentationSettings
     propagation: PropagationSettings
+    video: VideoSettings
     identity: IdentitySettings
     clustering: ClusteringSettings
     dataset: DatasetSettings
