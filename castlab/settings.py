@@ -196,7 +196,7 @@ class ShowcaseSettings(Section):
     fps: float | None = Field(default=None, gt=0)  # None: the source video's rate
     interpolate: Literal["none", "minterpolate", "rife"]
     target_fps: float = Field(gt=0)  # the rate interpolation brings the video to
-    rife_command: list[str] | None = None  # argv of a RIFE tool with {input} {output} {factor} placeholders
+    rife_command: list[str] | None = None  # argv of a RIFE tool: {input} {output} {factor} {frames}
     overlay_alpha: float = Probability  # opacity of mask overlays
     crf: int = Field(ge=0, le=51)  # x264 quality (lower: better, larger)
 
@@ -401,6 +401,8 @@ class LabelStudioSettings(ServiceSettings):
     identity_clusters_title: str = Field(min_length=1)
     captions_title: str = Field(min_length=1)
     checkpoints_title: str = Field(min_length=1)
+    track_frames_title: str = Field(min_length=1)  # castlab track: one task per frame, a brush label per object
+    tracks_title: str = Field(min_length=1)  # castlab track: one video task per tracked shot
 
 
 class PrefectSettings(ServiceSettings):

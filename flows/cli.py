@@ -177,6 +177,40 @@ def cmd_propagate(args: argparse.Namespace) -> Any:
                      force=args.force, **_flow_kwargs(args))
 
 
+def cmd_track(args: argparse.Namespace) -> Any:
+    _must_exist(args.run)
+    if not (args.frame or args.instance):
+        raise InputError(args.run, "say what to track: --frame FRAME_ID (its reviewed instances, or --query) or "
+                                   "--instance ID (repeatable)")
+    cfg = _flow_config(args)
+    _prefect(cfg)
+    from flows.video import track
+
+    return _run_flow(track, cfg, run_dir=args.run, frame=args.frame, instances=args.instance, query=args.query,
+                     push=not args.no_push, force=args.force, **_flow_kwargs(args))
+
+
+def cmd_export_video(args: argparse.Namespace) -> Any:
+    _must_exist(args.run, *([args.reference_image] if args.reference_image else []))
+    cfg = _flow_config(args)
+    _prefect(cfg)
+    from flows.video import export_video
+
+    return _run_flow(export_video, cfg, run_dir=args.run, format=args.format, out_dir=args.out,
+                     reference_image=args.reference_image, prompt=args.prompt, include_pending=args.include_pending,
+                     force=args.force, **_flow_kwargs(args))
+
+
+def cmd_showcase(args: argparse.Namespace) -> Any:
+    _must_exist(args.run)
+    cfg = _flow_config(args)
+    _prefect(cfg)
+    from flows.video import showcase
+
+    return _run_flow(showcase, cfg, run_dir=args.run, track_id=args.track, out=args.out, overlay=args.overlay,
+                     interpolate=args.interpolate, force=args.force, **_flow_kwargs(args))
+
+
 def cmd_dataset(args: argparse.Namespace) -> Any:
     _must_exist(*args.runs)
     cfg = _flow_config(args)
@@ -415,6 +449,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("instance", help="instance row id, e.g. inst:<video>:<frame>:0")
     p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
     p.add_argument("--force", action="store_true", help="propagate again over an earlier result")
+    p = add_flow("track", cmd_track, "every object of a frame through its shot in one SAM2 pass (reviewed instances, "
+                                      "named instances or a text query) → per-frame and video review tasks")
+    p.add_argument("run", help="curate run folder")
+    p.add_argument("--frame", help="frame row id, e.g. frame:<video>:<frame>: track its reviewed instances, or what "
+                                   "--query finds on it")
+    p.add_argument("--instance", action="append", help="instance row id to track (repeatable; all on one frame)")
+    p.add_argument("--query", help='text query for an open-vocabulary detector, e.g. "teapot." (needs --frame)')
+    p.add_argument("--no-push", action="store_true", help="do not push to Label Studio")
+    p.add_argument("--force", action="store_true", help="track again over an earlier result")
+    p = add_flow("export-video", cmd_export_video, "reviewed tracks → video-editing training clips (Wan VACE: "
+                                                    "DiffSynth-Studio's metadata_vace.csv layout)")
+    p.add_argument("run", help="curate run folder with tracks (castlab track, reviewed)")
+    p.add_argument("--format", default="vace", choices=["vace"], help="export format (vace)")
+    p.add_argument("--out", help="output folder (default: <run>/exports/vace)")
+    p.add_argument("--reference-image", help="a product image to use as every clip's reference (default: the "
+                                             "object's best reviewed crop)")
+    p.add_argument("--prompt", help="every clip's prompt; {name} is the object's label (default: video.vace.prompt)")
+    p.add_argument("--include-pending", action="store_true",
+                   help="also export tracks nobody reviewed yet (default: accepted tracks only)")
+    p.add_argument("--force", action="store_true", help="replace an existing export folder")
+    p = add_flow("showcase", cmd_showcase, "a track → a showcase video (ffmpeg; optional frame interpolation and "
+                                           "mask/identity overlays)")
+    p.add_argument("run", help="curate run folder")
+    p.add_argument("track", help="track id (a folder under <run>/tracks/)")
+    p.add_argument("--out", help="output video (default: <run>/tracks/<track>/showcase.mp4)")
+    p.add_argument("--overlay", action="store_true", help="draw every object's mask and label")
+    p.add_argument("--interpolate", choices=["none", "minterpolate", "rife"],
+                   help="frame interpolation (default: video.showcase.interpolate)")
+    p.add_argument("--force", action="store_true", help="replace an existing video")
     p = add_flow("prepare", cmd_prepare, "a curate run → one dataset type's candidates (checked, embedded, labelled, "
                                     "captioned) → its Label Studio review project")
     p.add_argument("run", help="curate run folder")

@@ -48,6 +48,13 @@ def sync_types_task(run_dir: str, name: str, cfg: Config) -> dict[str, Any]:
     return sync_typed_reviews(labelstudio(cfg), Path(run_dir), name, cfg)
 
 
+@task(name="sync-track-reviews", **LABEL_STUDIO_RETRIES)
+def sync_tracks_task(run_dir: str, cfg: Config) -> dict[str, Any]:
+    from castlab.labelstudio.projects.tracks import sync_track_reviews
+
+    return sync_track_reviews(labelstudio(cfg), Path(run_dir), cfg)
+
+
 @task(name="sync-checkpoint-picks", **LABEL_STUDIO_RETRIES)
 def sync_checkpoints_task(eval_dir: str, cfg: Config) -> dict[str, Any]:
     """The reviewers' pairwise answers → BT ranking and agreement (human_pick.json); their chosen checkpoint
@@ -73,7 +80,8 @@ def review_sync(
 ) -> dict[str, Any]:
     """Bring masks reviewed in Label Studio back into the run (accepted, corrected, added, removed) and, after
     ``identify``, the identity decisions (a named identity per instance), after ``caption``, the reviewed
-    captions and, after ``prepare --type``, the type's reviewed labels and captions. Each sync reads the
+    captions, after ``prepare --type``, the type's reviewed labels and captions and, after ``track``, the
+    reviewed track masks and decisions. Each sync reads the
     manifest the previous one saved; the flow is the one writer."""
     cfg = resolve_config(config_files, preset, profile)
     run = Run.open(run_dir, cfg)
@@ -99,5 +107,11 @@ def review_sync(
     for name in TYPES:  # the dataset types the run was prepared and pushed for
         if (run.path / name / PUSH_NAME).is_file():
             counts[name] = sync_types_task(str(run.path), name, cfg)
+    from castlab.video.stage import run_tracks
+
+    if run_tracks(run.path):  # the run has tracks (castlab track): their frame masks and video decisions
+        synced_tracks = sync_tracks_task(str(run.path), cfg)
+        save_changes(run.path, synced_tracks.pop("updates"))
+        counts["tracks"] = synced_tracks
     get_run_logger().info("review-sync %s: %s", run.path.name, counts)
     return counts

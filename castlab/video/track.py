@@ -3,8 +3,9 @@
 All objects are added to one predictor state, each with its own object id, on the prompt frame; the pass runs
 forwards to the shot's end and backwards to its start. A shot longer than ``max_frames`` is cut into windows of at
 most that many frames, chained: the next window starts on the previous window's last frame, seeded with the masks
-found there (an object absent there is carried on from the last frame that had it, or stops), so memory stays
-bounded by one window. A frame where an object's mask is empty records the object as absent (occluded or gone):
+found there, so memory stays bounded by one window. An object absent on that shared frame is not carried on (a
+stale mask would make SAM2 track whatever is now where it was): it stays absent for the rest of the shot in that
+direction, and the track says so; re-seed it on a frame where it is back. A frame where an object's mask is empty records the object as absent (occluded or gone):
 nothing is forced into a mask.
 
 The predictor is SAM2's video predictor (``init_state``, ``add_new_mask``, ``propagate_in_video``) or anything
@@ -120,12 +121,11 @@ def track_objects(predictor: Any, frames_of: Callable[[int, int], list[np.ndarra
                 if progress is not None:
                     progress(1)
             edge = window.start if window.reverse else window.end - 1
-            for obj_id, masks in found.items():  # the next window starts on this window's edge frame
-                present = [f for f in sorted(masks, reverse=not window.reverse) if masks[f].any()]
-                if masks.get(edge) is not None and masks[edge].any():
-                    carried[window.reverse][obj_id] = masks[edge]
-                elif present:
-                    carried[window.reverse][obj_id] = masks[present[0]]
-                else:
-                    carried[window.reverse][obj_id] = np.zeros_like(current[obj_id])
+            for obj_id in current:  # the next window starts on this window's edge frame, seeded with its masks
+                mask = found.get(obj_id, {}).get(edge)
+                carried[window.reverse][obj_id] = mask if mask is not None else np.zeros_like(current[obj_id])
+    for obj_id in seeds:  # frames no window reached for an object (it was lost at a window's edge): absent
+        for frame in range(first, last):
+            if frame not in track.masks.get(obj_id, {}):
+                track.record(frame, obj_id, np.zeros((1, 1), bool))
     return track

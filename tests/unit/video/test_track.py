@@ -21,10 +21,11 @@ def square(x: int, y: int = 8) -> np.ndarray:
 
 class ScriptedPredictor:
     """SAM2's video-predictor interface over a known truth: every object moves STEP px right a frame; object 2 is
-    hidden in shot frames 6-8. Records the windows it was given."""
+    hidden in shot frames `hidden`. Records the windows it was given."""
 
-    def __init__(self) -> None:
+    def __init__(self, hidden: range = range(9, 11)) -> None:
         self.windows: list[dict] = []
+        self.hidden = hidden
 
     def init_state(self, video_path):
         from pathlib import Path
@@ -45,7 +46,7 @@ class ScriptedPredictor:
                 seed_idx, mask = state["seeds"][obj_id]
                 shot_frame = state["start"] + idx
                 moved = np.roll(mask, STEP * (idx - seed_idx), axis=1)
-                if not (obj_id == 2 and 6 <= shot_frame <= 8):
+                if not (obj_id == 2 and shot_frame in self.hidden):
                     out[k, 0][torch.from_numpy(moved)] = 10.0
             yield idx, ids, out
 
@@ -60,7 +61,7 @@ def test_windows_cover_the_shot_and_share_their_seed_frames():
         plan_windows(9, 0, 5, 120)
 
 
-def test_two_objects_in_one_pass_per_window_with_occlusion(monkeypatch):
+def test_two_objects_in_one_pass_per_window_with_occlusion():
     predictor = ScriptedPredictor()
     starts = iter([5, 8, 2, 0])  # the windows' first shot frames, in plan order
     original = predictor.init_state
@@ -84,8 +85,8 @@ def test_two_objects_in_one_pass_per_window_with_occlusion(monkeypatch):
     assert sorted(track.masks[1]) == list(range(12))  # object 1 everywhere, following its motion
     for frame, mask in track.masks[1].items():
         assert np.argwhere(mask)[:, 1].min() == 40 + STEP * (frame - 5)
-    assert sorted(track.absent[2]) == [6, 7, 8] and 7 not in track.masks[2]  # occluded: recorded, no mask forced
-    assert np.argwhere(track.masks[2][10])[:, 0].min() == 20  # its own id after the occlusion, its own place
+    assert sorted(track.absent[2]) == [9, 10] and 9 not in track.masks[2]  # occluded: recorded, no mask forced
+    assert np.argwhere(track.masks[2][11])[:, 0].min() == 20  # its own id after the occlusion, its own place
 
 
 def test_the_tiny_sam2_video_predictor_runs_two_ids_in_one_pass():
@@ -104,3 +105,15 @@ def test_the_tiny_sam2_video_predictor_runs_two_ids_in_one_pass():
     for obj_id in (1, 2):  # random weights: masks are noise, but every frame has an answer for both ids
         answered = set(track.masks.get(obj_id, {})) | set(track.absent.get(obj_id, []))
         assert answered == {0, 1, 2, 3}
+
+
+def test_an_object_gone_on_a_window_edge_is_not_carried_on_a_stale_mask():
+    predictor = ScriptedPredictor(hidden=range(7, 9))  # object 2 hidden on frame 8, the first window's last frame
+    starts = iter([5, 8, 2, 0])
+    original = predictor.init_state
+    predictor.init_state = lambda video_path: {**original(video_path), "start": next(starts)}
+    seeds = {1: square(40), 2: square(40, y=20)}
+    track = track_objects(predictor, lambda s, e: [np.zeros((H, W, 3), np.uint8)] * (e - s), seeds, 5, 0, 12, 4, 0.0)
+    assert set(predictor.windows[1]["seeds"]) == {1}  # the second window is seeded with object 1 only
+    assert sorted(track.absent[2]) == [7, 8, 9, 10, 11] and sorted(track.masks[2]) == list(range(7))
+    assert sorted(track.masks[1]) == list(range(12))
