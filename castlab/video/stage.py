@@ -148,8 +148,6 @@ def track(
     out = run_dir / TRACKS_DIR / tid
     if (out / RESULT_NAME).is_file() and not force:
         return {**json.loads((out / RESULT_NAME).read_text(encoding="utf-8")), "reused": True}
-    if force and out.exists():
-        shutil.rmtree(out / "masks", ignore_errors=True)
     row = seeds.frame
     video, shot = shot_range(run_dir, str(row["video_id"]), str(row["shot_id"]))
     first, last, seed_frame = int(shot["start_frame"]), int(shot["end_frame"]), int(row["frame_index"])
@@ -179,6 +177,8 @@ def track(
         result_track = track_objects(predictor, frames_of, seeds.masks, seed_frame, first, last,
                                      int(cfg.propagation.max_frames), logit(alpha_threshold(cfg)), bar.update)
     seconds = time.perf_counter() - started
+    (out / RESULT_NAME).unlink(missing_ok=True)  # an earlier track of the same objects (force) goes first
+    shutil.rmtree(out / "masks", ignore_errors=True)
     result = _write(out, tid, run_dir, seeds, result_track, shot, (first, last), query, model_version, cfg)
     result.update(seconds=round(seconds, 3), windows=len(plan),
                   frames_per_s=round((last - first) / seconds, 2) if seconds > 0 else None)
