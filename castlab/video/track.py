@@ -1,12 +1,12 @@
-"""Every object of a frame carried through its shot in one SAM2 video pass per window (issue 19 groundwork).
+"""Every object of a frame carried through its shot in one SAM2 video pass per window.
 
 All objects are added to one predictor state, each with its own object id, on the prompt frame; the pass runs
 forwards to the shot's end and backwards to its start. A shot longer than ``max_frames`` is cut into windows of at
 most that many frames, chained: the next window starts on the previous window's last frame, seeded with the masks
 found there, so memory stays bounded by one window. An object absent on that shared frame is not carried on (a
 stale mask would make SAM2 track whatever is now where it was): it stays absent for the rest of the shot in that
-direction, and the track says so; re-seed it on a frame where it is back. A frame where an object's mask is empty records the object as absent (occluded or gone):
-nothing is forced into a mask.
+direction, and the track says so; re-seed it on a frame where it is back. A frame where an object's mask is empty
+records the object as absent (occluded or gone): nothing is forced into a mask.
 
 The predictor is SAM2's video predictor (``init_state``, ``add_new_mask``, ``propagate_in_video``) or anything
 with those three methods; frames come from a callback, so a window's frames are decoded only when needed.
