@@ -177,6 +177,9 @@ def track(
         result_track = track_objects(predictor, frames_of, seeds.masks, seed_frame, first, last,
                                      int(cfg.propagation.max_frames), logit(alpha_threshold(cfg)), bar.update)
     seconds = time.perf_counter() - started
+    missing = [i for i in range(first, last) if not (frames_dir / f"{i:06d}.jpg").is_file()]
+    if missing:  # frames no window needed (every object left before them): the review and exports show them too
+        frames_of(min(missing), max(missing) + 1)
     (out / RESULT_NAME).unlink(missing_ok=True)  # an earlier track of the same objects (force) goes first
     shutil.rmtree(out / "masks", ignore_errors=True)
     result = _write(out, tid, run_dir, seeds, result_track, shot, (first, last), query, model_version, cfg)
