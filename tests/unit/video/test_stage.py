@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import av
 import numpy as np
@@ -148,3 +149,20 @@ def test_a_showcase_of_the_track_with_overlays(tracked, tmp_path):
     raw = np.asarray(Image.open(run / TRACKS_DIR / result["track_id"] / "frames" / "000000.jpg"))
     inside = truth_mask(1, 0)
     assert np.abs(first[inside].astype(int) - raw[inside].astype(int)).mean() > 10  # the mask is drawn on
+
+
+def test_a_text_query_seeds_the_track_through_the_tiny_grounder_and_sam2(tracked):
+    _, run, frame, _, _ = tracked
+    cfg = load_config(extra={"propagation": {"max_frames": 8},
+                             "video": {"grounding": {"box_threshold": 0.0, "text_threshold": 0.0, "max_boxes": 2}}})
+    result = track(cfg, run, frame=frame["row_id"], query="Red Square", predictor=ColourPredictor(),
+                   model_version="colour-oracle")
+    assert [(o["obj_id"], o["source"], o["instance"]) for o in result["objects"]] == [(1, "query", None),
+                                                                                      (2, "query", None)]
+    assert [o["label"] for o in result["objects"]] == ["Red Square 1", "Red Square 2"]
+    assert result["query"] == "Red Square" and result["objects"][0]["score"] >= result["objects"][1]["score"]
+    assert len(result["frames"]) == 20  # random-weight boxes: noise masks, but the whole shot is answered
+    nothing = load_config(extra={"video": {"grounding": {"box_threshold": 1.0}}})
+    with pytest.raises(InputError, match=r"found nothing.*box_threshold") as err:
+        track(nothing, run, frame=frame["row_id"], query="teapot.", predictor=ColourPredictor())
+    assert Path(str(frame["path"])).name in str(err.value)
