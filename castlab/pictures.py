@@ -19,6 +19,19 @@ TINY_STAMP = " - TINY PROFILE, random weights"  # appended to picture titles mad
 WHITE = (255, 255, 255)
 CAPTION_COLOUR = (60, 60, 60)
 CAPTION_SIZE = 10
+TAB20 = ("1f77b4", "ff7f0e", "2ca02c", "d62728", "9467bd", "8c564b", "e377c2", "bcbd22", "17becf", "aec7e8",
+         "ffbb78", "98df8a", "ff9896", "c5b0d5", "c49c94", "f7b6d2", "dbdb8d", "9edae5", "393b79", "637939")
+"""matplotlib's tab20 (dark shades first): the colours of clusters, tracked objects and overlay labels."""
+
+
+def palette_colour(k: int) -> tuple[int, int, int]:
+    """The `k`-th distinct colour: :data:`TAB20`, then golden-ratio hues."""
+    if k < len(TAB20):
+        return int(TAB20[k][0:2], 16), int(TAB20[k][2:4], 16), int(TAB20[k][4:6], 16)
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.75, 0.85)
+    return int(r * 255), int(g * 255), int(b * 255)
 
 
 @functools.cache

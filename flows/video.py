@@ -85,7 +85,7 @@ def showcase(
 ) -> dict[str, Any]:
     """A track's frames as a showcase video (``tracks/<id>/showcase.mp4`` unless `out`): `interpolate` none |
     minterpolate | rife overrides ``video.showcase.interpolate``; `overlay` draws every object's mask and label."""
-    from castlab.video.showcase import showcase_track
+    from castlab.video.showcase_track import showcase_track
 
     cfg = resolve_config(config_files, preset, profile)
     run = Run.open(run_dir, cfg)

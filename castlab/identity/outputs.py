@@ -22,7 +22,7 @@ from tqdm import tqdm
 from castlab.errors import InputError
 from castlab.identity.cluster import NOISE, ClusterResult
 from castlab.layers import safe_name
-from castlab.pictures import Grid, font, save_png, thumbnail, tiny_stamp
+from castlab.pictures import Grid, font, palette_colour, save_png, thumbnail, tiny_stamp
 from castlab.workspace import write_json_atomic
 
 REPORT = "cluster_report.json"
@@ -198,18 +198,6 @@ def contact_sheet(
     return sheet
 
 
-def _colour(k: int) -> tuple[int, int, int]:
-    """A distinct colour per cluster (tab20, then golden-ratio hues)."""
-    tab20 = ["1f77b4", "ff7f0e", "2ca02c", "d62728", "9467bd", "8c564b", "e377c2", "bcbd22", "17becf", "aec7e8",
-             "ffbb78", "98df8a", "ff9896", "c5b0d5", "c49c94", "f7b6d2", "dbdb8d", "9edae5", "393b79", "637939"]
-    if k < len(tab20):
-        return tuple(int(tab20[k][i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
-    import colorsys
-
-    r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.75, 0.85)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
 def scatter_plot(result: ClusterResult, legend_max: int = 30, stamp: str = "") -> Image.Image:
     """The 2-D embedding coloured by cluster (noise grey), with a legend of cluster sizes."""
     width, height = SCATTER_SIZE
@@ -236,13 +224,14 @@ def scatter_plot(result: ClusterResult, legend_max: int = 30, stamp: str = "") -
         r = 1 if n > 20_000 else 2 if n > 2_000 else 3
         order = [NOISE, *range(result.n_clusters)]
         for k in order:
-            colour = (175, 175, 175) if k == NOISE else _colour(k)
+            colour = (175, 175, 175) if k == NOISE else palette_colour(k)
             for x, y in px[ok & (result.labels == k)]:
                 draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
     else:
         draw.text((box[0] + 12, box[1] + 12), "no points to plot", fill=(120, 120, 120), font=font(13))
     lx, ly, small = width - legend_w, title_h, font(12)
-    entries = [(f"character_{k} ({result.sizes[k]})", _colour(k)) for k in range(min(result.n_clusters, legend_max))]
+    entries = [(f"character_{k} ({result.sizes[k]})", palette_colour(k))
+               for k in range(min(result.n_clusters, legend_max))]
     if result.n_clusters > legend_max:
         entries.append((f"... {result.n_clusters - legend_max} more clusters", (255, 255, 255)))
     entries.append((f"noise ({result.n_noise})", (175, 175, 175)))

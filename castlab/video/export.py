@@ -11,10 +11,8 @@ clip already exported is kept as it is (an interrupted export resumes) unless ``
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,51 +23,12 @@ from tqdm import tqdm
 from castlab.config import Config
 from castlab.errors import InputError
 from castlab.layers import safe_name
+from castlab.video.reviewed import ObjectFrames, object_frames, read_review
 from castlab.video.stage import load_track, run_tracks
 from castlab.video.vace import Clip, wan_frame_count, wan_size, write_clip, write_metadata
 
 FORMATS = ("vace",)
 MIN_CLIP = 5  # Wan's shortest clip (4 * 1 + 1)
-
-
-@dataclass(frozen=True)
-class ObjectFrames:
-    """One object's per-frame mask files (None: absent) over its track's frames, and where they came from."""
-
-    folder: Path
-    result: dict[str, Any]
-    obj: dict[str, Any]
-    masks: dict[int, Path | None]  # frame index → mask file (None: absent there)
-    reviewed: set[int]  # the frames whose mask a reviewer gave
-
-
-def read_review(folder: Path) -> dict[str, Any]:
-    path = folder / "review.json"
-    if not path.is_file():
-        return {"frames": {}, "objects": {}}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"is not valid JSON ({exc})") from exc
-
-
-def object_frames(folder: Path, result: dict[str, Any], review: dict[str, Any], obj: dict[str, Any]
-                  ) -> ObjectFrames:
-    """The object's masks frame by frame, reviewed over tracked."""
-    key = str(obj["obj_id"])
-    masks: dict[int, Path | None] = {}
-    reviewed: set[int] = set()
-    for frame in result["frames"]:
-        index = frame["frame_index"]
-        seen = review["frames"].get(str(index), {})
-        if seen.get("state") == "reviewed":
-            entry = seen["objects"].get(key)
-            masks[index] = folder / entry["mask_path"] if isinstance(entry, dict) else None
-            reviewed.add(index)
-        else:
-            entry = frame["objects"].get(key)
-            masks[index] = folder / entry["mask_path"] if entry else None
-    return ObjectFrames(folder, result, obj, masks, reviewed)
 
 
 def clip_spans(frames: ObjectFrames, source_fps: float, fps: float, max_frames: int) -> list[list[int]]:

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from tqdm import tqdm
 
 from castlab.errors import CastlabError, ConfigError, InputError
-from castlab.pictures import font
+from castlab.pictures import TAB20, font, palette_colour
 from castlab.settings import ShowcaseSettings
 from castlab.workspace import atomic_path
 
@@ -41,9 +41,6 @@ RIFE_PLACEHOLDERS = ("{input}", "{output}", "{factor}", "{frames}")
 LABEL_SIZE = 10
 STDERR_LINES = 12  # the last lines of a failing tool's stderr that go into the error
 
-PALETTE = ("1f77b4", "ff7f0e", "2ca02c", "d62728", "9467bd", "8c564b", "e377c2", "bcbd22", "17becf", "aec7e8",
-           "ffbb78", "98df8a", "ff9896", "c5b0d5", "c49c94", "f7b6d2", "dbdb8d", "9edae5", "393b79", "637939")
-"""Label colours: matplotlib's tab20, in the order the identity cluster reports use (dark shades first)."""
 
 Colour = tuple[int, int, int]
 
@@ -71,11 +68,10 @@ def has_filter(name: str) -> bool:
 
 
 def label_colour(label: str) -> Colour:
-    """A stable colour for `label`: its hash picks one of the 20 well-separated :data:`PALETTE` colours, the same
-    in every run and process (two labels share a colour only when their hashes collide, 1 in 20)."""
+    """A stable colour for `label`: its hash picks one of the 20 well-separated :data:`~castlab.pictures.TAB20`
+    colours, the same in every run and process (two labels share a colour only when their hashes collide, 1 in 20)."""
     digest = hashlib.sha1(label.encode("utf-8")).digest()
-    code = PALETTE[int.from_bytes(digest[:4], "big") % len(PALETTE)]
-    return int(code[0:2], 16), int(code[2:4], 16), int(code[4:6], 16)
+    return palette_colour(int.from_bytes(digest[:4], "big") % len(TAB20))
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -295,26 +291,3 @@ def write_showcase(
             "width": width, "height": height, "interpolation": settings.interpolate,
             "seconds": round(time.monotonic() - started, 3)}
 
-
-def showcase_track(run_dir: Path, track_id: str, cfg: Any, out: Path | None = None, overlay: bool = False,
-                   interpolate: str | None = None, force: bool = False) -> dict[str, Any]:
-    """A track of the run as a showcase video (default ``tracks/<id>/showcase.mp4``); with `overlay`, every object's
-    mask (the reviewed one where a reviewer saw the frame) and label drawn on; `interpolate` overrides the setting."""
-    from castlab.video.export import object_frames, read_review
-    from castlab.video.stage import TRACKS_DIR, load_track
-
-    folder = Path(run_dir) / TRACKS_DIR / track_id
-    result, review = load_track(folder), read_review(folder)
-    settings = cfg.settings.video.showcase
-    if interpolate is not None:
-        settings = settings.model_copy(update={"interpolate": interpolate})
-    overlays = None
-    if overlay:
-        per_object = [(f"{o['obj_id']} {o['label']}", object_frames(folder, result, review, o).masks)
-                      for o in result["objects"]]
-        overlays = [Overlay([(np.asarray(Image.open(masks[f["frame_index"]]).convert("L")) > 127, label, None)
-                             for label, masks in per_object if masks[f["frame_index"]] is not None])
-                    for f in result["frames"]]
-    frames = [folder / f["frame_path"] for f in result["frames"]]
-    return write_showcase(frames, Path(out) if out else folder / "showcase.mp4", float(settings.fps or result["fps"]),
-                          settings, overlays=overlays, force=force)

@@ -37,6 +37,7 @@ from castlab.layers import mask_bbox, safe_name
 from castlab.manifest import MANIFEST_NAME, Manifest, row_text
 from castlab.models.segmenter import alpha_threshold, logit
 from castlab.segment.propagate import decode_frames, load_video_predictor, shot_range
+from castlab.video.experiment import write_track_log
 from castlab.video.track import Track, plan_windows, track_objects
 from castlab.workspace import write_json_atomic
 
@@ -186,8 +187,6 @@ def track(
     result.update(seconds=round(seconds, 3), windows=len(plan),
                   frames_per_s=round((last - first) / seconds, 2) if seconds > 0 else None)
     write_json_atomic(out / RESULT_NAME, result)
-    from castlab.video.experiment import write_track_log
-
     write_track_log(out, result, cfg)
     return {**result, "reused": False}
 

@@ -25,6 +25,7 @@ from PIL import Image
 from castlab.config import PROJECT_ROOT, Config
 from castlab.labelstudio import client
 from castlab.layers import mask_bbox
+from castlab.pictures import palette_colour
 from castlab.video.stage import TRACKS_DIR, load_track, run_tracks
 from castlab.workspace import relative_to_workspace, write_json_atomic
 
@@ -33,7 +34,6 @@ FRAMES_CONFIG = PROJECT_ROOT / "label_configs" / "track_frames.xml"
 VIDEO_CONFIG = PROJECT_ROOT / "label_configs" / "track_video.xml"
 REVIEW_NAME = "review.json"
 VIDEO_NAME = "shot.mp4"
-PALETTE = ("#FF4D6D", "#2EC4B6", "#FFB703", "#3A86FF", "#8338EC", "#FB5607", "#06D6A0", "#EF476F")
 _LABEL = re.compile(r"^(\d+)\b")
 
 
@@ -48,8 +48,12 @@ def object_id(label: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#" + "".join(f"{c:02x}" for c in rgb)
+
+
 def _objects_data(result: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
-    options = [{"value": object_label(o), "background": PALETTE[(o["obj_id"] - 1) % len(PALETTE)]}
+    options = [{"value": object_label(o), "background": _hex(palette_colour(o["obj_id"] - 1))}
                for o in result["objects"]]
     legend = (f"Track {result['track_id']} (shot {result['shot_id']}, frames {result['first_frame']}-"
               f"{result['end_frame'] - 1}, seeded on {result['seed_frame']}): "

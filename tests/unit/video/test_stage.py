@@ -139,7 +139,7 @@ def test_the_reference_defaults_to_the_best_crop_on_white(tracked, tmp_path):
 
 
 def test_a_showcase_of_the_track_with_overlays(tracked, tmp_path):
-    from castlab.video.showcase import showcase_track
+    from castlab.video.showcase_track import showcase_track
 
     cfg, run, _, _, result = tracked
     summary = showcase_track(run, result["track_id"], cfg, out=tmp_path / "show.mp4", overlay=True)

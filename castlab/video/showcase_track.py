@@ -1,0 +1,35 @@
+"""``castlab showcase``: a track of a run as a showcase video (:mod:`castlab.video.showcase`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from castlab.pictures import palette_colour
+from castlab.video.reviewed import object_frames, read_review
+from castlab.video.showcase import Overlay, write_showcase
+from castlab.video.stage import TRACKS_DIR, load_track
+
+
+def showcase_track(run_dir: Path, track_id: str, cfg: Any, out: Path | None = None, overlay: bool = False,
+                   interpolate: str | None = None, force: bool = False) -> dict[str, Any]:
+    """A track of the run as a showcase video (default ``tracks/<id>/showcase.mp4``); with `overlay`, every object's
+    mask (the reviewed one where a reviewer saw the frame) and label drawn on; `interpolate` overrides the setting."""
+    folder = Path(run_dir) / TRACKS_DIR / track_id
+    result, review = load_track(folder), read_review(folder)
+    settings = cfg.settings.video.showcase
+    if interpolate is not None:
+        settings = settings.model_copy(update={"interpolate": interpolate})
+    overlays = None
+    if overlay:
+        per_object = [(f"{o['obj_id']} {o['label']}", palette_colour(o["obj_id"] - 1),
+                       object_frames(folder, result, review, o).masks) for o in result["objects"]]
+        overlays = [Overlay([(np.asarray(Image.open(masks[f["frame_index"]]).convert("L")) > 127, label, colour)
+                             for label, colour, masks in per_object if masks[f["frame_index"]] is not None])
+                    for f in result["frames"]]
+    frames = [folder / f["frame_path"] for f in result["frames"]]
+    return write_showcase(frames, Path(out) if out else folder / "showcase.mp4", float(settings.fps or result["fps"]),
+                          settings, overlays=overlays, force=force)
