@@ -37,6 +37,24 @@ def stack_dir() -> Path:
 
 
 @contextmanager
+def folder_in_place(folder: Path, marker: str) -> Iterator[Path]:
+    """Yield a temporary sibling of `folder` to fill; it is renamed to `folder` when the block succeeds. When another
+    process put a complete `folder` (one holding `marker`) there first, theirs is kept; nothing half-built remains."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / marker).is_file():  # not a lost race with another process: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; it replaces `target` only if the block succeeds."""
     target.parent.mkdir(parents=True, exist_ok=True)

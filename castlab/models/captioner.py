@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +35,7 @@ import torch
 from castlab.config import Config
 from castlab.errors import ConfigError
 from castlab.models import cache_root, hub_or_folder
+from castlab.workspace import folder_in_place
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -220,17 +218,9 @@ def _build_tiny(folder: Path, seed: int) -> None:
     model.generation_config = GenerationConfig(
         **{**special, "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]]}, do_sample=False
     )
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-qwen2vl-", dir=folder.parent))
-    try:
+    with folder_in_place(folder, "config.json") as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        tmp.chmod(0o755)
-        os.replace(tmp, folder)
-    except OSError:  # another process won the race (its folder is complete)
-        if not (folder / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def tiny_model_dir(seed: int) -> Path:

@@ -18,9 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +25,7 @@ import torch
 
 from castlab.config import Config
 from castlab.errors import ConfigError
-from castlab.workspace import workspace_root
+from castlab.workspace import folder_in_place, workspace_root
 
 MARKER = "castlab_model.json"
 TINY_VAE_LOGVAR = -12.0  # posterior std e^-6 ~ 0.0025 (_quiet_posterior)
@@ -202,18 +199,9 @@ def _build_tiny(folder: Path, cfg: Config, version: str, family: str = "sd15") -
             feature_extractor=None,
             requires_safety_checker=False,
         )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with folder_in_place(folder, MARKER) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / MARKER).write_text(json.dumps({"model_version": version, "profile": "tiny"}, indent=2) + "\n")
-        tmp.chmod(0o755)
-        os.replace(tmp, folder)
-    except OSError:
-        if not (folder / MARKER).is_file():  # not a lost race with another process: a real failure
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _pipeline_class(sdxl: bool) -> Any:

@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import string
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +34,7 @@ from castlab.config import Config
 from castlab.errors import ConfigError, InputError
 from castlab.models import cache_root
 from castlab.models.pretrained import ProcessorModel
+from castlab.workspace import folder_in_place
 
 if TYPE_CHECKING:
     from castlab.models.segmenter import Segmenter
@@ -172,16 +170,8 @@ def _build_processor(folder: Path, vocab: list[str]) -> None:
                                   model_max_length=TINY_MAX_TEXT)
     processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size=TINY_SIZE),
                                        tokenizer=tokenizer)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-grounding-dino-", dir=folder.parent))
-    try:
+    with folder_in_place(folder, "processor_config.json") as tmp:
         processor.save_pretrained(str(tmp))
-        tmp.chmod(0o755)
-        os.replace(tmp, folder)
-    except OSError:  # another process won the race (its folder is complete)
-        if not (folder / "processor_config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def tiny_processor_dir() -> Path:

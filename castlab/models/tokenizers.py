@@ -13,13 +13,12 @@ import gzip
 import hashlib
 import importlib.util
 import json
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from castlab.models import cache_root
+from castlab.workspace import folder_in_place
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
@@ -62,22 +61,15 @@ def clip_vocab_and_merges(path: Path | None = None) -> tuple[dict[str, int], lis
 
 def _build_files(folder: Path) -> None:
     vocab, merges = clip_vocab_and_merges()
-    tmp = Path(tempfile.mkdtemp(prefix=".clip-tokenizer-", dir=folder.parent))
-    (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (tmp / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8"
-    )
     from transformers import CLIPTokenizer
 
-    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH)
-    tok.save_pretrained(str(tmp))
-    tmp.chmod(0o755)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process won the race
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    with folder_in_place(folder, "tokenizer.json") as tmp:
+        (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        (tmp / "merges.txt").write_text(
+            "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8"
+        )
+        tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH)
+        tok.save_pretrained(str(tmp))
 
 
 def tokenizer_dir() -> Path:
