@@ -67,7 +67,7 @@ def _full(cfg: Config) -> DepthEstimator:
 
     pre = pretrained(cfg, "depth", "a depth-estimation hub id (e.g. LiheYoung/depth-anything-small-hf) or folder")
     model, processor = pre.load("depth-estimation", lambda: (
-        AutoModelForDepthEstimation.from_pretrained(pre.source, **pre.kwargs),
+        AutoModelForDepthEstimation.from_pretrained(pre.source, **pre.model_kwargs),
         AutoImageProcessor.from_pretrained(pre.source, **pre.kwargs)))
     device = role_device(cfg, "depth")
     return DepthEstimator(model.to(device), processor, pre.version(model.config, "depth-"), device)

@@ -205,12 +205,9 @@ def _full(cfg: Config) -> Grounder:
     from castlab.models.pretrained import pretrained, role_device
 
     pre = pretrained(cfg, "grounder", "a Grounding DINO hub id (e.g. IDEA-Research/grounding-dino-tiny) or folder")
-    # transformers 5.24's Auto classes do not pass local_files_only on to their PEFT adapter lookup (with peft
-    # installed, a HEAD request for adapter_config.json, retried for ~25 s offline): pass it there too
     processor, model = pre.load("Grounding DINO", lambda: (
         AutoProcessor.from_pretrained(pre.source, **pre.kwargs),
-        AutoModelForZeroShotObjectDetection.from_pretrained(
-            pre.source, **pre.kwargs, adapter_kwargs={"local_files_only": pre.local_only})))
+        AutoModelForZeroShotObjectDetection.from_pretrained(pre.source, **pre.model_kwargs)))
     if not hasattr(processor, "post_process_grounded_object_detection"):
         raise ConfigError(f"{pre.prefix}.model: {pre.source!r} is not a Grounding DINO model (its processor "
                           f"{type(processor).__name__} has no grounded post-processing)")

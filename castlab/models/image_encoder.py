@@ -112,7 +112,7 @@ def _load_full(cfg: Config, device: str) -> ImageEncoder:
             raise ConfigError(f"{pre.prefix}.model: {pre.source!r} is a {config.model_type!r} model, not DINOv2 "
                               "(dinov2)")
         return (config, AutoImageProcessor.from_pretrained(pre.source, **pre.kwargs),
-                Dinov2Model.from_pretrained(pre.source, dtype=torch.float32, **pre.kwargs))
+                Dinov2Model.from_pretrained(pre.source, dtype=torch.float32, **pre.model_kwargs))
 
     config, processor, model = pre.load("DINOv2", load)
     return ImageEncoder(model.to(device), processor, pre.version(config, "dinov2-"), device)

@@ -72,7 +72,7 @@ def _full(cfg: Config) -> PoseEstimator:
     pre = pretrained(cfg, "pose", "a ViTPose hub id (e.g. usyd-community/vitpose-base-simple) or local folder")
 
     def load() -> tuple[Any, Any]:
-        model = VitPoseForPoseEstimation.from_pretrained(pre.source, dtype=torch.float32, **pre.kwargs)
+        model = VitPoseForPoseEstimation.from_pretrained(pre.source, dtype=torch.float32, **pre.model_kwargs)
         if int(getattr(model.config, "num_labels", KEYPOINTS)) != KEYPOINTS:
             raise ConfigError(f"{pre.prefix}.model: {pre.source!r} predicts {model.config.num_labels} keypoints, "
                               f"not COCO's {KEYPOINTS}")

@@ -29,6 +29,12 @@ class Pretrained:
     def kwargs(self) -> dict[str, Any]:
         return {"revision": self.revision, "local_files_only": self.local_only}
 
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """:attr:`kwargs` for a model's ``from_pretrained``: with peft installed, transformers also looks for an
+        adapter on the hub unless ``adapter_kwargs`` says local files only (offline: ~20 s of retries per load)."""
+        return {**self.kwargs, "adapter_kwargs": {"local_files_only": self.local_only}}
+
     def load(self, what: str, loader: Callable[[], T]) -> T:
         """`loader()`; a model that is not there is a ConfigError saying what to set (`what`: e.g. "DINOv2")."""
         try:

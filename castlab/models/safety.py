@@ -153,7 +153,7 @@ def _full_classifier(cfg: Config) -> ClassifierScorer:
             ids = unsafe_label_ids(dict(getattr(config, "id2label", None) or {}), list(cfg.safety.unsafe_labels),
                                    pre.name)
             processor = AutoImageProcessor.from_pretrained(pre.source, **pre.kwargs)
-            model = AutoModelForImageClassification.from_pretrained(pre.source, dtype=torch.float32, **pre.kwargs)
+            model = AutoModelForImageClassification.from_pretrained(pre.source, dtype=torch.float32, **pre.model_kwargs)
         except ValueError as exc:  # a config transformers has no image-classification model for
             raise ConfigError(f"{pre.prefix}.model: {pre.source!r} is not an image-classification model "
                               f"({exc})") from exc

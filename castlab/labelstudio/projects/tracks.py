@@ -201,8 +201,7 @@ def _rejected(annotation: dict[str, Any], result: dict[str, Any]) -> set[str]:
     return ticked | ({str(o["obj_id"]) for o in result["objects"]} - kept)
 
 
-def _sync_one(ls: Any, run_dir: Path, folder: Path, frames_by_key: dict[str, dict], videos_by_key: dict[str, dict]
-              ) -> dict[str, Any]:
+def _sync_one(folder: Path, frames_by_key: dict[str, dict], videos_by_key: dict[str, dict]) -> dict[str, Any]:
     result = load_track(folder)
     tid = result["track_id"]
     review: dict[str, Any] = {"track_id": tid, "frames": {}, "errors": [], "objects": {}}
@@ -263,7 +262,7 @@ def sync_track_reviews(ls: Any, run_dir: Path, cfg: Config) -> dict[str, Any]:
                                "accepted": 0, "rejected": 0, "pending": 0, "errors": []}
     updates = []
     for folder in run_tracks(run_dir):
-        review = _sync_one(ls, run_dir, folder, frames_by_key, videos_by_key)
+        review = _sync_one(folder, frames_by_key, videos_by_key)
         summary["tracks"] += 1
         summary["invalid_frames"] += sum(1 for f in review["frames"].values() if f["state"] == "invalid")
         summary["reviewed_frames"] += sum(1 for f in review["frames"].values() if f["state"] == "reviewed")

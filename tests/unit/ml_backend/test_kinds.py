@@ -30,6 +30,7 @@ def test_every_project_config_is_known():
     assert {p.name for p in CONFIGS.glob("*.xml")} == {
         "masks.xml", "identity_instances.xml", "captions.xml", "identity_clusters.xml", "checkpoints.xml",
         "background.xml", "style.xml", "lighting.xml", "pose.xml", "expression.xml",  # dataset types: refused
+        "track_frames.xml", "track_video.xml",  # castlab track predicts them (dynamic labels per object): refused
     }  # fmt: skip
 
 
@@ -46,6 +47,8 @@ def test_the_parse_gives_each_predictor_its_facts():
         (_xml("checkpoints.xml"), "Choices 'verdict'"),  # a blind pick: no suggestions, on purpose
         (_xml("background.xml"), "TextArea 'type_caption'"),  # the dataset types: castlab prepare predicts them
         (_xml("pose.xml"), "KeyPointLabels 'keypoints'"),
+        (_xml("track_frames.xml"), "BrushLabels 'mask' has no Label"),  # labels per track, from the task
+        (_xml("track_video.xml"), "VideoRectangle 'box'"),
         ('<View><Image name="i" value="$image"/></View>', "no BrushLabels control on an Image"),
         ('<View><Text name="t" value="$text"/><Choices name="c" toName="t"/></View>', "Choices 'c'"),
         ("<View><Image name='i' value='$image'/>", "not valid XML"),
