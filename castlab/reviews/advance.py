@@ -2,10 +2,11 @@
 
 A run folder records every push (``labelstudio_push.json`` masks, ``identity_push.json`` identities,
 ``captions/captions_push.json`` captions, ``checkpoints_push.json`` an evaluation's blind pairs, ``<type>/push.json``
-a dataset type's review, after which that type's dataset is built). A review is
-complete when ``reviews.complete_share`` of the run's tasks in that project carry an annotation; the identity review
-counts the cluster project's tasks (the decisions that name identities), or the instance project's when the run
-has no cluster (every instance was noise). The next stage starts once per run: its
+a dataset type's review, after which that type's dataset is built, ``tracks/push.json`` the track reviews, after
+which the tracks are exported for video-editing training). A review is complete when ``reviews.complete_share`` of
+the run's tasks in that project carry an annotation; the identity review counts the cluster project's tasks (the
+decisions that name identities), or the instance project's when the run has no cluster (every instance was noise);
+the track review counts the video tasks (a decision per track). The next stage starts once per run: its
 claim is a marker file created exclusively (``<run>/pipeline/<stage>.started``), so a burst of annotations or the
 same webhook twice starts one run.
 """
@@ -24,9 +25,11 @@ from castlab.typed import TYPE_NAMES
 from castlab.workspace import relative_to_workspace, workspace_root
 
 NEXT_STAGE = {"masks": "identify", "identities": "caption", "captions": "dataset", "checkpoints": None,
+              "tracks": "export-video",  # every track of the run accepted or rejected → the VACE export
               **dict.fromkeys(TYPE_NAMES, "dataset")}  # a dataset type's review → that type's dataset
 _PUSHES = (("masks", "labelstudio_push.json"), ("identities", "identity_push.json"),
            ("captions", "captions/captions_push.json"), ("checkpoints", "checkpoints_push.json"),
+           ("tracks", "tracks/push.json"),
            *((name, f"{name}/push.json") for name in TYPE_NAMES))
 
 
@@ -69,6 +72,9 @@ def run_reviews(run_dir: Path) -> list[Review]:
         if stage == "identities" and record:
             ids = tuple(int(record[k]["project_id"]) for k in ("instances", "clusters") if k in record)
             found.append(Review(run_dir, stage, ids, tuple(reversed(ids))))
+        elif stage == "tracks" and record:
+            video, frames = int(record["video_project_id"]), int(record["frames_project_id"])
+            found.append(Review(run_dir, stage, (video, frames), (video,)))
         elif record.get("project_id") is not None:
             found.append(Review(run_dir, stage, (int(record["project_id"]),), (int(record["project_id"]),)))
     return found

@@ -10,6 +10,8 @@
 :func:`sync_track_reviews` reads the latest annotations back: reviewed masks into ``tracks/<id>/reviewed/<object
 id>/<frame>.png`` (an object without a region on a reviewed frame is absent there), the decisions and counts into
 ``tracks/<id>/review.json``, and the track rows' ``review_state`` (accepted | rejected | pending) for the manifest.
+
+Both projects are watched (:mod:`castlab.reviews`): once the run's video tasks are decided, ``export-video`` starts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from castlab.config import PROJECT_ROOT, Config
 from castlab.labelstudio import client
 from castlab.layers import mask_bbox
 from castlab.pictures import palette_colour
+from castlab.reviews.hooks import watch_project
 from castlab.video.stage import TRACKS_DIR, load_track, run_tracks
 from castlab.workspace import relative_to_workspace, write_json_atomic
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 FRAMES_CONFIG = PROJECT_ROOT / "label_configs" / "track_frames.xml"
 VIDEO_CONFIG = PROJECT_ROOT / "label_configs" / "track_video.xml"
 REVIEW_NAME = "review.json"
+PUSH_NAME = "push.json"  # tracks/push.json: the run's track projects (castlab.reviews moves on from them)
 VIDEO_NAME = "shot.mp4"
 _LABEL = re.compile(r"^(\d+)\b")
 
@@ -157,8 +161,11 @@ def push_track(ls: Any, run_dir: Path, result: dict[str, Any], cfg: Config) -> d
     video_project = client.ensure_project(ls, tracks_title(cfg), VIDEO_CONFIG.read_text(encoding="utf-8"))
     for project in (frames_project, video_project):
         client.ensure_local_storage(ls, project, media)
+        watch_project(ls, project, cfg)  # a finished track review moves on to export-video (castlab.reviews)
     frames = client.push_tasks(ls, frames_project, frame_tasks(run_dir, result))
     video = client.push_tasks(ls, video_project, [video_task(run_dir, result)])
+    write_json_atomic(media / PUSH_NAME, {"frames_project_id": int(frames_project),
+                                          "video_project_id": int(video_project)})
     return {"track_id": result["track_id"], "frames_project_id": int(frames_project),
             "video_project_id": int(video_project), "frame_tasks": len(frames), "new_frame_tasks": len(frames.created),
             "video_task_id": int(video[f"track:{result['track_id']}"]), "new_video_tasks": len(video.created)}

@@ -96,7 +96,8 @@ def test_a_project_maps_to_the_runs_that_pushed_to_it(workspace):
                                                             "clusters": {"project_id": 3}}})
     b = _run(workspace, "b-curate", {"labelstudio_push.json": {"project_id": 1},
                                      "captions/captions_push.json": {"project_id": 4},
-                                     "pose/push.json": {"project_id": 5}})
+                                     "pose/push.json": {"project_id": 5},
+                                     "tracks/push.json": {"video_project_id": 6, "frames_project_id": 7}})
     masks = advance.reviews_of_project(cfg, 1)
     assert [(r.run_dir, r.stage, r.next_stage) for r in masks] == [(a, "masks", "identify"), (b, "masks", "identify")]
     (identities,) = advance.reviews_of_project(cfg, 2)
@@ -107,6 +108,9 @@ def test_a_project_maps_to_the_runs_that_pushed_to_it(workspace):
     (pose,) = advance.reviews_of_project(cfg, 5)  # a dataset type's review → that type's dataset, claimed apart
     assert (pose.stage, pose.next_stage, pose.claim_name) == ("pose", "dataset", "dataset-pose")
     assert advance.next_parameters(pose) == {"run_dirs": [str(b)], "dataset_type": "pose"}
+    (tracks,) = advance.reviews_of_project(cfg, 7)  # a frame fix wakes the track review; the video tasks decide
+    assert (tracks.stage, tracks.next_stage, tracks.counted_projects) == ("tracks", "export-video", (6,))
+    assert advance.next_parameters(tracks) == {"run_dir": str(b)} and advance.reviews_of_project(cfg, 6) == [tracks]
     assert advance.reviews_of_project(cfg, 99) == []
 
 
