@@ -39,7 +39,7 @@ def test_track_review_round_trip(ls_env, tmp_path: Path):
     assert again["reused"] and again["labelstudio"]["new_frame_tasks"] == 0 == again["labelstudio"]["new_video_tasks"]
 
     recorded = json.loads((run / "tracks" / "push.json").read_text())  # what castlab.reviews moves on from
-    assert recorded == {"frames_project_id": pushed["frames_project_id"], "video_project_id": pushed["video_project_id"]}
+    assert recorded == {key: pushed[key] for key in ("frames_project_id", "video_project_id")}
     ls = client.connect(ls_env.url, ls_env.token)
     tasks = sorted(client.list_tasks(ls, pushed["frames_project_id"]), key=lambda t: t["id"])
     assert [t["data"]["frame_index"] for t in tasks] == list(range(20))  # one task per frame, in frame order
