@@ -23,7 +23,7 @@ demo: setup
 	$(VENV)/bin/castlab demo
 
 test: setup
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=25
 
 test-unit: venv
 	$(PY) -m pytest tests/unit -q
