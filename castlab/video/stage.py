@@ -124,10 +124,9 @@ def query_seeds(cfg: Config, manifest: Manifest, frame: str, query: str, grounde
     return Seeds(frame_row, objects, {k: masks[k] for k in range(1, len(detections) + 1)})
 
 
-def track_id(seeds: Seeds, query: str | None) -> str:
+def track_id(frame: dict[str, Any], query: str | None, instances: list[str | None]) -> str:
     """``<video>-<shot>-<frame>-<digest of the objects>``: the same objects of the same frame, the same folder."""
-    frame = seeds.frame
-    what = json.dumps({"query": query, "instances": [o.instance for o in seeds.objects]}, sort_keys=True)
+    what = json.dumps({"query": query, "instances": instances}, sort_keys=True)
     digest = hashlib.sha1(what.encode()).hexdigest()[:6]
     return safe_name(f"{frame['video_id']}-{frame['shot_id']}-{int(frame['frame_index']):06d}-{digest}")
 
@@ -142,10 +141,14 @@ def track(
     if query:
         if not frame:
             raise InputError(manifest.path, "a text query needs the frame it is asked on (--frame)")
+        frame_row = _manifest_row(manifest, frame, "frame")
+        done = run_dir / TRACKS_DIR / track_id(frame_row, query, [None]) / RESULT_NAME
+        if done.is_file() and not force:  # reused before the detector and SAM2 are loaded
+            return {**json.loads(done.read_text(encoding="utf-8")), "reused": True}
         seeds = query_seeds(cfg, manifest, frame, query, grounder)
     else:
         seeds = instance_seeds(manifest, frame, instances)
-    tid = track_id(seeds, query)
+    tid = track_id(seeds.frame, query, [None] if query else [o.instance for o in seeds.objects])
     out = run_dir / TRACKS_DIR / tid
     if (out / RESULT_NAME).is_file() and not force:
         return {**json.loads((out / RESULT_NAME).read_text(encoding="utf-8")), "reused": True}

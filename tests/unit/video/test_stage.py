@@ -162,6 +162,8 @@ def test_a_text_query_seeds_the_track_through_the_tiny_grounder_and_sam2(tracked
     assert [o["label"] for o in result["objects"]] == ["Red Square 1", "Red Square 2"]
     assert result["query"] == "Red Square" and result["objects"][0]["score"] >= result["objects"][1]["score"]
     assert len(result["frames"]) == 20  # random-weight boxes: noise masks, but the whole shot is answered
+    again = track(cfg, run, frame=frame["row_id"], query="Red Square", predictor=object(), grounder=object())
+    assert again["reused"] and again["track_id"] == result["track_id"]  # no detector, no SAM2 needed
     nothing = load_config(extra={"video": {"grounding": {"box_threshold": 1.0}}})
     with pytest.raises(InputError, match=r"found nothing.*box_threshold") as err:
         track(nothing, run, frame=frame["row_id"], query="teapot.", predictor=ColourPredictor())
