@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from castlab.errors import InputError
 from castlab.workspace import atomic_path
 
 TINY_STAMP = " - TINY PROFILE, random weights"  # appended to picture titles made under the tiny profile
@@ -35,6 +36,15 @@ def palette_colour(k: int) -> tuple[int, int, int]:
 
 
 @functools.cache
+def open_rgb(path: Path, purpose: str = "") -> Image.Image:
+    """The image at `path` as RGB, read whole; InputError naming the file (and `purpose`) when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"is not a readable image{' ' + purpose if purpose else ''} ({exc})") from exc
+
+
 def font(size: int) -> Any:
     """Pillow's bundled font at `size` (a fixed-size bitmap font on Pillow builds without FreeType)."""
     try:

@@ -18,13 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
 from tqdm import tqdm
 
 from castlab.config import Config
 from castlab.errors import InputError
 from castlab.frames.failures import rejected_row
 from castlab.frames.quality import NSFW
+from castlab.pictures import open_rgb
 
 if TYPE_CHECKING:
     from castlab.models.safety import SafetyScorer
@@ -32,14 +32,6 @@ if TYPE_CHECKING:
 MODELS = "frames-safety"  # the worker_models cache name of the scorer
 NSFW_SCORE = "nsfw_score"
 SAFETY_MODEL = "safety_model"
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"frame cannot be read for the safety gate ({exc})") from exc
 
 
 def gate_frames(rows: list[dict[str, Any]], cfg: Config, scorer: SafetyScorer | None = None,
@@ -72,7 +64,7 @@ def _score(rows: list[dict[str, Any]], cfg: Config, scorer: SafetyScorer, desc: 
             chunk, images = [], []
             for row in rows[start : start + batch]:
                 try:
-                    images.append(_open(Path(str(row["path"]))))
+                    images.append(open_rgb(Path(str(row["path"])), "for the safety gate"))
                     chunk.append(row)
                 except InputError as exc:
                     row.update(rejected_row(row, "safety gate", exc))

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from castlab.config import Config
 from castlab.errors import InputError
 from castlab.layers import safe_name
+from castlab.pictures import open_rgb
 from castlab.video.reviewed import ObjectFrames, object_frames, read_review
 from castlab.video.stage import load_track, run_tracks
 from castlab.video.vace import Clip, wan_frame_count, wan_size, write_clip, write_metadata
@@ -72,14 +73,6 @@ def best_crop(frames: ObjectFrames, margin: float = 0.1) -> Image.Image:
     return Image.fromarray(cut)
 
 
-def load_reference(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"is not a readable image ({exc})") from exc
-
-
 def export_vace(
     run_dir: Path, out_dir: Path, cfg: Config, reference_image: Path | None = None, prompt: str | None = None,
     include_pending: bool = False, force: bool = False,
@@ -89,7 +82,7 @@ def export_vace(
     tracks = run_tracks(run_dir)
     if not tracks:
         raise InputError(Path(run_dir) / "tracks", "holds no finished track: run castlab track first")
-    reference = load_reference(Path(reference_image)) if reference_image else None
+    reference = open_rgb(Path(reference_image), "(--reference-image)") if reference_image else None
     out_dir = Path(out_dir)
     if force and out_dir.exists():
         shutil.rmtree(out_dir)
