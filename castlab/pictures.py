@@ -35,7 +35,6 @@ def palette_colour(k: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-@functools.cache
 def open_rgb(path: Path, purpose: str = "") -> Image.Image:
     """The image at `path` as RGB, read whole; InputError naming the file (and `purpose`) when it cannot be read."""
     try:
@@ -45,6 +44,7 @@ def open_rgb(path: Path, purpose: str = "") -> Image.Image:
         raise InputError(path, f"is not a readable image{' ' + purpose if purpose else ''} ({exc})") from exc
 
 
+@functools.cache
 def font(size: int) -> Any:
     """Pillow's bundled font at `size` (a fixed-size bitmap font on Pillow builds without FreeType)."""
     try:
