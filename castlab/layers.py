@@ -49,6 +49,24 @@ def open_rgba(path: Path | None, what: str) -> Image.Image:
         raise InputError(path, f"{what} is not a readable image ({exc})") from exc
 
 
+def read_mask(path: Path | str) -> np.ndarray:
+    """A binary mask PNG (castlab writes 0/255) as a boolean array."""
+    return np.asarray(Image.open(path).convert("L")) > 127
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    """A boolean mask as a 0/255 grey PNG (fast compression: masks are many and small)."""
+    Image.fromarray(np.asarray(mask).astype(np.uint8) * 255, mode="L").save(path, compress_level=1)
+
+
+def instance_mask(row: dict[str, Any], where: Path | str) -> np.ndarray:
+    """An instance row's mask, the reviewed one when there is one; InputError when its file is missing."""
+    path = row_text(row.get("reviewed_mask_path")) or row_text(row.get("mask_path"))
+    if not path or not Path(path).is_file():
+        raise InputError(path or where, f"instance {row['row_id']}: its mask file is missing")
+    return read_mask(path)
+
+
 def mask_bbox(mask: np.ndarray) -> list[int]:
     """Tight ``[x, y, w, h]`` box of a boolean mask (zeros for an empty mask)."""
     rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
@@ -86,7 +104,7 @@ def write_instance_layers(
     crop_dir = Path(run_dir, "character", subdir)
     mask_dir.mkdir(parents=True, exist_ok=True)
     crop_dir.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_dir / name, compress_level=1)
+    write_mask(mask_dir / name, mask)
     x, y, w, h = bbox = mask_bbox(mask)
     alpha_u8 = mask.astype(np.uint8) * 255 if alpha is None else soft_alpha(alpha, mask, row_id)
     rgba = np.dstack([image[..., :3], alpha_u8])

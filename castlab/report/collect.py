@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from castlab.frames.report import frame_counts
+from castlab.layers import read_mask
 from castlab.manifest import Manifest
 from castlab.workspace import relative_to_workspace, workspace_root
 
@@ -69,8 +69,7 @@ def _funnel(rows: list[dict[str, Any]], shots: dict[str, Any], in_dataset: set[s
 def mask_iou(a: Any, b: Any) -> float | None:
     """IoU of two mask PNGs (None when either is missing or unreadable, or their sizes differ)."""
     try:
-        x = np.asarray(Image.open(a).convert("L")) > 127
-        y = np.asarray(Image.open(b).convert("L")) > 127
+        x, y = read_mask(a), read_mask(b)
     except (OSError, ValueError, TypeError, AttributeError):
         return None
     if x.shape != y.shape:

@@ -27,7 +27,7 @@ from castlab.config import Config
 from castlab.errors import InputError
 from castlab.frames.extract import SHOTS_NAME
 from castlab.frames.video import open_video, orient, video_stream
-from castlab.layers import mask_bbox, safe_name
+from castlab.layers import instance_mask, mask_bbox, safe_name, write_mask
 from castlab.models.segmenter import alpha_threshold, build_sam2_model, logit
 from castlab.workspace import write_json_atomic
 
@@ -99,9 +99,7 @@ def propagate_instance(
     first = max(int(shot["start_frame"]), min(seed_index - limit // 2, int(shot["end_frame"]) - limit))
     last = min(int(shot["end_frame"]), first + limit)
     mask_file = instance.get("reviewed_mask_path") or instance.get("mask_path")
-    if not mask_file or not Path(str(mask_file)).is_file():
-        raise InputError(str(mask_file), f"instance {instance['row_id']}: its mask file is missing")
-    seed_mask = np.asarray(Image.open(str(mask_file)).convert("L")) > 127
+    seed_mask = instance_mask(instance, str(mask_file))
     start_time = float(shot["start_time"]) + (first - int(shot["start_frame"])) / shot["fps"]
     frames = decode_frames(video, start_time, first, last - first, shot["orientation"])
     if frames[0].shape[:2] != seed_mask.shape:
@@ -131,7 +129,7 @@ def propagate_instance(
     entries = []
     for idx in sorted(masks):
         name = f"{first + idx:06d}.png"
-        Image.fromarray(masks[idx].astype(np.uint8) * 255, mode="L").save(masks_dir / name, compress_level=1)
+        write_mask(masks_dir / name, masks[idx])
         entries.append({"frame_index": first + idx, "frame_path": (frames_dir / f"{idx:05d}.jpg").as_posix(),
                         "mask_path": (masks_dir / name).as_posix(), "area": int(masks[idx].sum()),
                         "bbox": mask_bbox(masks[idx]), "seed": idx == seed})

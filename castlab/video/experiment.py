@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from castlab.config import Config
+from castlab.layers import read_mask
 from castlab.pictures import palette_colour
 from castlab.workspace import write_text_atomic
 
@@ -53,7 +54,7 @@ def track_strip(folder: Path, result: dict[str, Any], cfg: Config, columns: int 
     for k in picks:
         frame = frames[k]
         rgb = np.asarray(Image.open(folder / frame["frame_path"]).convert("RGB"))
-        items = [(np.asarray(Image.open(folder / e["mask_path"]).convert("L")) > 127, labels[obj],
+        items = [(read_mask(folder / e["mask_path"]), labels[obj],
                   palette_colour(int(obj) - 1)) for obj, e in frame["objects"].items()]
         tile = Image.fromarray(draw_overlay(rgb, Overlay(items), cfg.settings.video.showcase.overlay_alpha))
         tiles.append(tile.resize((width, max(1, round(tile.height * width / tile.width)))))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from castlab.config import Config
 from castlab.errors import InputError
-from castlab.layers import safe_name
+from castlab.layers import read_mask, safe_name
 from castlab.pictures import open_rgb
 from castlab.video.reviewed import ObjectFrames, object_frames, read_review
 from castlab.video.stage import load_track, run_tracks
@@ -54,7 +54,7 @@ def clip_spans(frames: ObjectFrames, source_fps: float, fps: float, max_frames: 
 
 
 def _mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
-    return np.zeros(shape, bool) if path is None else np.asarray(Image.open(path).convert("L")) > 127
+    return np.zeros(shape, bool) if path is None else read_mask(path)
 
 
 def best_crop(frames: ObjectFrames, margin: float = 0.1) -> Image.Image:

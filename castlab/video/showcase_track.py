@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
+from castlab.layers import read_mask
 from castlab.pictures import palette_colour
 from castlab.video.reviewed import object_frames, read_review
 from castlab.video.showcase import Overlay, write_showcase
@@ -27,7 +25,7 @@ def showcase_track(run_dir: Path, track_id: str, cfg: Any, out: Path | None = No
     if overlay:
         per_object = [(f"{o['obj_id']} {o['label']}", palette_colour(o["obj_id"] - 1),
                        object_frames(folder, result, review, o).masks) for o in result["objects"]]
-        overlays = [Overlay([(np.asarray(Image.open(masks[f["frame_index"]]).convert("L")) > 127, label, colour)
+        overlays = [Overlay([(read_mask(masks[f["frame_index"]]), label, colour)
                              for label, colour, masks in per_object if masks[f["frame_index"]] is not None])
                     for f in result["frames"]]
     frames = [folder / f["frame_path"] for f in result["frames"]]

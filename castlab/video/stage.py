@@ -33,7 +33,7 @@ from tqdm import tqdm
 from castlab.config import Config
 from castlab.dataset.candidates import has_reviewed_identity, reviewed_instances
 from castlab.errors import InputError
-from castlab.layers import mask_bbox, safe_name
+from castlab.layers import instance_mask, mask_bbox, safe_name, write_mask
 from castlab.manifest import MANIFEST_NAME, Manifest, row_text
 from castlab.models.segmenter import alpha_threshold, logit
 from castlab.segment.propagate import decode_frames, load_video_predictor, shot_range
@@ -74,13 +74,6 @@ def _manifest_row(manifest: Manifest, row_id: str, kind: str) -> dict[str, Any]:
     return row
 
 
-def _instance_mask(row: dict[str, Any], where: Path) -> np.ndarray:
-    path = row_text(row.get("reviewed_mask_path")) or row_text(row.get("mask_path"))
-    if not path or not Path(path).is_file():
-        raise InputError(path or where, f"instance {row['row_id']}: its mask file is missing")
-    return np.asarray(Image.open(path).convert("L")) > 127
-
-
 def instance_seeds(manifest: Manifest, frame: str | None = None, instances: list[str] | None = None) -> Seeds:
     """The objects to track: the named instances (all on one frame), or every reviewed instance of `frame`."""
     if instances:
@@ -104,7 +97,7 @@ def instance_seeds(manifest: Manifest, frame: str | None = None, instances: list
     for obj_id, row in enumerate(rows, start=1):
         identity = row_text(row.get("identity")) if has_reviewed_identity(row) else None
         objects.append(TrackObject(obj_id, identity or f"object {obj_id}", identity, str(row["row_id"]), "instance"))
-        masks[obj_id] = _instance_mask(row, manifest.path)
+        masks[obj_id] = instance_mask(row, manifest.path)
     return Seeds(frame_row, objects, masks)
 
 
@@ -206,7 +199,7 @@ def _write(out: Path, tid: str, run_dir: Path, seeds: Seeds, result: Track, shot
                 continue
             path = out / "masks" / str(obj.obj_id) / f"{index:06d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(path, compress_level=1)
+            write_mask(path, mask)
             present[str(obj.obj_id)] = {"mask_path": path.relative_to(out).as_posix(), "area": int(mask.sum()),
                                         "bbox": mask_bbox(mask)}
         frames.append({"frame_index": index, "frame_path": f"frames/{index:06d}.jpg", "objects": present})

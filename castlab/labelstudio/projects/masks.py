@@ -16,7 +16,7 @@ from PIL import Image
 
 from castlab.config import PROJECT_ROOT, Config, load_config
 from castlab.labelstudio import client
-from castlab.layers import write_instance_layers
+from castlab.layers import read_mask, write_instance_layers
 from castlab.manifest import Manifest
 from castlab.reviews.hooks import watch_project
 from castlab.segment.background import BackgroundSettings, write_background
@@ -32,10 +32,6 @@ def region_id(instance_row_id: str) -> str:
     return hashlib.sha1(instance_row_id.encode()).hexdigest()[:10]
 
 
-def _load_mask(path: str) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("L")) > 127
-
-
 def build_tasks(manifest: Manifest, run_dir: Path) -> list[dict[str, Any]]:
     """Label Studio task dicts (data + inline predictions) for every kept frame of the run."""
     instances: dict[str, list[dict[str, Any]]] = {}
@@ -47,7 +43,7 @@ def build_tasks(manifest: Manifest, run_dir: Path) -> list[dict[str, Any]]:
         width, height = int(frame["width"]), int(frame["height"])
         regions, scores, versions = [], [], set()
         for inst in instances.get(frame["row_id"], []):
-            mask = _load_mask(inst["mask_path"])
+            mask = read_mask(inst["mask_path"])
             regions.append(
                 client.brush_result(mask, CHARACTER_LABEL, width, height, region_id=region_id(inst["row_id"]))
             )
@@ -184,7 +180,7 @@ def _apply_annotation(
         inst = by_region.get(rid)
         if inst is not None and inst["parent_id"] == frame["row_id"]:
             row_id = inst["row_id"]
-            state = "accepted" if np.array_equal(mask, _load_mask(inst["mask_path"])) else "corrected"
+            state = "accepted" if np.array_equal(mask, read_mask(inst["mask_path"])) else "corrected"
         else:
             row_id = f"{frame['row_id'].replace('frame:', 'inst:', 1)}:r{rid}"
             state = "added"
@@ -235,7 +231,7 @@ def push_propagation(ls: Any, result: dict[str, Any], run_dir: Path, cfg: Config
     client.ensure_local_storage(ls, project_id, frames_dir)
     tasks = []
     for entry in result["frames"]:
-        mask = np.asarray(Image.open(entry["mask_path"]).convert("L")) > 127
+        mask = read_mask(entry["mask_path"])
         height, width = mask.shape
         key = f"prop:{result['instance']}:{entry['frame_index']}"
         region = client.brush_result(mask.astype(np.uint8), CHARACTER_LABEL, width, height,

@@ -26,7 +26,7 @@ from PIL import Image
 
 from castlab.config import PROJECT_ROOT, Config
 from castlab.labelstudio import client
-from castlab.layers import mask_bbox
+from castlab.layers import mask_bbox, read_mask, write_mask
 from castlab.pictures import palette_colour
 from castlab.reviews.hooks import watch_project
 from castlab.video.stage import TRACKS_DIR, load_track, run_tracks
@@ -79,7 +79,7 @@ def frame_tasks(run_dir: Path, result: dict[str, Any]) -> list[dict[str, Any]]:
     for order, frame in enumerate(result["frames"]):
         regions = []
         for obj_id, entry in sorted(frame["objects"].items(), key=lambda kv: int(kv[0])):
-            mask = np.asarray(Image.open(folder / entry["mask_path"]).convert("L")) > 127
+            mask = read_mask(folder / entry["mask_path"])
             regions.append(client.brush_result(
                 mask.astype(np.uint8), labels[obj_id], result["width"], result["height"],
                 region_id=client.result_id(result["track_id"], obj_id, str(frame["frame_index"]))))
@@ -238,12 +238,12 @@ def _sync_one(folder: Path, frames_by_key: dict[str, dict], videos_by_key: dict[
                 states[obj_id] = "absent"
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(path, compress_level=1)
+                write_mask(path, mask)
                 states[obj_id] = {"mask_path": path.relative_to(folder).as_posix(), "area": int(mask.sum()),
                                   "bbox": mask_bbox(mask)}
             reviewed[obj_id] += 1
             before = tracked[obj_id].get(index)
-            old = (np.asarray(Image.open(folder / before["mask_path"]).convert("L")) > 127) if before else None
+            old = read_mask(folder / before["mask_path"]) if before else None
             if (old is None) != (mask is None or not mask.any()) or (old is not None and not np.array_equal(old, mask)):
                 corrected[obj_id] += 1
         review["frames"][str(index)] = {"state": "reviewed", "objects": states}
