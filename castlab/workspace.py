@@ -84,6 +84,14 @@ def write_json_atomic(target: Path, data: Any, force: bool = True) -> Path:
     return write_text_atomic(target, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", force)
 
 
+def read_json(path: Path) -> Any:
+    """The JSON value in `path`; InputError naming the file when it is not valid JSON (or not UTF-8)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InputError(path, f"is not valid JSON ({exc})") from exc
+
+
 def read_jsonl(path: Path) -> list[Any]:
     """One JSON value per non-empty line of `path`; InputError naming the file and line of a bad one."""
     values = []

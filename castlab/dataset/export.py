@@ -62,7 +62,7 @@ from PIL import Image
 
 from castlab.dataset.kohya import tomllib
 from castlab.errors import InputError
-from castlab.workspace import atomic_path, write_json_atomic, write_text_atomic
+from castlab.workspace import atomic_path, read_json, write_json_atomic, write_text_atomic
 
 FORMATS = ("kohya", "onetrainer", "aitoolkit", "hf")
 DATASET_FORMAT = "castlab-dataset/1"
@@ -119,10 +119,7 @@ def load_dataset(dataset_dir: Path) -> tuple[dict[str, Any], list[Item]]:
     path = dataset_dir / "metadata.json"
     if not path.is_file():
         raise InputError(path, "missing: not a castlab dataset folder (run `castlab dataset` first)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"is not valid JSON ({exc})") from exc
+    meta = read_json(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("images"), list):
         raise InputError(path, "has no 'images' list")
     if meta.get("format", DATASET_FORMAT) != DATASET_FORMAT:

@@ -32,7 +32,7 @@ from castlab.errors import InputError
 from castlab.layers import media_path, open_rgba
 from castlab.manifest import row_text
 from castlab.models.faces import ARCFACE_TEMPLATE, Face
-from castlab.workspace import atomic_path, write_json_atomic
+from castlab.workspace import atomic_path, read_json, write_json_atomic
 
 ROUTES = ("face", "clip", "missing")
 VIEWS = ("front", "three_quarter", "profile", "back", "unknown")
@@ -343,7 +343,6 @@ def save_embeddings(
 
 def load_embeddings(run_dir: Path) -> IdentityEmbeddings:
     """Read what :func:`save_embeddings` wrote."""
-    import json
 
     path = Path(run_dir) / EMBEDDINGS_DIR / EMBEDDINGS_NAME
     if not path.is_file():
@@ -354,10 +353,7 @@ def load_embeddings(run_dir: Path) -> IdentityEmbeddings:
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(path, f"identity embeddings are not readable ({exc})") from exc
     sidecar = path.with_name(SIDECAR_NAME)
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
-    except ValueError as exc:
-        raise InputError(sidecar, f"is not valid JSON ({exc})") from exc
+    meta = read_json(sidecar) if sidecar.is_file() else {}
     if not (len(ids) == len(face) == len(clip)):
         raise InputError(path, f"{len(ids)} row ids but face {face.shape} and clip {clip.shape}")
     return IdentityEmbeddings([str(r) for r in ids.tolist()], face.astype(np.float32), clip.astype(np.float32), meta)

@@ -13,7 +13,6 @@ SAM2's video predictor holds every frame of the shot in memory at ``image_size``
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from castlab.frames.extract import SHOTS_NAME
 from castlab.frames.video import open_video, orient, video_stream
 from castlab.layers import instance_mask, mask_bbox, safe_name, write_mask
 from castlab.models.segmenter import alpha_threshold, build_sam2_model, logit
-from castlab.workspace import write_json_atomic
+from castlab.workspace import read_json, write_json_atomic
 
 RESULT_NAME = "propagation.json"
 
@@ -47,7 +46,7 @@ def shot_range(run_dir: Path, video_id: str, shot_id: str) -> tuple[str, dict[st
     path = Path(run_dir) / SHOTS_NAME
     if not path.is_file():
         raise InputError(path, "is missing: propagation needs the shots of a curate run")
-    entry = _read_json(path).get("videos", {}).get(video_id)
+    entry = read_json(path).get("videos", {}).get(video_id)
     if entry is None:
         raise InputError(path, f"has no video {video_id!r}")
     shot = next((s for s in entry["shots"] if s["shot_id"] == shot_id), None)
@@ -140,8 +139,3 @@ def propagate_instance(
     return result
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"is not valid JSON ({exc})") from exc

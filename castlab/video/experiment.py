@@ -15,6 +15,7 @@ from PIL import Image
 from castlab.config import Config
 from castlab.layers import read_mask
 from castlab.pictures import palette_colour
+from castlab.video.reviewed import object_label
 from castlab.workspace import write_text_atomic
 
 LOG_NAME = "EXPERIMENT.md"
@@ -49,7 +50,7 @@ def track_strip(folder: Path, result: dict[str, Any], cfg: Config, columns: int 
 
     frames = result["frames"]
     picks = sorted({round(k * (len(frames) - 1) / max(1, columns - 1)) for k in range(min(columns, len(frames)))})
-    labels = {str(o["obj_id"]): f"{o['obj_id']} {o['label']}" for o in result["objects"]}
+    labels = {str(o["obj_id"]): object_label(o) for o in result["objects"]}
     tiles = []
     for k in picks:
         frame = frames[k]

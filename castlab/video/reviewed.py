@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from castlab.errors import InputError
+from castlab.workspace import read_json
 
-
+REVIEW_NAME = "review.json"  # tracks/<id>/review.json, written by the track review sync
 @dataclass(frozen=True)
 class ObjectFrames:
     """One object's per-frame mask files (None: absent) over its track's frames, and where they came from."""
@@ -22,14 +21,15 @@ class ObjectFrames:
     reviewed: set[int]  # the frames whose mask a reviewer gave
 
 
+def object_label(obj: dict[str, Any]) -> str:
+    """How reviewers (and pictures) name a tracked object: ``"<object id> <name>"``, its id first."""
+    return f"{obj['obj_id']} {obj['label']}"
+
+
 def read_review(folder: Path) -> dict[str, Any]:
-    path = folder / "review.json"
-    if not path.is_file():
-        return {"frames": {}, "objects": {}}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"is not valid JSON ({exc})") from exc
+    """The track's ``review.json``; no decisions and no reviewed frames before the first review-sync."""
+    path = folder / REVIEW_NAME
+    return read_json(path) if path.is_file() else {"frames": {}, "objects": {}}
 
 
 def object_frames(folder: Path, result: dict[str, Any], review: dict[str, Any], obj: dict[str, Any]

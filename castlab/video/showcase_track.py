@@ -7,7 +7,7 @@ from typing import Any
 
 from castlab.layers import read_mask
 from castlab.pictures import palette_colour
-from castlab.video.reviewed import object_frames, read_review
+from castlab.video.reviewed import object_frames, object_label, read_review
 from castlab.video.showcase import Overlay, write_showcase
 from castlab.video.stage import TRACKS_DIR, load_track
 
@@ -23,7 +23,7 @@ def showcase_track(run_dir: Path, track_id: str, cfg: Any, out: Path | None = No
         settings = settings.model_copy(update={"interpolate": interpolate})
     overlays = None
     if overlay:
-        per_object = [(f"{o['obj_id']} {o['label']}", palette_colour(o["obj_id"] - 1),
+        per_object = [(object_label(o), palette_colour(o["obj_id"] - 1),
                        object_frames(folder, result, review, o).masks) for o in result["objects"]]
         overlays = [Overlay([(read_mask(masks[f["frame_index"]]), label, colour)
                              for label, colour, masks in per_object if masks[f["frame_index"]] is not None])

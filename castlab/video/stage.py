@@ -39,7 +39,7 @@ from castlab.models.segmenter import alpha_threshold, logit
 from castlab.segment.propagate import decode_frames, load_video_predictor, shot_range
 from castlab.video.experiment import write_track_log
 from castlab.video.track import Track, plan_windows, track_objects
-from castlab.workspace import write_json_atomic
+from castlab.workspace import read_json, write_json_atomic
 
 TRACKS_DIR = "tracks"
 RESULT_NAME = "track.json"
@@ -134,17 +134,15 @@ def track(
     if query:
         if not frame:
             raise InputError(manifest.path, "a text query needs the frame it is asked on (--frame)")
-        frame_row = _manifest_row(manifest, frame, "frame")
-        done = run_dir / TRACKS_DIR / track_id(frame_row, query, [None]) / RESULT_NAME
-        if done.is_file() and not force:  # reused before the detector and SAM2 are loaded
-            return {**json.loads(done.read_text(encoding="utf-8")), "reused": True}
-        seeds = query_seeds(cfg, manifest, frame, query, grounder)
+        tid = track_id(_manifest_row(manifest, frame, "frame"), query, [None])
     else:
         seeds = instance_seeds(manifest, frame, instances)
-    tid = track_id(seeds.frame, query, [None] if query else [o.instance for o in seeds.objects])
+        tid = track_id(seeds.frame, query, [o.instance for o in seeds.objects])
     out = run_dir / TRACKS_DIR / tid
-    if (out / RESULT_NAME).is_file() and not force:
-        return {**json.loads((out / RESULT_NAME).read_text(encoding="utf-8")), "reused": True}
+    if (out / RESULT_NAME).is_file() and not force:  # a query's is reused before the detector and SAM2 load
+        return {**load_track(out), "reused": True}
+    if query:
+        seeds = query_seeds(cfg, manifest, frame, query, grounder)
     row = seeds.frame
     video, shot = shot_range(run_dir, str(row["video_id"]), str(row["shot_id"]))
     first, last, seed_frame = int(shot["start_frame"]), int(shot["end_frame"]), int(row["frame_index"])
@@ -220,10 +218,7 @@ def load_track(path: Path) -> dict[str, Any]:
     path = path / RESULT_NAME if path.is_dir() else path
     if not path.is_file():
         raise InputError(path, "is missing: run castlab track first")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"is not valid JSON ({exc})") from exc
+    return read_json(path)
 
 
 def run_tracks(run_dir: Path) -> list[Path]:

@@ -29,21 +29,16 @@ from castlab.labelstudio import client
 from castlab.layers import mask_bbox, read_mask, write_mask
 from castlab.pictures import palette_colour
 from castlab.reviews.hooks import watch_project
+from castlab.video.reviewed import REVIEW_NAME, object_label
 from castlab.video.stage import TRACKS_DIR, load_track, run_tracks
 from castlab.workspace import relative_to_workspace, write_json_atomic
 
 log = logging.getLogger(__name__)
 FRAMES_CONFIG = PROJECT_ROOT / "label_configs" / "track_frames.xml"
 VIDEO_CONFIG = PROJECT_ROOT / "label_configs" / "track_video.xml"
-REVIEW_NAME = "review.json"
 PUSH_NAME = "push.json"  # tracks/push.json: the run's track projects (castlab.reviews moves on from them)
 VIDEO_NAME = "shot.mp4"
 _LABEL = re.compile(r"^(\d+)\b")
-
-
-def object_label(obj: dict[str, Any]) -> str:
-    """How reviewers see an object: ``"<object id> <name>"`` (its id leads, so the label names it back)."""
-    return f"{obj['obj_id']} {obj['label']}"
 
 
 def object_id(label: str) -> int | None:
