@@ -26,7 +26,7 @@ from castlab.layers import read_mask, safe_name
 from castlab.pictures import open_rgb
 from castlab.video.reviewed import ObjectFrames, object_frames, read_review
 from castlab.video.stage import load_track, run_tracks
-from castlab.video.vace import Clip, wan_frame_count, wan_size, write_clip, write_metadata
+from castlab.video.vace import Clip, csv_row, wan_frame_count, wan_size, write_clip, write_metadata
 
 FORMATS = ("vace",)
 MIN_CLIP = 5  # Wan's shortest clip (4 * 1 + 1)
@@ -96,11 +96,11 @@ def export_vace(
             if decision == "rejected" or (decision == "pending" and not include_pending):
                 skipped.append({"track": result["track_id"], "object": obj["obj_id"], "why": decision})
                 continue
-            work.append((folder, result, review, obj))
-    for folder, result, review, obj in tqdm(work, unit="object", desc="export vace", leave=False):
+            work.append((folder, result, review, obj, decision))
+    for folder, result, review, obj, decision in tqdm(work, unit="object", desc="export vace", leave=False):
         frames = object_frames(folder, result, review, obj)
-        fps = float(settings.fps or result["fps"])
-        spans = clip_spans(frames, float(result["fps"]), min(fps, float(result["fps"])), int(settings.max_frames))
+        fps = min(float(settings.fps or result["fps"]), float(result["fps"]))  # never more frames than the source
+        spans = clip_spans(frames, float(result["fps"]), fps, int(settings.max_frames))
         if not spans:
             skipped.append({"track": result["track_id"], "object": obj["obj_id"],
                             "why": f"fewer than {MIN_CLIP} frames with the object"})
@@ -111,22 +111,19 @@ def export_vace(
         shape = (result["height"], result["width"])
         for k, span in enumerate(spans):
             name = safe_name(f"{result['track_id']}-{obj['obj_id']}-{k:02d}")
-            clip_row = {"video": f"{name}/video.mp4", "prompt": text, "vace_video": f"{name}/vace_video.mp4",
-                        "vace_video_mask": f"{name}/vace_video_mask.mp4",
-                        "vace_reference_image": f"{name}/vace_reference_image.png"}
-            if (out_dir / name).is_dir():
+            clip_row = csv_row(name, text)
+            if (out_dir / name).is_dir():  # written by an earlier, interrupted export: kept as it is
                 kept += 1
             else:
                 images = [np.asarray(Image.open(folder / "frames" / f"{i:06d}.jpg").convert("RGB")) for i in span]
                 clip_row = write_clip(out_dir, Clip(name, images, [_mask(frames.masks[i], shape) for i in span], ref,
-                                                    text), size, min(fps, float(result["fps"])),
+                                                    text), size, fps,
                                       bool(settings.keep_region))
             rows.append(clip_row)
             clips.append({"name": name, "track": result["track_id"], "object": obj["obj_id"], "label": obj["label"],
                           "frames": len(span), "first_frame": span[0], "last_frame": span[-1], "width": size[0],
-                          "height": size[1], "fps": min(fps, float(result["fps"])),
-                          "reviewed_frames": len(frames.reviewed & set(span)), "decision": review["objects"].get(
-                              str(obj["obj_id"]), {}).get("decision", "pending")})
+                          "height": size[1], "fps": fps,
+                          "reviewed_frames": len(frames.reviewed & set(span)), "decision": decision})
     if not rows:
         raise InputError(Path(run_dir) / "tracks", f"gives no clip to export ({len(skipped)} objects skipped: "
                          + "; ".join(f"{s['track']} object {s['object']}: {s['why']}" for s in skipped[:5])

@@ -103,9 +103,14 @@ def write_clip(out_dir: Path, clip: Clip, size: tuple[int, int], fps: float, kee
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"video": f"{clip.name}/video.mp4", "prompt": clip.prompt, "vace_video": f"{clip.name}/vace_video.mp4",
-            "vace_video_mask": f"{clip.name}/vace_video_mask.mp4",
-            "vace_reference_image": f"{clip.name}/vace_reference_image.png"}
+    return csv_row(clip.name, clip.prompt)
+
+
+def csv_row(name: str, prompt: str) -> dict[str, str]:
+    """The ``metadata_vace.csv`` row of clip `name` (its files' paths relative to the export folder)."""
+    return {"video": f"{name}/video.mp4", "prompt": prompt, "vace_video": f"{name}/vace_video.mp4",
+            "vace_video_mask": f"{name}/vace_video_mask.mp4",
+            "vace_reference_image": f"{name}/vace_reference_image.png"}
 
 
 def write_metadata(out_dir: Path, rows: Sequence[dict[str, str]]) -> Path:
