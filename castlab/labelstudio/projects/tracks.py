@@ -31,7 +31,7 @@ from castlab.pictures import palette_colour
 from castlab.reviews.hooks import watch_project
 from castlab.video.reviewed import REVIEW_NAME, object_label
 from castlab.video.stage import TRACKS_DIR, load_track, run_tracks
-from castlab.workspace import relative_to_workspace, write_json_atomic
+from castlab.workspace import atomic_path, relative_to_workspace, write_json_atomic
 
 log = logging.getLogger(__name__)
 FRAMES_CONFIG = PROJECT_ROOT / "label_configs" / "track_frames.xml"
@@ -91,8 +91,7 @@ def frame_tasks(run_dir: Path, result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def shot_video(run_dir: Path, result: dict[str, Any]) -> Path:
     """``tracks/<id>/shot.mp4``: the track's frames as H.264 at the shot's rate (written once, atomically)."""
-    from castlab.video.vace import write_video
-    from castlab.workspace import atomic_path
+    from castlab.video.vace import write_video  # PyAV, only when a video is written
 
     folder = Path(run_dir) / TRACKS_DIR / result["track_id"]
     path = folder / VIDEO_NAME
